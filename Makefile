@@ -1,0 +1,50 @@
+# make test: from a fresh clone, create .venv, install torch and the rest, build pottsops._C, run pytest.
+# make demo: the main job (see README).
+#
+# CUDA kernels are compiled whenever nvcc is found (FORCE_CUDA=1), so a CUDA compile error fails the build
+# even on machines without a GPU.  Override with FORCE_CUDA=0.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(shell command -v nvcc 2>/dev/null)))
+FORCE_CUDA ?= $(if $(wildcard $(CUDA_HOME)/bin/nvcc),1,0)
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+MAX_JOBS ?= 2
+PYTEST_ARGS ?=
+
+export CUDA_HOME FORCE_CUDA TORCH_CUDA_ARCH_LIST MAX_JOBS
+
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
+
+.PHONY: test demo build bench clean
+
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	@echo "building pottsops (FORCE_CUDA=$(FORCE_CUDA) CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST))"
+	$(PY) -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || (tail -n 60 build.log; exit 1)
+	grep -A 7 "pottsops build summary" build.log | sed 's/^ *//'
+	$(PY) -c "import pottsops._C" || (echo "pottsops._C failed to build or import"; exit 1)
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	$(PY) -m pottsops
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+demo: build
+	$(PY) -m pottsops.demo
+
+bench: build
+	$(PY) -m benchmarks.grid_cpu
+
+clean:
+	rm -rf build $(VENV) *.egg-info pottsops/*.so

@@ -1,0 +1,56 @@
+// The operator schemas of pottsops, declared once.  Kernels register per backend in csrc/cpu and
+// csrc/cuda; fake kernels and autograd are registered in pottsops/_ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(pottsops, m) {
+  // Energy per image (B,) of the Potts relaxation `relaxation` (index into the table of
+  // csrc/pottsops/relaxations.h) over the pairs (i, i + offset) of a grid/window neighbourhood.
+  // offsets = [dy0, dx0, dy1, dx1, ...] in one half-plane; spatial = one factor per offset.
+  // Edge weight: weights[b, e, i] if given, else spatial[e] * exp(-|I_i - I_j|^2 inv_two_sigma2[b])
+  // with image I, else spatial[e].  Pairs touching a pixel with mask == False are skipped.
+  m.def(
+      "grid_potts_energy(Tensor y, Tensor? image, Tensor? weights, Tensor? mask, "
+      "Tensor? inv_two_sigma2, int[] offsets, float[] spatial, int relaxation, float eps) -> Tensor");
+  // Gradients of sum_b grad_energy[b] * energy[b]: (grad_y, grad_weights); grad_weights is empty
+  // unless weights_grad is true.
+  m.def(
+      "grid_potts_energy_backward(Tensor grad_energy, Tensor y, Tensor? image, Tensor? weights, "
+      "Tensor? mask, Tensor? inv_two_sigma2, int[] offsets, float[] spatial, int relaxation, "
+      "float eps, bool weights_grad) -> (Tensor, Tensor)");
+  // Edge weights (B, E, H, W) as used by grid_potts_energy; zero for pairs that do not exist.
+  m.def(
+      "grid_affinity(Tensor image, Tensor? mask, Tensor inv_two_sigma2, int[] offsets, "
+      "float[] spatial) -> Tensor");
+  // Per-pixel unary H(y, softmax(logits)) (B, H, W) of kind 0 = cce, 1 = ce, 2 = rce; zero where
+  // mask == False.
+  m.def("unary_loss(Tensor logits, Tensor y, Tensor? mask, int kind, float eps) -> Tensor");
+  m.def(
+      "unary_loss_backward(Tensor grad_loss, Tensor logits, Tensor y, Tensor? mask, int kind, "
+      "float eps) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+bool compiled_with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool compiled_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("compiled_with_cuda", &compiled_with_cuda, "whether the CUDA kernels were built");
+  m.def("compiled_with_openmp", &compiled_with_openmp, "whether the CPU kernels run in parallel");
+}

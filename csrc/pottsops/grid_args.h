@@ -1,0 +1,63 @@
+// Host-side description of a grid/window Potts problem, shared by the CPU and CUDA launchers.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <vector>
+
+namespace pottsops {
+
+constexpr int kMaxOffsets = 512;  // window(radius <= 15) fits; checked in Python and here.
+
+// Validated arguments of the grid ops.  image and weights are converted to the accumulation type
+// (float for half/bfloat16/float, double for double) so kernels are templated on y's dtype alone.
+struct GridArgs {
+  at::Tensor y;                 // (B, K, H, W), any strides
+  at::Tensor image;             // (B, C, H, W) or undefined
+  at::Tensor weights;           // (B, E, H, W) or undefined
+  at::Tensor mask;              // (B, H, W) bool or undefined
+  at::Tensor inv_two_sigma2;    // (B,) 1 / (2 sigma_rgb^2), defined iff image is
+  std::vector<int64_t> dy, dx;  // E offsets, one half-plane
+  std::vector<double> spatial;  // E spatial factors g_e
+  int relaxation = 0;
+  double eps = 1e-8;
+
+  int64_t batch() const { return y.size(0); }
+  int64_t channels() const { return y.size(1); }
+  int64_t height() const { return y.size(2); }
+  int64_t width() const { return y.size(3); }
+  int64_t num_offsets() const { return static_cast<int64_t>(dy.size()); }
+};
+
+GridArgs make_grid_args(const at::Tensor& y, const c10::optional<at::Tensor>& image,
+                        const c10::optional<at::Tensor>& weights, const c10::optional<at::Tensor>& mask,
+                        const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
+                        at::ArrayRef<double> spatial, int64_t relaxation, double eps);
+
+// Same checks without labels, for the affinity op (y is left undefined).
+GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
+                            const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
+                            at::ArrayRef<double> spatial);
+
+inline at::ScalarType accumulation_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A strided 4-D view: element (n, c, h, w) of a tensor of any memory layout.
+template <typename T>
+struct View4 {
+  T* data;
+  int64_t sn, sc, sh, sw;
+  int64_t offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return n * sn + c * sc + h * sh + w * sw;
+  }
+  T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[offset(n, c, h, w)]; }
+};
+
+template <typename T>
+View4<T> view4(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+}  // namespace pottsops

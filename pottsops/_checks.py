@@ -1,0 +1,94 @@
+"""Argument checks shared by the public functions: each error names the argument, what was expected
+and what was given (SPEC section 8)."""
+import torch
+
+
+def shape_str(t):
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def check_float(name, t):
+    check_tensor(name, t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_labels(name, t):
+    """A (B, K, H, W) floating tensor with K >= 2."""
+    check_float(name, t)
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor (B, K, H, W), got shape {shape_str(t)}")
+    if t.shape[1] < 2:
+        raise ValueError(f"{name}: expected K >= 2 classes in dim 1, got shape {shape_str(t)}")
+
+
+def check_like(name, t, expected_shape, what):
+    if tuple(t.shape) != tuple(expected_shape):
+        want = "(" + ", ".join(str(s) for s in expected_shape) + ")"
+        raise ValueError(f"{name}: expected shape {want} ({what}), got {shape_str(t)}")
+
+
+def check_device(name, t, reference_name, reference):
+    if t.device != reference.device:
+        raise ValueError(f"{name}: expected a tensor on {reference.device} (the device of "
+                         f"{reference_name}), got {t.device}")
+
+
+def check_image(name, image, y_name, y):
+    """(B, C, H, W) floating, matching y's batch and spatial size and device."""
+    check_float(name, image)
+    B, _, H, W = y.shape
+    if image.dim() != 4 or image.shape[0] != B or image.shape[2:] != y.shape[2:]:
+        raise ValueError(f"{name}: expected shape ({B}, C, {H}, {W}) to match {y_name} "
+                         f"{shape_str(y)}, got {shape_str(image)}")
+    check_device(name, image, y_name, y)
+
+
+def check_mask(mask, y_name, y):
+    """(B, H, W) bool on y's device, or None."""
+    if mask is None:
+        return
+    check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected dtype torch.bool, got {mask.dtype}")
+    B, _, H, W = y.shape
+    check_like("mask", mask, (B, H, W), f"batch and size of {y_name}")
+    check_device("mask", mask, y_name, y)
+
+
+def check_seeds(seeds, y_name, y, ignore_index):
+    """(B, H, W) integer class ids in [0, K) or ignore_index."""
+    check_tensor("seeds", seeds)
+    if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
+        raise TypeError(f"seeds: expected an integer tensor, got dtype {seeds.dtype}")
+    B, K, H, W = y.shape
+    check_like("seeds", seeds, (B, H, W), f"batch and size of {y_name}")
+    check_device("seeds", seeds, y_name, y)
+    if torch.compiler.is_compiling():
+        return  # a value check would break the graph; eager calls check
+    bad = (seeds != ignore_index) & ((seeds < 0) | (seeds >= K))
+    if bool(bad.any()):
+        value = int(seeds[bad][0])
+        raise ValueError(f"seeds: expected class ids in [0, {K - 1}] or ignore_index={ignore_index}, "
+                         f"got {value}")
+
+
+def check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected one of {valid}, got {value!r}")
+
+
+def check_finite(name, t):
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or Inf")

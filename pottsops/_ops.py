@@ -1,0 +1,72 @@
+"""The compiled operators (schemas in csrc/ops.cpp): loading, fake kernels for torch.compile, autograd.
+
+Importing never fails because the extension is missing: C is None and LOAD_ERROR says why.
+"""
+import torch
+
+try:
+    from pottsops import _C as C
+    LOAD_ERROR = None
+except ImportError as error:  # not built, or built against another torch
+    C = None
+    LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+
+def _register():
+    lib = "pottsops::"
+
+    @torch.library.register_fake(lib + "grid_potts_energy")
+    def _(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps):
+        return y.new_empty(y.shape[0])
+
+    @torch.library.register_fake(lib + "grid_potts_energy_backward")
+    def _(grad_energy, y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps,
+          weights_grad):
+        grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if weights_grad \
+            else y.new_empty(0)
+        return torch.empty_like(y), grad_weights
+
+    @torch.library.register_fake(lib + "grid_affinity")
+    def _(image, mask, inv_two_sigma2, offsets, spatial):
+        dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+        B, _, H, W = image.shape
+        return image.new_empty(B, len(offsets) // 2, H, W, dtype=dtype)
+
+    @torch.library.register_fake(lib + "unary_loss")
+    def _(logits, y, mask, kind, eps):
+        B, _, H, W = logits.shape
+        return logits.new_empty(B, H, W)
+
+    @torch.library.register_fake(lib + "unary_loss_backward")
+    def _(grad_loss, logits, y, mask, kind, eps):
+        return torch.empty_like(logits), torch.empty_like(y)
+
+    def grid_setup(ctx, inputs, output):
+        y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps = inputs
+        ctx.save_for_backward(y, image, weights, mask, inv_two_sigma2)
+        ctx.params = (offsets, spatial, relaxation, eps)
+        ctx.weights_grad = weights is not None and ctx.needs_input_grad[2]
+
+    def grid_backward(ctx, grad_energy):
+        y, image, weights, mask, inv_two_sigma2 = ctx.saved_tensors
+        grad_y, grad_weights = torch.ops.pottsops.grid_potts_energy_backward(
+            grad_energy, y, image, weights, mask, inv_two_sigma2, *ctx.params, ctx.weights_grad)
+        return grad_y, None, grad_weights if ctx.weights_grad else None, None, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
+
+    def unary_setup(ctx, inputs, output):
+        logits, y, mask, kind, eps = inputs
+        ctx.save_for_backward(logits, y, mask)
+        ctx.params = (kind, eps)
+
+    def unary_backward(ctx, grad_loss):
+        logits, y, mask = ctx.saved_tensors
+        grad_logits, grad_y = torch.ops.pottsops.unary_loss_backward(grad_loss, logits, y, mask, *ctx.params)
+        return grad_logits, grad_y, None, None, None
+
+    torch.library.register_autograd(lib + "unary_loss", unary_backward, setup_context=unary_setup)
+
+
+if C is not None:
+    _register()

@@ -1,0 +1,76 @@
+"""Neighbourhoods: which pairs of pixels a Potts energy sums over, and their spatial factors g_ij.
+
+Grid and window neighbourhoods are lists of offsets (dy, dx) in one half-plane (dy > 0, or dy == 0 and
+dx > 0), so that each unordered pair {i, j} appears once, as (i, i + offset).
+"""
+import math
+from dataclasses import dataclass
+
+MAX_OFFSETS = 512  # csrc/pottsops/grid_args.h kMaxOffsets
+
+
+@dataclass(frozen=True)
+class Neighborhood:
+    """A grid or window neighbourhood.
+
+    name: how it prints; offsets: ((dy, dx), ...); factor: "inverse_distance" (g = 1/|i - j|, nn4 and
+    nn8) or "gaussian" (g = exp(-|i - j|^2 / (2 sigma_xy^2)), windows); default_sigma_xy for gaussian.
+    """
+
+    name: str
+    offsets: tuple
+    factor: str = "inverse_distance"
+    default_sigma_xy: float = 1.0
+
+    @property
+    def num_offsets(self):
+        return len(self.offsets)
+
+    def flat_offsets(self):
+        return [v for offset in self.offsets for v in offset]
+
+    def spatial(self, sigma_xy=None):
+        """Spatial factor g_e of each offset."""
+        distances = [math.hypot(dy, dx) for dy, dx in self.offsets]
+        if self.factor == "inverse_distance":
+            return [1.0 / d for d in distances]
+        sigma = self.default_sigma_xy if sigma_xy is None else sigma_xy
+        return [math.exp(-d * d / (2.0 * sigma * sigma)) for d in distances]
+
+    def __repr__(self):
+        return self.name
+
+
+NN4 = Neighborhood("nn4", ((0, 1), (1, 0)))
+NN8 = Neighborhood("nn8", ((0, 1), (1, 0), (1, 1), (1, -1)))
+NAMED = {"nn4": NN4, "nn8": NN8}
+
+
+def window(radius, dilation=1):
+    """All offsets dilation * (dy, dx) with |dy|, |dx| <= radius, one half-plane, Gaussian spatial
+    factors (sigma_xy defaults to radius * dilation).
+
+    >>> pottsops.potts_energy(y, image, neighborhood=pottsops.window(radius=5, dilation=2))
+    """
+    if not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"radius: expected an integer >= 1, got {radius!r}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation: expected an integer >= 1, got {dilation!r}")
+    offsets = tuple((dilation * dy, dilation * dx)
+                    for dy in range(0, radius + 1) for dx in range(-radius, radius + 1)
+                    if dy > 0 or dx > 0)
+    if len(offsets) > MAX_OFFSETS:
+        raise ValueError(f"radius: window({radius}) has {len(offsets)} offsets, at most {MAX_OFFSETS} supported")
+    return Neighborhood(f"window(radius={radius}, dilation={dilation})", offsets, "gaussian",
+                        float(radius * dilation))
+
+
+def as_neighborhood(value, argument="neighborhood"):
+    """A Neighborhood from a name ('nn4', 'nn8') or a Neighborhood (e.g. from window())."""
+    if isinstance(value, Neighborhood):
+        return value
+    if isinstance(value, str) and value in NAMED:
+        return NAMED[value]
+    valid = ", ".join(f"{n!r}" for n in NAMED)
+    raise ValueError(f"{argument}: unknown neighbourhood {value!r}; expected one of {valid} "
+                     f"or pottsops.window(radius, dilation)")

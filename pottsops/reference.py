@@ -1,0 +1,124 @@
+"""Plain-PyTorch reference of every pottsops op, written for clarity, not speed.
+
+It is the oracle of the tests and the baseline of the benchmarks.  Gradients come from autograd, so
+the hand-derived partials of the kernels are checked against an independent derivation.  Reduced
+precision inputs are computed in float32, like the kernels.
+"""
+import torch
+
+from pottsops.names import RELAXATIONS, UNARIES
+
+
+def accumulation_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pair_potential(relaxation, p, q, eps=1e-8):
+    """P(p, q) over dim 1 for a relaxation given by its long name (SPEC section 3)."""
+    s = (p * q).sum(1)
+    a = (p * p).sum(1)
+    b = (q * q).sum(1)
+    if relaxation == "bilinear":
+        return 1 - s
+    if relaxation == "quadratic":
+        return 0.5 * (a + b) - s
+    if relaxation == "normalized_quadratic":
+        return 1 - s / torch.sqrt(a * b)
+    if relaxation == "collision_ce":
+        return -torch.log(s + eps)
+    if relaxation == "log_quadratic":
+        # 1 - |p - q|^2 / 2 >= 0 on the simplex; the clamp only absorbs rounding (as in the kernels).
+        return -torch.log(torch.clamp(1 - 0.5 * (a + b) + s, min=0) + eps)
+    if relaxation == "collision_divergence":
+        return -torch.log(s / torch.sqrt(a * b) + eps)
+    raise ValueError(f"relaxation: unknown {relaxation!r}; expected one of {RELAXATIONS}")
+
+
+def pair_slices(H, W, dy, dx):
+    """Index slices (rows, cols) of the first and second endpoints of the pairs (i, i + (dy, dx))."""
+    first = (slice(max(0, -dy), H - max(0, dy)), slice(max(0, -dx), W - max(0, dx)))
+    second = (slice(max(0, dy), H - max(0, -dy)), slice(max(0, dx), W - max(0, -dx)))
+    return first, second
+
+
+def pair_valid(mask, first, second):
+    """(B, h, w) bool: both endpoints of the pairs exist."""
+    return mask[:, first[0], first[1]] & mask[:, second[0], second[1]]
+
+
+def grid_affinity(image, mask, inv_two_sigma2, offsets, spatial):
+    """Edge weights (B, E, H, W): w[b, e, i] = spatial[e] * exp(-|I_i - I_j|^2 inv_two_sigma2[b]) for the
+    pair (i, j = i + offsets[e]), zero where j falls outside the image or either end is masked out."""
+    image = image.to(accumulation_dtype(image.dtype))
+    B, _, H, W = image.shape
+    weights = image.new_zeros(B, len(offsets), H, W)
+    for e, ((dy, dx), g) in enumerate(zip(offsets, spatial)):
+        first, second = pair_slices(H, W, dy, dx)
+        diff = image[:, :, first[0], first[1]] - image[:, :, second[0], second[1]]
+        w = g * torch.exp(-(diff * diff).sum(1) * inv_two_sigma2.view(B, 1, 1))
+        if mask is not None:
+            w = torch.where(pair_valid(mask, first, second), w, 0.0)
+        weights[:, e, first[0], first[1]] = w
+    return weights
+
+
+def constant_affinity(y, mask, offsets, spatial):
+    """Edge weights of a neighbourhood without image: the spatial factors alone."""
+    B, _, H, W = y.shape
+    ones = y.new_ones(B, 1, H, W, dtype=accumulation_dtype(y.dtype))
+    return grid_affinity(ones, mask, ones.new_zeros(B), offsets, spatial)
+
+
+def grid_potts_energy(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps):
+    """Energy per image (B,): sum over pairs (i, i + offset) of w_ij P(y_i, y_j).
+
+    Arguments as the compiled op pottsops::grid_potts_energy, with offsets as ((dy, dx), ...) and the
+    relaxation by name."""
+    dtype = y.dtype
+    y = y.to(accumulation_dtype(dtype))
+    B, K, H, W = y.shape
+    if weights is None:
+        weights = grid_affinity(image, mask, inv_two_sigma2, offsets, spatial) if image is not None \
+            else constant_affinity(y, mask, offsets, spatial)
+    weights = weights.to(y.dtype)
+    energy = y.new_zeros(B)
+    uniform = y.new_full((1, K, 1, 1), 1.0 / K)
+    for e, (dy, dx) in enumerate(offsets):
+        first, second = pair_slices(H, W, dy, dx)
+        p = y[:, :, first[0], first[1]]
+        q = y[:, :, second[0], second[1]]
+        if mask is not None:
+            # Pairs touching a missing pixel are skipped; their values are replaced before P is
+            # evaluated so that whatever they hold (even NaN) reaches neither energy nor gradient.
+            valid = pair_valid(mask, first, second).unsqueeze(1)
+            p = torch.where(valid, p, uniform)
+            q = torch.where(valid, q, uniform)
+        pair = pair_potential(relaxation, p, q, eps)
+        w = weights[:, e, first[0], first[1]]
+        if mask is not None:
+            w = torch.where(valid[:, 0], w, 0.0)
+        energy = energy + (w * pair).sum((1, 2))
+    return energy.to(dtype)
+
+
+def unary_loss(logits, y, mask, kind, eps):
+    """Per-pixel H(y, softmax(logits)) (B, H, W) for kind 'cce', 'ce' or 'rce'; zero where mask is False."""
+    dtype = logits.dtype
+    logits = logits.to(accumulation_dtype(dtype))
+    y = y.to(logits.dtype)
+    if mask is not None:
+        keep = mask.unsqueeze(1)
+        logits = torch.where(keep, logits, 0.0)
+        y = torch.where(keep, y, 1.0 / y.shape[1])
+    log_sigma = torch.log_softmax(logits, dim=1)
+    if kind == "cce":
+        loss = -torch.log((log_sigma.exp() * y).sum(1) + eps)
+    elif kind == "ce":
+        loss = -(y * log_sigma).sum(1)
+    elif kind == "rce":
+        loss = -(log_sigma.exp() * torch.log(y + eps)).sum(1)
+    else:
+        raise ValueError(f"kind: unknown {kind!r}; expected one of {UNARIES}")
+    if mask is not None:
+        loss = torch.where(mask, loss, 0.0)
+    return loss.to(dtype)

@@ -1,0 +1,78 @@
+"""Unary terms linking network logits to soft pseudo-labels, and the self-labeling loss (paper eq. 8)."""
+import torch
+import torch.nn.functional as F
+
+from pottsops import _backend, _checks, reference
+from pottsops.names import unary_index, unary_name
+
+REDUCTIONS = ("mean", "sum", "none")
+UNARY_BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+
+def _per_pixel(impl, logits, y, mask, kind, eps):
+    if impl == "reference":
+        return reference.unary_loss(logits, y, mask, unary_name(kind), eps)
+    args = (logits, y, mask, unary_index(kind), eps)
+    if impl == "triton":
+        from pottsops.triton import unary as triton_unary
+        return triton_unary.unary_loss(*args)
+    return torch.ops.pottsops.unary_loss(*args)
+
+
+def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backend="auto"):
+    """H(y_i, softmax(logits)_i) per pixel, with gradients to logits and y (softmax fused).
+
+    logits: (B, K, H, W) network outputs z; y: (B, K, H, W) soft labels (promoted to a common dtype).
+    kind: 'cce' (collision CE, -log(sigma.y + eps)), 'ce' (-sum y log sigma) or 'rce'
+        (-sum sigma log(y + eps)); long names 'collision_ce', 'cross_entropy', 'reverse_ce' too.
+    mask: (B, H, W) bool; pixels with mask False contribute 0.
+    reduction: 'mean' (over valid pixels), 'sum', or 'none' (per pixel, (B, H, W)).
+
+    >>> loss = pottsops.unary(logits, y, "cce")
+    """
+    _checks.check_labels("logits", logits)
+    _checks.check_float("y", y)
+    _checks.check_like("y", y, logits.shape, "the shape of logits")
+    _checks.check_device("y", y, "logits", logits)
+    _checks.check_mask(mask, "logits", logits)
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    unary_name(kind)
+    dtype = torch.promote_types(logits.dtype, y.dtype)
+    logits, y = logits.to(dtype), y.to(dtype)
+    impl = _backend.resolve(backend, logits.device, UNARY_BACKENDS, "unary")
+    loss = _per_pixel(impl, logits, y, mask, kind, float(eps))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    count = mask.sum() if mask is not None else loss.numel()
+    return loss.sum() / count
+
+
+def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255, mask=None, eps=1e-8,
+                       backend="auto"):
+    """Network loss of soft self-labeling (paper eq. 8 without the Potts term, constant for the network):
+
+        ( -sum_{i in S} log sigma_i[seed_i]  +  eta sum_{i not in S} H(y_i, sigma_i) ) / N
+
+    with S the scribbled pixels (seeds != ignore_index) and N the number of valid pixels (mask True).
+    seeds: (B, H, W) integer class ids, ignore_index elsewhere.  Add lam * potts_energy(y, ...,
+    reduction="mean") for the full objective in the same normalisation.
+
+    >>> loss = pottsops.self_labeling_loss(model(x), y.detach(), seeds)
+    """
+    _checks.check_labels("logits", logits)
+    _checks.check_seeds(seeds, "logits", logits, ignore_index)
+    _checks.check_mask(mask, "logits", logits)
+    if not isinstance(eta, (int, float)) or eta < 0:
+        raise ValueError(f"eta: expected a number >= 0, got {eta!r}")
+    seeded = seeds != ignore_index
+    valid = mask if mask is not None else torch.ones_like(seeded)
+    targets = torch.where(seeded & valid, seeds.long(), -100)
+    seed_term = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    unlabeled = valid & ~seeded
+    unary_term = unary_loss(logits, y, unary, mask=unlabeled, eps=eps, reduction="sum", backend=backend)
+    return (seed_term + eta * unary_term.float()) / valid.sum().clamp(min=1)
+
+
+unary_loss = unary  # the name self_labeling_loss uses, where its argument `unary` shadows the function
