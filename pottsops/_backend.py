@@ -60,6 +60,12 @@ def _status(name):
     return _triton_status()
 
 
+@torch.compiler.assume_constant_result
+def _available(name):
+    """Whether backend `name` can run here; a constant for torch.compile, which need not trace it."""
+    return _status(name).available
+
+
 def backends():
     """{backend name: BackendStatus(available, reason)} for cuda, triton, cpu and reference.
 
@@ -89,14 +95,13 @@ def resolve(backend, device, supported, op):
     if backend == "auto":
         order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
         for name in order:
-            if name in supported and _status(name).available and _runs_on(name, device):
+            if name in supported and _available(name) and _runs_on(name, device):
                 return name
         return "reference"
     if backend not in supported:
         raise ValueError(f"{source}: {op} has no {backend!r} backend; it has {', '.join(map(repr, supported))}")
-    status = _status(backend)
-    if not status.available:
-        raise RuntimeError(f"{source}: the {backend!r} backend is not available: {status.reason}")
+    if not _available(backend):
+        raise RuntimeError(f"{source}: the {backend!r} backend is not available: {_status(backend).reason}")
     if not _runs_on(backend, device):
         raise ValueError(f"{source}: the {backend!r} backend cannot run on {device} tensors")
     return backend

@@ -1,0 +1,77 @@
+"""The registered operators: torch.library.opcheck (schema, fake kernels, autograd registration,
+AOT dispatch) and torch.compile(fullgraph=True) through the public API."""
+import pytest
+import torch
+
+import pottsops
+from pottsops import _ops
+from pottsops.neighborhoods import NN8
+from conftest import fast_backends, random_image, random_mask, soft_labels
+
+pytestmark = pytest.mark.skipif(_ops.C is None, reason=f"pottsops._C not built: {_ops.LOAD_ERROR}")
+
+DEVICES = sorted({device for backend, device in fast_backends() if backend in ("cpu", "cuda")})
+
+
+def grid_args(device, dtype, with_image, requires_grad):
+    shape = (2, 3, 5, 6)
+    y = soft_labels(shape, dtype, device).requires_grad_(requires_grad)
+    image = random_image(shape, device=device) if with_image else None
+    weights = None if with_image else torch.rand(2, 4, 5, 6, dtype=dtype, device=device).requires_grad_(requires_grad)
+    inv = torch.full((2,), 0.01, device=device) if with_image else None
+    mask = random_mask(shape, device)
+    return (y, image, weights, mask, inv, NN8.flat_offsets(), NN8.spatial(), 5, 1e-8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_image", [True, False], ids=["image", "weights"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_opcheck_grid_ops(device, with_image, dtype):
+    for requires_grad in (False, True):
+        args = grid_args(device, dtype, with_image, requires_grad)
+        torch.library.opcheck(torch.ops.pottsops.grid_potts_energy.default, args)
+        grad = torch.rand(2, dtype=dtype, device=device)
+        y, image, weights, mask, inv = args[:5]
+        backward_args = (grad, y.detach(), image, None if weights is None else weights.detach(), mask, inv,
+                         *args[5:], not with_image)
+        torch.library.opcheck(torch.ops.pottsops.grid_potts_energy_backward.default, backward_args)
+    image = random_image((2, 3, 5, 6), device=device, dtype=dtype)
+    torch.library.opcheck(torch.ops.pottsops.grid_affinity.default,
+                          (image, None, torch.full((2,), 0.01, device=device), NN8.flat_offsets(), NN8.spatial()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_opcheck_unary_ops(device, kind):
+    shape = (2, 4, 3, 5)
+    for requires_grad in (False, True):
+        logits = torch.randn(shape, device=device).requires_grad_(requires_grad)
+        y = soft_labels(shape, device=device).requires_grad_(requires_grad)
+        mask = random_mask(shape, device)
+        torch.library.opcheck(torch.ops.pottsops.unary_loss.default, (logits, y, mask, kind, 1e-8))
+        grad = torch.rand(2, 3, 5, device=device)
+        torch.library.opcheck(torch.ops.pottsops.unary_loss_backward.default,
+                              (grad, logits.detach(), y.detach(), mask, kind, 1e-8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+    shape = (2, 5, 9, 10)
+    logits = torch.randn(shape, device=device, requires_grad=True)
+    y = soft_labels(shape, device=device)
+    image = random_image(shape, device=device)
+    mask = random_mask(shape, device)
+
+    def loss_fn(logits, y, image, mask):
+        sigma = torch.softmax(logits, 1)
+        potts = pottsops.potts_energy(sigma, image, relaxation="nq", neighborhood="nn8", mask=mask, reduction="mean")
+        return pottsops.unary(logits, y, "cce", mask=mask) + 0.5 * potts
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    expected = loss_fn(logits, y, image, mask)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    got = compiled(logits, y, image, mask)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
