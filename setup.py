@@ -5,6 +5,7 @@ Environment:
   FORCE_CUDA=0            never compile CUDA
   CUDA_HOME               the CUDA toolkit (nvcc) to use
   TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0"
+  POTTSOPS_CPU_ARCH       -march of the CPU kernels (default native; x86-64 for a portable build)
   POTTSOPS_NO_EXTENSION=1 install the pure-Python package only (reference backend)
 """
 import glob
@@ -37,7 +38,10 @@ def _extensions():
         raise RuntimeError("pottsops build: CUDA requested but this torch build has no CUDA")
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's own
+    # The C++ standard is torch's own.  The CPU kernels are written to auto-vectorise; -march decides
+    # the vector width (native: this machine's; set POTTSOPS_CPU_ARCH=x86-64 for a portable build).
+    arch = os.environ.get("POTTSOPS_CPU_ARCH", "native")
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-march={arch}"]
     define_macros = []
     extension = cpp_extension.CppExtension
     extra = {"cxx": cxx_flags}
@@ -52,6 +56,7 @@ def _extensions():
     if with_cuda:
         print(f"  CUDA_HOME       {cuda_home}")
         print(f"  arch list       {os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default: visible GPUs)')}")
+    print(f"  CPU arch        -march={arch} (POTTSOPS_CPU_ARCH)")
     print(f"  sources         {len(sources)} files")
     ext = extension(
         name="pottsops._C",

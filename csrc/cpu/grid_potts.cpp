@@ -1,15 +1,15 @@
 // Grid and window Potts energies, gradients and affinities on the CPU.
 //
-// Work is split over image rows (at::parallel_for over B * H rows): for one row and one offset the
-// kernels first fill per-row buffers (edge weight, validity, dot product s) with loops over contiguous
-// w, then apply the relaxation table.  The gradient of a pixel gathers the contributions of the pairs
-// that start at it and of the pairs that end at it, so every output is written once by one thread:
-// no atomics, and results do not depend on the thread count.
+// Work is split over image rows (at::parallel_for over B * H rows).  Each thread keeps the rows it
+// needs (h - reach .. h + reach, reach = the largest dy) in a small cache, converted to the
+// accumulation type with contiguous w and masked-out pixels zeroed, so that every inner loop runs over
+// contiguous memory and vectorises.  Each pair's weight and relaxation terms are computed once per
+// pass: the backward pass stores, per row, the coefficients of the pairs that start there, and the
+// gradient of a pixel gathers those of the pairs that start and that end at it.  Every output is written
+// by one thread: no atomics, and results do not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "pottsops/grid_args.h"
@@ -18,129 +18,167 @@
 namespace pottsops {
 namespace {
 
+// A ring of per-row records keyed by (image, row), holding rows h - size + 1 .. h when used in order.
+template <typename Row>
+class RowRing {
+ public:
+  explicit RowRing(int64_t size) : rows_(size), keys_(size, -1) {}
+  // The record of row `key`; `fill(record)` runs when it is not already there.
+  template <typename Fill>
+  Row& get(int64_t key, Fill&& fill) {
+    const int64_t slot = key % static_cast<int64_t>(rows_.size());
+    if (keys_[slot] != key) {
+      fill(rows_[slot]);
+      keys_[slot] = key;
+    }
+    return rows_[slot];
+  }
+
+ private:
+  std::vector<Row> rows_;
+  std::vector<int64_t> keys_;
+};
+
 template <typename scalar_t>
-struct GridRows {
+struct GridKernel {
   using acc_t = at::opmath_type<scalar_t>;
 
+  // One image row in the accumulation type, contiguous in w; masked-out pixels hold zeros.
+  struct Row {
+    std::vector<acc_t> labels;  // K * W
+    std::vector<acc_t> norm;    // W: |y_i|^2
+    std::vector<acc_t> image;   // C * W
+    std::vector<uint8_t> present;
+  };
+
+  // Per offset, for the pairs starting in one row: coefficient of p in dE/dp (2 go w dP/da), of q in
+  // dE/dp and of p in dE/dq (go w dP/ds), and of q in dE/dq (2 go w dP/db).  Zero for invalid pairs.
+  struct Coefficients {
+    std::vector<acc_t> self_p, cross, self_q;  // E * W each
+  };
+
   const GridArgs& args;
-  int64_t B, K, H, W, C = 0;
+  const bool with_labels;
+  int64_t B, K, H, W, C = 0, E, reach = 0;
   View4<scalar_t> y{};
   View4<acc_t> image{}, weights{};
   View4<bool> mask{};
   const acc_t* inv_two_sigma2 = nullptr;
-  at::Tensor norms;  // (B, H, W) contiguous: a_i = |y_i|^2, computed once per call
-  const acc_t* norm = nullptr;
+  acc_t eps;
 
   // with_labels = false for the affinity op, which has an image but no y.
-  explicit GridRows(const GridArgs& a, bool with_labels = true)
+  GridKernel(const GridArgs& a, bool labels)
       : args(a),
-        B((with_labels ? a.y : a.image).size(0)),
-        K(with_labels ? a.y.size(1) : 0),
-        H((with_labels ? a.y : a.image).size(2)),
-        W((with_labels ? a.y : a.image).size(3)) {
-    if (with_labels) y = view4<scalar_t>(a.y);
+        with_labels(labels),
+        B((labels ? a.y : a.image).size(0)),
+        K(labels ? a.y.size(1) : 0),
+        H((labels ? a.y : a.image).size(2)),
+        W((labels ? a.y : a.image).size(3)),
+        E(a.num_offsets()),
+        eps(static_cast<acc_t>(a.eps)) {
+    if (labels) y = view4<scalar_t>(a.y);
     if (a.image.defined()) {
       image = view4<acc_t>(a.image);
       C = a.image.size(1);
       inv_two_sigma2 = a.inv_two_sigma2.data_ptr<acc_t>();
     }
     if (a.weights.defined()) weights = view4<acc_t>(a.weights);
-    if (a.mask.defined()) {
-      const at::Tensor& m = a.mask;
-      mask = {m.data_ptr<bool>(), m.stride(0), 0, m.stride(1), m.stride(2)};
+    if (a.mask.defined()) mask = {a.mask.data_ptr<bool>(), a.mask.stride(0), 0, a.mask.stride(1), a.mask.stride(2)};
+    for (int64_t dy : a.dy) reach = std::max(reach, dy);
+  }
+
+  int64_t grain() const { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, W * (K + C + 1) * E)); }
+
+  void load(Row& row, int64_t b, int64_t h) const {
+    row.present.assign(W, 1);
+    if (mask.data) copy_strided(&mask(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
+    const uint8_t* __restrict__ present = row.present.data();
+    row.labels.resize(K * W);
+    row.norm.assign(W, acc_t(0));
+    acc_t* __restrict__ norm = row.norm.data();
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* __restrict__ out = row.labels.data() + k * W;
+      copy_strided(&y(b, k, h, 0), y.sw, out, 1, W);
+      if (mask.data)
+        for (int64_t w = 0; w < W; ++w) out[w] = present[w] ? out[w] : acc_t(0);
+      for (int64_t w = 0; w < W; ++w) norm[w] += out[w] * out[w];
     }
-    if (with_labels) compute_norms();
-  }
-
-  int64_t grain() const { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, W * (K + C + 1))); }
-
-  void compute_norms() {
-    norms = at::empty({B, H, W}, args.y.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    acc_t* out = norms.data_ptr<acc_t>();
-    at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / H, h = r % H;
-        acc_t* row = out + r * W;
-        std::fill(row, row + W, acc_t(0));
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t w = 0; w < W; ++w) {
-            const acc_t v = static_cast<acc_t>(y(b, k, h, w));
-            row[w] += v * v;
-          }
+    if (image.data && !weights.data) {
+      row.image.resize(C * W);
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t* __restrict__ out = row.image.data() + c * W;
+        copy_strided(&image(b, c, h, 0), image.sw, out, 1, W);
+        if (mask.data)
+          for (int64_t w = 0; w < W; ++w) out[w] = present[w] ? out[w] : acc_t(0);
       }
-    });
-    norm = out;
+    }
   }
-
-  acc_t norm_at(int64_t b, int64_t h, int64_t w) const { return norm[(b * H + h) * W + w]; }
 
   // Columns w for which the pair (h, w) -> (h + dy, w + dx) of offset e lies inside the image.
   bool pair_columns(int64_t h, int64_t e, int64_t& w0, int64_t& w1) const {
-    const int64_t dy = args.dy[e], dx = args.dx[e];
-    if (h + dy >= H) return false;
-    w0 = std::max<int64_t>(0, -dx);
-    w1 = std::min<int64_t>(W, W - dx);
+    if (h + args.dy[e] >= H) return false;
+    w0 = std::max<int64_t>(0, -args.dx[e]);
+    w1 = std::min<int64_t>(W, W - args.dx[e]);
     return w0 < w1;
   }
 
-  // Edge weight and validity of the pairs of offset e starting in row h; invalid pairs get weight 0.
-  void pair_weights(int64_t b, int64_t h, int64_t e, int64_t w0, int64_t w1, acc_t* wt,
-                    uint8_t* valid) const {
-    const int64_t h2 = h + args.dy[e], dx = args.dx[e];
+  // Edge weights of the pairs (p row h, q row h + dy) of offset e, 0 where either end is missing.
+  void pair_weights(const Row& p, const Row& q, int64_t b, int64_t h, int64_t e, int64_t w0, int64_t w1,
+                    acc_t* __restrict__ wt) const {
+    const int64_t dx = args.dx[e];
     const acc_t spatial = static_cast<acc_t>(args.spatial[e]);
     if (weights.data) {
-      for (int64_t w = w0; w < w1; ++w) wt[w] = weights(b, e, h, w);
+      copy_strided(&weights(b, e, h, w0), weights.sw, wt + w0, 1, w1 - w0);
     } else if (image.data) {
-      std::fill(wt + w0, wt + w1, acc_t(0));
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t w = w0; w < w1; ++w) {
-          const acc_t d = image(b, c, h, w) - image(b, c, h2, w + dx);
-          wt[w] += d * d;
-        }
-      const acc_t scale = inv_two_sigma2[b];
-      for (int64_t w = w0; w < w1; ++w) wt[w] = spatial * std::exp(-wt[w] * scale);
-    } else {
-      std::fill(wt + w0, wt + w1, spatial);
-    }
-    if (mask.data) {
-      for (int64_t w = w0; w < w1; ++w) {
-        valid[w] = mask(b, 0, h, w) && mask(b, 0, h2, w + dx);
-        if (!valid[w]) wt[w] = acc_t(0);
+      for (int64_t w = w0; w < w1; ++w) wt[w] = acc_t(0);
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* __restrict__ ip = p.image.data() + c * W;
+        const acc_t* __restrict__ iq = q.image.data() + c * W + dx;
+        for (int64_t w = w0; w < w1; ++w) wt[w] += (ip[w] - iq[w]) * (ip[w] - iq[w]);
       }
+      const acc_t scale = -inv_two_sigma2[b];
+      for (int64_t w = w0; w < w1; ++w) wt[w] = spatial * potts_exp(wt[w] * scale);
     } else {
-      std::fill(valid + w0, valid + w1, uint8_t(1));
+      for (int64_t w = w0; w < w1; ++w) wt[w] = spatial;
     }
+    const uint8_t* __restrict__ pp = p.present.data();
+    const uint8_t* __restrict__ pq = q.present.data() + dx;
+    for (int64_t w = w0; w < w1; ++w) wt[w] = (pp[w] & pq[w]) ? wt[w] : acc_t(0);
   }
 
-  // s = y_i . y_j for the pairs of offset e starting in row h.
-  void pair_dots(int64_t b, int64_t h, int64_t e, int64_t w0, int64_t w1, acc_t* s) const {
-    const int64_t h2 = h + args.dy[e], dx = args.dx[e];
-    std::fill(s + w0, s + w1, acc_t(0));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t w = w0; w < w1; ++w)
-        s[w] += static_cast<acc_t>(y(b, k, h, w)) * static_cast<acc_t>(y(b, k, h2, w + dx));
+  // s = p . q for the pairs of offset e.
+  void pair_dots(const Row& p, const Row& q, int64_t e, int64_t w0, int64_t w1, acc_t* __restrict__ s) const {
+    const int64_t dx = args.dx[e];
+    for (int64_t w = w0; w < w1; ++w) s[w] = acc_t(0);
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t* __restrict__ yp = p.labels.data() + k * W;
+      const acc_t* __restrict__ yq = q.labels.data() + k * W + dx;
+      for (int64_t w = w0; w < w1; ++w) s[w] += yp[w] * yq[w];
+    }
   }
 
   template <int R>
   void energy(acc_t* row_energy) const {
-    const acc_t eps = static_cast<acc_t>(args.eps);
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
+      RowRing<Row> rows(reach + 1);
       std::vector<acc_t> s(W), wt(W);
-      std::vector<uint8_t> valid(W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
+        auto row = [&](int64_t hh) -> const Row& {
+          return rows.get(b * H + hh, [&](Row& x) { load(x, b, hh); });
+        };
+        const Row& p = row(h);
         acc_t total = 0;
-        for (int64_t e = 0; e < args.num_offsets(); ++e) {
+        for (int64_t e = 0; e < E; ++e) {
           int64_t w0, w1;
           if (!pair_columns(h, e, w0, w1)) continue;
-          const int64_t h2 = h + args.dy[e], dx = args.dx[e];
-          pair_weights(b, h, e, w0, w1, wt.data(), valid.data());
-          pair_dots(b, h, e, w0, w1, s.data());
+          const Row& q = row(h + args.dy[e]);
+          const acc_t* __restrict__ nq = q.norm.data() + args.dx[e];
+          pair_weights(p, q, b, h, e, w0, w1, wt.data());
+          pair_dots(p, q, e, w0, w1, s.data());
           for (int64_t w = w0; w < w1; ++w) {
-            if (!valid[w]) continue;
-            const PairTerms<acc_t> t =
-                pair_terms<R, acc_t>(s[w], norm_at(b, h, w), norm_at(b, h2, w + dx), eps);
-            total += wt[w] * t.value;
+            const acc_t value = pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps).value;
+            total += wt[w] != acc_t(0) ? wt[w] * value : acc_t(0);
           }
         }
         row_energy[r] = total;
@@ -148,105 +186,137 @@ struct GridRows {
     });
   }
 
-  // grad_y = d(sum_b grad_energy[b] E_b)/dy; grad_weights (contiguous, zero-filled) if not null.
+  // grad_y = d(sum_b grad_energy[b] E_b)/dy; grad_weights (contiguous (B, E, H, W)) if not null.
   template <int R>
   void backward(const acc_t* grad_energy, const View4<scalar_t>& grad_y, acc_t* grad_weights) const {
-    const acc_t eps = static_cast<acc_t>(args.eps);
-    const int64_t E = args.num_offsets();
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(K * W), self_coef(W), pair_coef(W), s(W), wt(W);
-      std::vector<uint8_t> valid(W);
+      RowRing<Row> rows(2 * reach + 1);
+      RowRing<Coefficients> coefficients(reach + 1);
+      std::vector<acc_t> s(W), wt(W), self(W), acc(K * W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
         const acc_t go = grad_energy[b];
+        auto row = [&](int64_t hh) -> const Row& {
+          return rows.get(b * H + hh, [&](Row& x) { load(x, b, hh); });
+        };
+        auto coefficients_of = [&](int64_t hh) -> const Coefficients& {
+          return coefficients.get(b * H + hh, [&](Coefficients& c) {
+            fill_coefficients<R>(c, row, b, hh, go, s.data(), wt.data(),
+                                 (b * H + hh >= begin) ? grad_weights : nullptr);
+          });
+        };
+        std::fill(self.begin(), self.end(), acc_t(0));
         std::fill(acc.begin(), acc.end(), acc_t(0));
-        std::fill(self_coef.begin(), self_coef.end(), acc_t(0));
         for (int64_t e = 0; e < E; ++e) {
           const int64_t dy = args.dy[e], dx = args.dx[e];
           int64_t w0, w1;
-          // Pairs (h, w) -> (h + dy, w + dx): this row holds the first endpoint p.
-          if (pair_columns(h, e, w0, w1)) {
-            pair_weights(b, h, e, w0, w1, wt.data(), valid.data());
-            pair_dots(b, h, e, w0, w1, s.data());
-            for (int64_t w = w0; w < w1; ++w) {
-              pair_coef[w] = acc_t(0);
-              if (!valid[w]) continue;
-              const PairTerms<acc_t> t =
-                  pair_terms<R, acc_t>(s[w], norm_at(b, h, w), norm_at(b, h + dy, w + dx), eps);
-              const acc_t c = go * wt[w];
-              self_coef[w] += 2 * c * t.d_a;
-              pair_coef[w] = c * t.d_s;
-              if (grad_weights) grad_weights[((b * E + e) * H + h) * W + w] = go * t.value;
+          if (pair_columns(h, e, w0, w1)) {  // pairs (h, w) -> (h + dy, w + dx): this pixel is p
+            const Coefficients& c = coefficients_of(h);
+            const Row& q = row(h + dy);
+            const acc_t* __restrict__ self_p = c.self_p.data() + e * W;
+            const acc_t* __restrict__ cross = c.cross.data() + e * W;
+            for (int64_t w = w0; w < w1; ++w) self[w] += self_p[w];
+            for (int64_t k = 0; k < K; ++k) {
+              acc_t* __restrict__ out = acc.data() + k * W;
+              const acc_t* __restrict__ yq = q.labels.data() + k * W + dx;
+              for (int64_t w = w0; w < w1; ++w) out[w] += cross[w] * yq[w];
             }
-            for (int64_t k = 0; k < K; ++k)
-              for (int64_t w = w0; w < w1; ++w)
-                if (valid[w]) acc[k * W + w] += pair_coef[w] * static_cast<acc_t>(y(b, k, h + dy, w + dx));
           }
-          // Pairs (h - dy, w - dx) -> (h, w): this row holds the second endpoint q.
-          const int64_t h0 = h - dy;
-          if (h0 >= 0 && pair_columns(h0, e, w0, w1)) {
-            pair_weights(b, h0, e, w0, w1, wt.data(), valid.data());
-            pair_dots(b, h0, e, w0, w1, s.data());
-            for (int64_t w = w0; w < w1; ++w) {
-              pair_coef[w] = acc_t(0);
-              if (!valid[w]) continue;
-              const PairTerms<acc_t> t =
-                  pair_terms<R, acc_t>(s[w], norm_at(b, h0, w), norm_at(b, h, w + dx), eps);
-              const acc_t c = go * wt[w];
-              self_coef[w + dx] += 2 * c * t.d_b;
-              pair_coef[w] = c * t.d_s;
+          if (h - dy >= 0 && pair_columns(h - dy, e, w0, w1)) {  // pairs (h - dy, w) -> (h, w + dx): q
+            const Coefficients& c = coefficients_of(h - dy);
+            const Row& p = row(h - dy);
+            const acc_t* __restrict__ self_q = c.self_q.data() + e * W;
+            const acc_t* __restrict__ cross = c.cross.data() + e * W;
+            acc_t* __restrict__ self_shifted = self.data() + dx;
+            for (int64_t w = w0; w < w1; ++w) self_shifted[w] += self_q[w];
+            for (int64_t k = 0; k < K; ++k) {
+              acc_t* __restrict__ out = acc.data() + k * W + dx;
+              const acc_t* __restrict__ yp = p.labels.data() + k * W;
+              for (int64_t w = w0; w < w1; ++w) out[w] += cross[w] * yp[w];
             }
-            for (int64_t k = 0; k < K; ++k)
-              for (int64_t w = w0; w < w1; ++w)
-                if (valid[w]) acc[k * W + w + dx] += pair_coef[w] * static_cast<acc_t>(y(b, k, h0, w));
           }
         }
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t w = 0; w < W; ++w) {
-            const bool present = !mask.data || mask(b, 0, h, w);
-            const acc_t g = acc[k * W + w] + self_coef[w] * static_cast<acc_t>(y(b, k, h, w));
-            grad_y(b, k, h, w) = static_cast<scalar_t>(present ? g : acc_t(0));
-          }
+        const Row& own = row(h);
+        for (int64_t k = 0; k < K; ++k) {
+          acc_t* __restrict__ out = acc.data() + k * W;
+          const acc_t* __restrict__ yk = own.labels.data() + k * W;
+          for (int64_t w = 0; w < W; ++w) out[w] += self[w] * yk[w];
+          copy_strided(out, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+        }
       }
     });
   }
 
+  template <int R, typename RowOf>
+  void fill_coefficients(Coefficients& c, RowOf&& row, int64_t b, int64_t h, acc_t go, acc_t* s, acc_t* wt,
+                         acc_t* grad_weights) const {
+    c.self_p.assign(E * W, acc_t(0));
+    c.cross.assign(E * W, acc_t(0));
+    c.self_q.assign(E * W, acc_t(0));
+    const Row& p = row(h);
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t w0, w1;
+      if (!pair_columns(h, e, w0, w1)) continue;
+      const Row& q = row(h + args.dy[e]);
+      const acc_t* __restrict__ nq = q.norm.data() + args.dx[e];
+      pair_weights(p, q, b, h, e, w0, w1, wt);
+      pair_dots(p, q, e, w0, w1, s);
+      acc_t* __restrict__ self_p = c.self_p.data() + e * W;
+      acc_t* __restrict__ cross = c.cross.data() + e * W;
+      acc_t* __restrict__ self_q = c.self_q.data() + e * W;
+      for (int64_t w = w0; w < w1; ++w) {
+        const PairTerms<acc_t> t = pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps);
+        const bool valid = wt[w] != acc_t(0);
+        const acc_t scale = go * wt[w];
+        self_p[w] = valid ? 2 * scale * t.d_a : acc_t(0);
+        cross[w] = valid ? scale * t.d_s : acc_t(0);
+        self_q[w] = valid ? 2 * scale * t.d_b : acc_t(0);
+      }
+      if (grad_weights) {
+        // dE/dw = P for every existing pair, also where w = 0 (learned weights may be zero).
+        const uint8_t* pp = p.present.data();
+        const uint8_t* pq = q.present.data() + args.dx[e];
+        acc_t* out = grad_weights + ((b * E + e) * H + h) * W;
+        for (int64_t w = w0; w < w1; ++w)
+          out[w] = (pp[w] & pq[w]) ? go * pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps).value : acc_t(0);
+      }
+    }
+  }
+
   void affinity(const View4<acc_t>& out) const {
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
+      RowRing<Row> rows(reach + 1);
       std::vector<acc_t> wt(W);
-      std::vector<uint8_t> valid(W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
-        for (int64_t e = 0; e < args.num_offsets(); ++e) {
+        auto row = [&](int64_t hh) -> const Row& {
+          return rows.get(b * H + hh, [&](Row& x) { load(x, b, hh); });
+        };
+        for (int64_t e = 0; e < E; ++e) {
           int64_t w0 = 0, w1 = 0;
-          if (pair_columns(h, e, w0, w1)) pair_weights(b, h, e, w0, w1, wt.data(), valid.data());
-          for (int64_t w = 0; w < W; ++w) out(b, e, h, w) = (w >= w0 && w < w1) ? wt[w] : acc_t(0);
+          if (pair_columns(h, e, w0, w1)) pair_weights(row(h), row(h + args.dy[e]), b, h, e, w0, w1, wt.data());
+          for (int64_t w = 0; w < W; ++w) wt[w] = (w >= w0 && w < w1) ? wt[w] : acc_t(0);
+          copy_strided(wt.data(), 1, &out(b, e, h, 0), out.sw, W);
         }
       }
     });
   }
 };
 
-// Per-image sums of per-row partials, in row order: deterministic for any thread count.
-at::Tensor sum_rows(const at::Tensor& row_energy, int64_t B, int64_t H) {
-  return row_energy.view({B, H}).sum(1);
-}
-
 at::Tensor grid_potts_energy_cpu(const at::Tensor& y, const c10::optional<at::Tensor>& image,
-                                 const c10::optional<at::Tensor>& weights,
-                                 const c10::optional<at::Tensor>& mask,
+                                 const c10::optional<at::Tensor>& weights, const c10::optional<at::Tensor>& mask,
                                  const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
                                  at::ArrayRef<double> spatial, int64_t relaxation, double eps) {
-  const GridArgs args =
-      make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   const int64_t B = y.size(0), H = y.size(2);
   at::Tensor row_energy = at::empty({B * H}, y.options().dtype(accumulation_type(y.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_energy_cpu", [&] {
-    const GridRows<scalar_t> rows(args);
+    const GridKernel<scalar_t> kernel(args, /*labels=*/true);
     auto* out = row_energy.data_ptr<at::opmath_type<scalar_t>>();
-    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] { rows.template energy<R>(out); });
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] { kernel.template energy<R>(out); });
   });
-  return sum_rows(row_energy, B, H).to(y.scalar_type());
+  // Per-image sums of the per-row partials in row order: deterministic for any thread count.
+  return row_energy.view({B, H}).sum(1).to(y.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
@@ -254,37 +324,33 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
     const c10::optional<at::Tensor>& weights, const c10::optional<at::Tensor>& mask,
     const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial,
     int64_t relaxation, double eps, bool weights_grad) {
-  const GridArgs args =
-      make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0),
-              "grad_energy: expected shape (", y.size(0), "), got ", grad_energy.sizes());
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0), "grad_energy: expected shape (",
+              y.size(0), "), got ", grad_energy.sizes());
   TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
-  const at::ScalarType acc = accumulation_type(y.scalar_type());
-  const at::Tensor go = grad_energy.to(acc).contiguous();
+  const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
   at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options())
+  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(
+                                                                         at::MemoryFormat::Contiguous))
                                    : at::empty({0}, y.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const GridRows<scalar_t> rows(args);
+    const GridKernel<scalar_t> kernel(args, /*labels=*/true);
     const View4<scalar_t> out = view4<scalar_t>(grad_y);
     acc_t* gw = weights_grad ? grad_w.data_ptr<acc_t>() : nullptr;
-    POTTS_DISPATCH_RELAXATION(args.relaxation,
-                              [&] { rows.template backward<R>(go.data_ptr<acc_t>(), out, gw); });
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] { kernel.template backward<R>(go.data_ptr<acc_t>(), out, gw); });
   });
   if (weights_grad) grad_w = grad_w.to(weights->scalar_type());
   return {grad_y, grad_w};
 }
 
 at::Tensor grid_affinity_cpu(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
-                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
-                             at::ArrayRef<double> spatial) {
+                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial) {
   const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
-  at::Tensor out = at::empty({image.size(0), args.num_offsets(), image.size(2), image.size(3)},
-                             args.image.options());
+  at::Tensor out = at::empty({image.size(0), args.num_offsets(), image.size(2), image.size(3)}, args.image.options());
   AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_cpu", [&] {
-    const GridRows<scalar_t> rows(args, /*with_labels=*/false);
-    rows.affinity(view4<scalar_t>(out));
+    const GridKernel<scalar_t> kernel(args, /*labels=*/false);
+    kernel.affinity(view4<scalar_t>(out));
   });
   return out;
 }

@@ -36,72 +36,111 @@ struct UnaryRows {
 
   int64_t grain() const { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * K)); }
 
-  // Per-pixel reductions of row (b, h): max m, log-sum-exp, the unary's dot product, sum of y and H.
-  struct RowStats {
-    std::vector<acc_t> m, log_z, dot, sum_y, value;
-    explicit RowStats(int64_t W) : m(W), log_z(W), dot(W), sum_y(W), value(W) {}
+  // One row (b, h) in the accumulation type, contiguous in w, with the per-pixel reductions: log-sum-exp
+  // of z, the unary's dot product, sum of y and H.  Missing pixels get z = 0, y = 1/K (finite values).
+  struct Row {
+    std::vector<acc_t> z, y, sigma;  // K * W
+    std::vector<acc_t> lse, dot, sum_y, value, total;
+    std::vector<uint8_t> present;
   };
 
   template <int U>
-  void stats(int64_t b, int64_t h, RowStats& st) const {
-    std::fill(st.m.begin(), st.m.end(), -std::numeric_limits<acc_t>::infinity());
-    std::fill(st.log_z.begin(), st.log_z.end(), acc_t(0));
-    std::fill(st.dot.begin(), st.dot.end(), acc_t(0));
-    std::fill(st.sum_y.begin(), st.sum_y.end(), acc_t(0));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t w = 0; w < W; ++w) st.m[w] = std::max(st.m[w], static_cast<acc_t>(z(b, k, h, w)));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t w = 0; w < W; ++w) st.log_z[w] += std::exp(static_cast<acc_t>(z(b, k, h, w)) - st.m[w]);
-    for (int64_t w = 0; w < W; ++w) st.log_z[w] = std::log(st.log_z[w]);
-    for (int64_t k = 0; k < K; ++k)
+  void load(Row& row, int64_t b, int64_t h) const {
+    const acc_t eps = this->eps;  // a local, so that stores cannot alias it and loops vectorise
+    row.z.resize(K * W);
+    row.y.resize(K * W);
+    row.sigma.resize(K * W);
+    row.present.assign(W, 1);
+    if (mask.data) copy_strided(&mask(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
+    const uint8_t* __restrict__ present = row.present.data();
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* __restrict__ zk = row.z.data() + k * W;
+      acc_t* __restrict__ yk = row.y.data() + k * W;
+      copy_strided(&z(b, k, h, 0), z.sw, zk, 1, W);
+      copy_strided(&y(b, k, h, 0), y.sw, yk, 1, W);
+      if (mask.data)
+        for (int64_t w = 0; w < W; ++w) {
+          zk[w] = present[w] ? zk[w] : acc_t(0);
+          yk[w] = present[w] ? yk[w] : acc_t(1) / static_cast<acc_t>(K);
+        }
+    }
+    row.lse.assign(W, -std::numeric_limits<acc_t>::infinity());
+    row.dot.assign(W, acc_t(0));
+    row.sum_y.assign(W, acc_t(0));
+    row.value.resize(W);
+    acc_t* __restrict__ lse = row.lse.data();
+    acc_t* __restrict__ dot = row.dot.data();
+    acc_t* __restrict__ sum_y = row.sum_y.data();
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t* __restrict__ zk = row.z.data() + k * W;
+      for (int64_t w = 0; w < W; ++w) lse[w] = std::max(lse[w], zk[w]);  // the max, for now
+    }
+    row.total.assign(W, acc_t(0));
+    acc_t* __restrict__ total = row.total.data();
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t* __restrict__ zk = row.z.data() + k * W;
+      acc_t* __restrict__ ek = row.sigma.data() + k * W;
       for (int64_t w = 0; w < W; ++w) {
-        const acc_t zk = static_cast<acc_t>(z(b, k, h, w)), yk = static_cast<acc_t>(y(b, k, h, w));
-        const acc_t sigma = std::exp(zk - st.m[w] - st.log_z[w]);
-        st.dot[w] += unary_dot_term<U, acc_t>(zk, yk, sigma, eps);
-        st.sum_y[w] += yk;
+        ek[w] = potts_exp(zk[w] - lse[w]);
+        total[w] += ek[w];
       }
-    for (int64_t w = 0; w < W; ++w)
-      st.value[w] = unary_value<U, acc_t>(st.dot[w], st.sum_y[w], st.m[w] + st.log_z[w], eps);
+    }
+    for (int64_t w = 0; w < W; ++w) lse[w] += potts_log(total[w]);
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t* __restrict__ zk = row.z.data() + k * W;
+      const acc_t* __restrict__ yk = row.y.data() + k * W;
+      acc_t* __restrict__ sk = row.sigma.data() + k * W;
+      for (int64_t w = 0; w < W; ++w) {
+        sk[w] = sk[w] / total[w];
+        dot[w] += unary_dot_term<U, acc_t>(zk[w], yk[w], sk[w], eps);
+        sum_y[w] += yk[w];
+      }
+    }
+    for (int64_t w = 0; w < W; ++w) row.value[w] = unary_value<U, acc_t>(dot[w], sum_y[w], lse[w], eps);
   }
-
-  bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
 
   template <int U>
   void forward(const View4<scalar_t>& loss) const {
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
-      RowStats st(W);
+      Row row;
+      std::vector<acc_t> out(W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
-        stats<U>(b, h, st);
-        for (int64_t w = 0; w < W; ++w)
-          loss(b, 0, h, w) = static_cast<scalar_t>(present(b, h, w) ? st.value[w] : acc_t(0));
+        load<U>(row, b, h);
+        for (int64_t w = 0; w < W; ++w) out[w] = row.present[w] ? row.value[w] : acc_t(0);
+        copy_strided(out.data(), 1, &loss(b, 0, h, 0), loss.sw, W);
       }
     });
   }
 
   template <int U>
-  void backward(const View4<scalar_t>& grad_loss, const View4<scalar_t>& grad_z,
-                const View4<scalar_t>& grad_y) const {
+  void backward(const View4<scalar_t>& grad_loss, const View4<scalar_t>& grad_z, const View4<scalar_t>& grad_y) const {
+    const acc_t eps = this->eps;
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
-      RowStats st(W);
+      Row row;
+      std::vector<acc_t> go(W), d_z(W), d_y(W);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
-        stats<U>(b, h, st);
-        for (int64_t k = 0; k < K; ++k)
+        load<U>(row, b, h);
+        copy_strided(&grad_loss(b, 0, h, 0), grad_loss.sw, go.data(), 1, W);
+        for (int64_t w = 0; w < W; ++w) go[w] = row.present[w] ? go[w] : acc_t(0);
+        const acc_t* __restrict__ dot = row.dot.data();
+        const acc_t* __restrict__ sum_y = row.sum_y.data();
+        const acc_t* __restrict__ lse = row.lse.data();
+        const acc_t* __restrict__ value = row.value.data();
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t* __restrict__ zk = row.z.data() + k * W;
+          const acc_t* __restrict__ yk = row.y.data() + k * W;
+          const acc_t* __restrict__ sk = row.sigma.data() + k * W;
           for (int64_t w = 0; w < W; ++w) {
-            acc_t d_z = 0, d_y = 0;
-            if (present(b, h, w)) {
-              const acc_t zk = static_cast<acc_t>(z(b, k, h, w)), yk = static_cast<acc_t>(y(b, k, h, w));
-              const acc_t lse = st.m[w] + st.log_z[w];
-              const acc_t sigma = std::exp(zk - lse);
-              unary_grads<U, acc_t>(zk, yk, sigma, st.dot[w], st.sum_y[w], lse, st.value[w], eps, &d_z, &d_y);
-              const acc_t go = static_cast<acc_t>(grad_loss(b, 0, h, w));
-              d_z *= go;
-              d_y *= go;
-            }
-            grad_z(b, k, h, w) = static_cast<scalar_t>(d_z);
-            grad_y(b, k, h, w) = static_cast<scalar_t>(d_y);
+            const UnaryGrads<acc_t> g =
+                unary_grads<U, acc_t>(zk[w], yk[w], sk[w], dot[w], sum_y[w], lse[w], value[w], eps);
+            d_z[w] = go[w] * g.d_z;
+            d_y[w] = go[w] * g.d_y;
           }
+          copy_strided(d_z.data(), 1, &grad_z(b, k, h, 0), grad_z.sw, W);
+          copy_strided(d_y.data(), 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+        }
       }
     });
   }

@@ -60,4 +60,16 @@ View4<T> view4(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// Copies n strided elements to/from a contiguous buffer, converting the type; the unit-stride case is
+// separate so that it vectorises.
+template <typename From, typename To>
+inline void copy_strided(const From* __restrict__ src, int64_t src_stride, To* __restrict__ dst,
+                         int64_t dst_stride, int64_t n) {
+  if (src_stride == 1 && dst_stride == 1) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = static_cast<To>(src[i * src_stride]);
+  }
+}
+
 }  // namespace pottsops

@@ -10,6 +10,10 @@
 
 #include <cmath>
 
+#ifndef __CUDACC__
+#include "pottsops/fast_math.h"
+#endif
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define POTTS_HD __host__ __device__ __forceinline__
 #else
@@ -37,14 +41,23 @@ struct PairTerms {
   T d_b;    // dP/db
 };
 
+// Elementary functions: the CUDA builtins on the device; on the host, vectorisable versions for float
+// (pottsops/fast_math.h) and libm for double.
 template <typename T>
 POTTS_HD T potts_sqrt(T x) { return sqrt(x); }
+template <typename T>
+POTTS_HD T potts_max(T x, T y) { return x > y ? x : y; }
+#ifdef __CUDACC__
 template <typename T>
 POTTS_HD T potts_log(T x) { return log(x); }
 template <typename T>
 POTTS_HD T potts_exp(T x) { return exp(x); }
-template <typename T>
-POTTS_HD T potts_max(T x, T y) { return x > y ? x : y; }
+#else
+inline float potts_log(float x) { return fast_logf(x); }
+inline double potts_log(double x) { return std::log(x); }
+inline float potts_exp(float x) { return fast_expf(x); }
+inline double potts_exp(double x) { return std::exp(x); }
+#endif
 
 // Value and partials of relaxation R at (s, a, b).  R is a template parameter so that kernels are
 // instantiated once per relaxation and the switch disappears from inner loops.
@@ -139,20 +152,23 @@ POTTS_HD T unary_value(T dot, T sum_y, T lse, T eps) {
   return dot;
 }
 
+template <typename T>
+struct UnaryGrads {
+  T d_z;  // dH/dz_k
+  T d_y;  // dH/dy_k
+};
+
 // dH/dz_k and dH/dy_k for one class, given the reduced scalars (value = H, lse = log-sum-exp of z).
 template <int U, typename T>
-POTTS_HD void unary_grads(T z, T y, T sigma, T dot, T sum_y, T lse, T value, T eps, T* d_z, T* d_y) {
+POTTS_HD UnaryGrads<T> unary_grads(T z, T y, T sigma, T dot, T sum_y, T lse, T value, T eps) {
   if (U == kUnaryCollisionCE) {
     const T inv = T(1) / (dot + eps);
-    *d_z = -sigma * (y - dot) * inv;
-    *d_y = -sigma * inv;
+    return {-sigma * (y - dot) * inv, -sigma * inv};
   } else if (U == kUnaryCE) {
-    *d_z = sigma * sum_y - y;
-    *d_y = lse - z;  // -log sigma_k, finite even where sigma_k underflows
+    return {sigma * sum_y - y, lse - z};  // dH/dy = -log sigma_k, finite even where sigma_k underflows
   } else {
     const T g = -potts_log(y + eps);
-    *d_z = sigma * (g - value);
-    *d_y = -sigma / (y + eps);
+    return {sigma * (g - value), -sigma / (y + eps)};
   }
 }
 

@@ -1,0 +1,106 @@
+"""The registry of benchmark cases: each op at each configuration, with its float64 reference and its
+byte floor.  Backends: names accepted by pottsops ('cpu', 'cuda', 'triton', 'reference') plus
+'compile(reference)', torch.compile of the reference measured in the same run."""
+import torch
+import torch.nn.functional as F
+
+import pottsops
+from benchmarks.harness import Case
+
+ELEMENT = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.float64: 8}
+
+
+def smooth_image(B, H, W, device, generator):
+    """An RGB image in 0..255 with image-like structure: smooth regions plus mild noise."""
+    coarse = torch.rand(B, 3, max(2, H // 16), max(2, W // 16), generator=generator) * 255
+    image = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+    return (image + torch.randn(B, 3, H, W, generator=generator) * 4).clamp(0, 255).to(device)
+
+
+def soft_labels(shape, dtype, device, generator):
+    return torch.softmax(torch.randn(shape, generator=generator) * 3, 1).to(device=device, dtype=dtype)
+
+
+def _potts_call(backend, relaxation, neighborhood):
+    def energy(y, image):
+        return pottsops.potts_energy(y, image, relaxation=relaxation, neighborhood=neighborhood,
+                                     backend="reference" if backend == "compile(reference)" else backend)
+    return energy
+
+
+_potts_fns = {}
+
+
+def potts_function(backend, relaxation, neighborhood):
+    key = (backend, relaxation, str(neighborhood))
+    if key not in _potts_fns:
+        fn = _potts_call(backend, relaxation, neighborhood)
+        _potts_fns[key] = torch.compile(fn) if backend == "compile(reference)" else fn
+    return _potts_fns[key]
+
+
+def forward_backward(fn, direction, tensors, wrt):
+    """fn(*tensors) and, for fwd+bwd, the gradients of its sum to tensors[:wrt]."""
+    leaves = [t.detach().requires_grad_(direction == "fwd+bwd" and i < wrt) for i, t in enumerate(tensors)]
+    out = fn(*leaves)
+    if direction == "fwd":
+        return (out.detach(),)
+    return (out.detach(), *torch.autograd.grad(out.sum(), leaves[:wrt]))
+
+
+def potts_case(relaxation, neighborhood, shape, dtype, direction, backends):
+    B, K, H, W = shape
+
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"y": soft_labels(shape, dtype, device, g), "image": smooth_image(B, H, W, device, g)}
+
+    def run(backend, inputs):
+        fn = potts_function(backend, relaxation, neighborhood)
+        return forward_backward(lambda y: fn(y, inputs["image"]), direction, [inputs["y"]], 1)
+
+    def expected(inputs):
+        y = inputs["y"].double().cpu()
+        image = inputs["image"].cpu()
+        fn = potts_function("reference", relaxation, neighborhood)
+        return forward_backward(lambda y: fn(y, image), direction, [y], 1)
+
+    y_bytes = B * K * H * W * ELEMENT[dtype]
+    image_bytes = B * 3 * H * W * 4
+    floor = y_bytes + image_bytes + (y_bytes if direction == "fwd+bwd" else 0)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    return Case("potts_energy", f"{relaxation}/{neighborhood}", shape, dtype, direction, make_inputs, run,
+                         expected, floor, backends, tolerance)
+
+
+_unary_fns = {}
+
+
+def unary_function(backend, kind):
+    key = (backend, kind)
+    if key not in _unary_fns:
+        def fn(logits, y):
+            return pottsops.unary(logits, y, kind, reduction="sum",
+                                  backend="reference" if backend == "compile(reference)" else backend)
+        _unary_fns[key] = torch.compile(fn) if backend == "compile(reference)" else fn
+    return _unary_fns[key]
+
+
+def unary_case(kind, shape, dtype, direction, backends):
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        logits = (torch.randn(shape, generator=g) * 3).to(device=device, dtype=dtype)
+        return {"logits": logits, "y": soft_labels(shape, dtype, device, g)}
+
+    def run(backend, inputs):
+        return forward_backward(unary_function(backend, kind), direction, [inputs["logits"], inputs["y"]], 2)
+
+    def expected(inputs):
+        fn = unary_function("reference", kind)
+        return forward_backward(fn, direction, [inputs["logits"].double().cpu(), inputs["y"].double().cpu()], 2)
+
+    tensor_bytes = shape[0] * shape[1] * shape[2] * shape[3] * ELEMENT[dtype]
+    floor = 2 * tensor_bytes + (2 * tensor_bytes if direction == "fwd+bwd" else 0)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    return Case("unary", kind, shape, dtype, direction, make_inputs, run, expected, floor, backends,
+                         tolerance)

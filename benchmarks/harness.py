@@ -1,0 +1,215 @@
+"""One benchmark harness for every op: correctness check before timing, medians of device-event (GPU)
+or wall-clock (CPU) times, the byte floor of each op, a long-format CSV, a markdown table and a plot.
+
+A Case names an op variant at a shape and how to run it on each backend; measure() checks every
+backend's outputs against a float64 reference before timing it, and a backend that fails the check is
+recorded as such and not timed.
+"""
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Case:
+    op: str                      # e.g. "potts_energy"
+    variant: str                 # e.g. "cd/nn4"
+    shape: tuple                 # (B, K, H, W)
+    dtype: torch.dtype
+    direction: str               # "fwd" or "fwd+bwd"
+    make_inputs: Callable        # (device, seed) -> dict of tensors
+    run: Callable                # (backend, inputs) -> tuple of output tensors
+    expected: Callable           # inputs -> outputs of the float64 reference
+    floor_bytes: int             # fewest bytes the op must move
+    backends: list = field(default_factory=list)
+    tolerance: float = 1e-4      # relative error |out - ref| / |ref| allowed
+
+    @property
+    def shape_str(self):
+        return "x".join(str(s) for s in self.shape)
+
+    @property
+    def dtype_str(self):
+        return str(self.dtype).replace("torch.", "")
+
+
+def git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device):
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "sha": git_sha()}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device, warmup=2, min_reps=5, min_seconds=1.0, max_reps=200):
+    """Median seconds of fn(); CUDA events on the GPU, perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < min_seconds):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, megabytes=256):
+    """Measured device copy bandwidth in bytes/s (bytes read + bytes written)."""
+    n = megabytes * 2 ** 20 // 4
+    a = torch.rand(n, device=device)
+    b = torch.empty_like(a)
+    seconds = median_time(lambda: b.copy_(a), device, warmup=3, min_reps=10, min_seconds=0.5)
+    return 2 * a.numel() * 4 / seconds
+
+
+def relative_error(outputs, expected):
+    num = sum(float((o.double().cpu() - e.double().cpu()).norm() ** 2) for o, e in zip(outputs, expected))
+    den = sum(float(e.double().cpu().norm() ** 2) for e in expected)
+    return (num / max(den, 1e-300)) ** 0.5
+
+
+def measure(case, device, bandwidth, input_sets=1):
+    """Rows of the long-format CSV for one case: per backend the check and the time."""
+    inputs = [case.make_inputs(device, seed) for seed in range(input_sets)]
+    expected = case.expected(inputs[0])
+    rows, times = [], {}
+    for backend in case.backends:
+        base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
+                "direction": case.direction, "backend": backend}
+        try:
+            error = relative_error(case.run(backend, inputs[0]), expected)
+        except Exception as exc:  # a backend that cannot run this case is reported, not hidden
+            rows.append({**base, "metric": "error", "value": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        rows.append({**base, "metric": "rel_error", "value": f"{error:.3e}"})
+        if not error <= case.tolerance:
+            rows.append({**base, "metric": "check", "value": "FAIL"})
+            continue
+        counter = iter(range(10 ** 9))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = median_time(lambda: case.run(backend, inputs[next(counter) % input_sets]), device)
+        times[backend] = seconds
+        rows.append({**base, "metric": "time_ms", "value": f"{seconds * 1e3:.4f}"})
+        rows.append({**base, "metric": "floor_fraction", "value": f"{case.floor_bytes / bandwidth / seconds:.4f}"})
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+            rows.append({**base, "metric": "peak_mem_mb", "value": f"{peak:.1f}"})
+    for backend, seconds in times.items():
+        base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
+                "direction": case.direction, "backend": backend}
+        for baseline in ("reference", "compile(reference)"):
+            if baseline in times and backend != baseline:
+                rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
+    return rows
+
+
+CSV_FIELDS = ["op", "variant", "shape", "dtype", "direction", "backend", "metric", "value", "device", "torch",
+              "triton", "sha"]
+
+
+def append_csv(path, rows, env):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, **env})
+
+
+def markdown_table(rows, env, bandwidth, backends):
+    """One line per (op, variant, shape, dtype, direction): time of each backend, the fastest fused
+    backend's floor fraction and its speed-ups."""
+    key = lambda r: (r["op"], r["variant"], r["shape"], r["dtype"], r["direction"])  # noqa: E731
+    cases = {}
+    for row in rows:
+        cases.setdefault(key(row), {}).setdefault(row["backend"], {})[row["metric"]] = row["value"]
+    fused = [b for b in backends if b not in ("reference", "compile(reference)", "unfold")]
+    header = ["op", "variant", "shape", "dtype", "dir"] + [f"{b} ms" for b in backends] + \
+        ["best fused", "floor frac", "× ref", "× compile(ref)"]
+    lines = [f"Device: {env['device']}; torch {env['torch']}; triton {env['triton']}; commit {env['sha']}; "
+             f"measured copy bandwidth {bandwidth / 1e9:.1f} GB/s.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, per_backend in cases.items():
+        cells = list(k)
+        for b in backends:
+            m = per_backend.get(b, {})
+            cells.append(m.get("time_ms", m.get("check", "err" if "error" in m else "–")))
+        timed = [b for b in fused if "time_ms" in per_backend.get(b, {})]
+        if timed:
+            best = min(timed, key=lambda b: float(per_backend[b]["time_ms"]))
+            m = per_backend[best]
+            cells += [best, m.get("floor_fraction", "–"), m.get("speedup_vs_reference", "–"),
+                      m.get("speedup_vs_compile(reference)", "–")]
+        else:
+            cells += ["–"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedups(rows, path, title):
+    """Bar chart of each fused backend's speed-up over the eager reference."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    data = {}
+    for row in rows:
+        if row["metric"] == "speedup_vs_reference":
+            label = f"{row['variant']} {row['shape']} {row['dtype']} {row['direction']}"
+            data.setdefault(row["backend"], {})[label] = float(row["value"])
+    if not data:
+        return False
+    labels = sorted({label for series in data.values() for label in series})
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(labels)), 4.5))
+    width = 0.8 / len(data)
+    for i, (backend, series) in enumerate(sorted(data.items())):
+        ax.bar([j + i * width for j in range(len(labels))], [series.get(lab, 0) for lab in labels], width,
+               label=backend)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=75, fontsize=7)
+    ax.set_ylabel("speed-up over eager reference (×)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
