@@ -85,13 +85,19 @@ struct UnaryRows {
         total[w] += ek[w];
       }
     }
-    for (int64_t w = 0; w < W; ++w) lse[w] += potts_log(total[w]);
+    for (int64_t w = 0; w < W; ++w) {
+      lse[w] += potts_log(total[w]);
+      total[w] = acc_t(1) / total[w];  // from here on the inverse
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* __restrict__ sk = row.sigma.data() + k * W;
+      for (int64_t w = 0; w < W; ++w) sk[w] *= total[w];
+    }
     for (int64_t k = 0; k < K; ++k) {
       const acc_t* __restrict__ zk = row.z.data() + k * W;
       const acc_t* __restrict__ yk = row.y.data() + k * W;
-      acc_t* __restrict__ sk = row.sigma.data() + k * W;
+      const acc_t* __restrict__ sk = row.sigma.data() + k * W;
       for (int64_t w = 0; w < W; ++w) {
-        sk[w] = sk[w] / total[w];
         dot[w] += unary_dot_term<U, acc_t>(zk[w], yk[w], sk[w], eps);
         sum_y[w] += yk[w];
       }
@@ -128,18 +134,19 @@ struct UnaryRows {
         const acc_t* __restrict__ sum_y = row.sum_y.data();
         const acc_t* __restrict__ lse = row.lse.data();
         const acc_t* __restrict__ value = row.value.data();
+        const acc_t* __restrict__ scale = go.data();
+        acc_t* __restrict__ out_z = d_z.data();
+        acc_t* __restrict__ out_y = d_y.data();
         for (int64_t k = 0; k < K; ++k) {
           const acc_t* __restrict__ zk = row.z.data() + k * W;
           const acc_t* __restrict__ yk = row.y.data() + k * W;
           const acc_t* __restrict__ sk = row.sigma.data() + k * W;
-          for (int64_t w = 0; w < W; ++w) {
-            const UnaryGrads<acc_t> g =
-                unary_grads<U, acc_t>(zk[w], yk[w], sk[w], dot[w], sum_y[w], lse[w], value[w], eps);
-            d_z[w] = go[w] * g.d_z;
-            d_y[w] = go[w] * g.d_y;
-          }
-          copy_strided(d_z.data(), 1, &grad_z(b, k, h, 0), grad_z.sw, W);
-          copy_strided(d_y.data(), 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+          for (int64_t w = 0; w < W; ++w)
+            out_z[w] = scale[w] * unary_grad_logit<U, acc_t>(zk[w], yk[w], sk[w], dot[w], sum_y[w], lse[w], value[w], eps);
+          for (int64_t w = 0; w < W; ++w)
+            out_y[w] = scale[w] * unary_grad_label<U, acc_t>(zk[w], yk[w], sk[w], dot[w], lse[w], eps);
+          copy_strided(out_z, 1, &grad_z(b, k, h, 0), grad_z.sw, W);
+          copy_strided(out_y, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
         }
       }
     });

@@ -152,24 +152,20 @@ POTTS_HD T unary_value(T dot, T sum_y, T lse, T eps) {
   return dot;
 }
 
-template <typename T>
-struct UnaryGrads {
-  T d_z;  // dH/dz_k
-  T d_y;  // dH/dy_k
-};
-
-// dH/dz_k and dH/dy_k for one class, given the reduced scalars (value = H, lse = log-sum-exp of z).
+// dH/dz_k for one class, given the reduced scalars (value = H, lse = log-sum-exp of z).
 template <int U, typename T>
-POTTS_HD UnaryGrads<T> unary_grads(T z, T y, T sigma, T dot, T sum_y, T lse, T value, T eps) {
-  if (U == kUnaryCollisionCE) {
-    const T inv = T(1) / (dot + eps);
-    return {-sigma * (y - dot) * inv, -sigma * inv};
-  } else if (U == kUnaryCE) {
-    return {sigma * sum_y - y, lse - z};  // dH/dy = -log sigma_k, finite even where sigma_k underflows
-  } else {
-    const T g = -potts_log(y + eps);
-    return {sigma * (g - value), -sigma / (y + eps)};
-  }
+POTTS_HD T unary_grad_logit(T z, T y, T sigma, T dot, T sum_y, T lse, T value, T eps) {
+  if (U == kUnaryCollisionCE) return -sigma * (y - dot) / (dot + eps);
+  if (U == kUnaryCE) return sigma * sum_y - y;
+  return sigma * (-potts_log(y + eps) - value);
+}
+
+// dH/dy_k for one class.
+template <int U, typename T>
+POTTS_HD T unary_grad_label(T z, T y, T sigma, T dot, T lse, T eps) {
+  if (U == kUnaryCollisionCE) return -sigma / (dot + eps);
+  if (U == kUnaryCE) return lse - z;  // -log sigma_k, finite even where sigma_k underflows
+  return -sigma / (y + eps);
 }
 
 #define POTTS_UNARY_CASE(value, ...) \
