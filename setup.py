@@ -36,6 +36,9 @@ def _extensions():
         with_cuda, reason = True, "GPU visible"
     if with_cuda and torch.version.cuda is None:
         raise RuntimeError("pottsops build: CUDA requested but this torch build has no CUDA")
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if with_cuda and not cuda_sources:
+        with_cuda, reason = False, "no CUDA sources in csrc/cuda yet"
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard is torch's own.  The CPU kernels are written to auto-vectorise; -march decides
@@ -46,7 +49,7 @@ def _extensions():
     extension = cpp_extension.CppExtension
     extra = {"cxx": cxx_flags}
     if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += cuda_sources
         extension = cpp_extension.CUDAExtension
         define_macros.append(("WITH_CUDA", None))
         extra["nvcc"] = ["-O3", "-lineinfo"]

@@ -39,7 +39,7 @@ def time_backend(y, image, relaxation, backend, repeats=5):
     start = time.perf_counter()
     for _ in range(repeats):
         run()
-    return float(energy), (time.perf_counter() - start) / repeats * 1e3
+    return float(energy.detach()), (time.perf_counter() - start) / repeats * 1e3
 
 
 def main():
