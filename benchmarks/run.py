@@ -13,8 +13,7 @@ import torch
 import pottsops
 from benchmarks import cases, harness
 
-RELAXATIONS = ("bilinear", "quadratic", "normalized_quadratic", "collision_ce", "log_quadratic",
-               "collision_divergence")
+RELAXATIONS = pottsops.RELAXATIONS
 
 
 def cpu_suite(quick):

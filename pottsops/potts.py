@@ -122,6 +122,8 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     _check_common("y", y, image, weights, mask, neighborhood)
     if sigma_xy is not None:
         _checks.check_positive("sigma_xy", sigma_xy)
+    if sigma_rgb != "auto":
+        _checks.check_positive("sigma_rgb", sigma_rgb)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     _checks.check_choice("reduction", reduction, REDUCTIONS)
@@ -130,8 +132,6 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     if validate:
         _validate_values(y, image, weights, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask) if image is not None and weights is None else None
-    if image is None and sigma_rgb != "auto":
-        _checks.check_positive("sigma_rgb", sigma_rgb)
     impl = _backend.resolve(backend, y.device, GRID_BACKENDS, "potts_energy")
     spatial = neighborhood.spatial(sigma_xy)
     per_image = _grid_energy(impl, y, image if weights is None else None, weights, mask, inv, neighborhood,

@@ -58,7 +58,6 @@ struct GridKernel {
   };
 
   const GridArgs& args;
-  const bool with_labels;
   int64_t B, K, H, W, C = 0, E, reach = 0;
   View4<scalar_t> y{};
   View4<acc_t> image{}, weights{};
@@ -69,7 +68,6 @@ struct GridKernel {
   // with_labels = false for the affinity op, which has an image but no y.
   GridKernel(const GridArgs& a, bool labels)
       : args(a),
-        with_labels(labels),
         B((labels ? a.y : a.image).size(0)),
         K(labels ? a.y.size(1) : 0),
         H((labels ? a.y : a.image).size(2)),
