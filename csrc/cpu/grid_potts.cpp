@@ -81,7 +81,7 @@ struct GridKernel {
       inv_two_sigma2 = a.inv_two_sigma2.data_ptr<acc_t>();
     }
     if (a.weights.defined()) weights = view4<acc_t>(a.weights);
-    if (a.mask.defined()) mask = {a.mask.data_ptr<bool>(), a.mask.stride(0), 0, a.mask.stride(1), a.mask.stride(2)};
+    if (a.mask.defined()) mask = pixel_view<bool>(a.mask);
     for (int64_t dy : a.dy) reach = std::max(reach, dy);
   }
 

@@ -31,7 +31,7 @@ struct UnaryRows {
         z(view4<scalar_t>(a.logits)),
         y(view4<scalar_t>(a.y)),
         eps(static_cast<acc_t>(a.eps)) {
-    if (a.mask.defined()) mask = {a.mask.data_ptr<bool>(), a.mask.stride(0), 0, a.mask.stride(1), a.mask.stride(2)};
+    if (a.mask.defined()) mask = pixel_view<bool>(a.mask);
   }
 
   int64_t grain() const { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * K)); }
@@ -152,12 +152,6 @@ struct UnaryRows {
     });
   }
 };
-
-// (B, H, W) tensor as a 4-D view with a unit channel dimension.
-template <typename T>
-View4<T> pixel_view(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
-}
 
 at::Tensor unary_loss_cpu(const at::Tensor& logits, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
                           int64_t kind, double eps) {

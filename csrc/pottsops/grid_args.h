@@ -60,6 +60,12 @@ View4<T> view4(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// A (B, H, W) tensor (mask, per-pixel loss) as a 4-D view with a unit channel dimension.
+template <typename T>
+View4<T> pixel_view(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
+}
+
 // Copies n strided elements to/from a contiguous buffer, converting the type; the unit-stride case is
 // separate so that it vectorises.
 template <typename From, typename To>
