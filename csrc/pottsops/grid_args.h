@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "pottsops/relaxations.h"  // POTTS_HD
+
 namespace pottsops {
 
 constexpr int kMaxOffsets = 512;  // window(radius <= 15) fits; checked in Python and here.
@@ -44,15 +46,15 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// A strided 4-D view: element (n, c, h, w) of a tensor of any memory layout.
+// A strided 4-D view: element (n, c, h, w) of a tensor of any memory layout, on host or device.
 template <typename T>
 struct View4 {
   T* data;
   int64_t sn, sc, sh, sw;
-  int64_t offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
+  POTTS_HD int64_t offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
     return n * sn + c * sc + h * sh + w * sw;
   }
-  T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[offset(n, c, h, w)]; }
+  POTTS_HD T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[offset(n, c, h, w)]; }
 };
 
 template <typename T>
@@ -60,9 +62,19 @@ View4<T> view4(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+template <typename T>
+View4<const T> const_view4(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
 // A (B, H, W) tensor (mask, per-pixel loss) as a 4-D view with a unit channel dimension.
 template <typename T>
 View4<T> pixel_view(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
+}
+
+template <typename T>
+View4<const T> const_pixel_view(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
 }
 

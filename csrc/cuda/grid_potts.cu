@@ -1,0 +1,332 @@
+// Grid and window Potts energies, gradients and affinities on CUDA.
+//
+// One thread per pixel, threads of a block along w (coalesced reads of y in NCHW; neighbours' labels
+// come from L1/L2).  The forward pass sums w P over the pairs that start at each pixel and reduces per
+// block in a fixed order (cub::BlockReduce); the per-block partials are summed per image afterwards:
+// deterministic, no atomics.  The backward pass is a gather: each pixel visits the pairs that start and
+// that end at it, recomputes their terms and writes its own gradient once.  Channels go through a
+// register accumulator of KMAX classes (K > KMAX is done in chunks of KMAX, recomputing the pair terms).
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cub/block/block_reduce.cuh>
+#include <torch/library.h>
+
+#include "pottsops/grid_args.h"
+#include "pottsops/relaxations.h"
+
+namespace pottsops {
+namespace {
+
+constexpr int kThreads = 256;
+
+// The offsets and spatial factors, passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of
+// parameters on sm_70 and later; 512 offsets take 6 KB in double).
+template <typename acc_t>
+struct PairTable {
+  int count;
+  int16_t dy[kMaxOffsets];
+  int16_t dx[kMaxOffsets];
+  acc_t spatial[kMaxOffsets];
+};
+
+template <typename scalar_t>
+struct DeviceGrid {
+  using acc_t = at::opmath_type<scalar_t>;
+  View4<const scalar_t> y;
+  View4<const acc_t> image, weights;
+  View4<const bool> mask;
+  const acc_t* inv_two_sigma2;
+  int64_t K, H, W, C;
+  acc_t eps;
+
+  __device__ bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
+
+  __device__ bool inside(int64_t h, int64_t w) const { return h >= 0 && h < H && w >= 0 && w < W; }
+
+  // Weight of the pair (h, w) -> (h + dy_e, w + dx_e), both ends present.
+  __device__ acc_t weight(const PairTable<acc_t>& pairs, int64_t b, int e, int64_t h, int64_t w) const {
+    if (weights.data) return weights(b, e, h, w);
+    const acc_t spatial = pairs.spatial[e];
+    if (!image.data) return spatial;
+    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+    acc_t d2 = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t d = image(b, c, h, w) - image(b, c, h2, w2);
+      d2 += d * d;
+    }
+    return spatial * potts_exp(-d2 * inv_two_sigma2[b]);
+  }
+
+  __device__ acc_t label(int64_t b, int64_t k, int64_t h, int64_t w) const {
+    return static_cast<acc_t>(y(b, k, h, w));
+  }
+
+  __device__ acc_t norm(int64_t b, int64_t h, int64_t w) const {
+    acc_t a = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t v = label(b, k, h, w);
+      a += v * v;
+    }
+    return a;
+  }
+
+  // s = p . q and |q|^2 for the pixels p = (h, w), q = (h2, w2).
+  __device__ void dot(int64_t b, int64_t h, int64_t w, int64_t h2, int64_t w2, acc_t& s, acc_t& nq) const {
+    s = 0;
+    nq = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t q = label(b, k, h2, w2);
+      s += label(b, k, h, w) * q;
+      nq += q * q;
+    }
+  }
+};
+
+template <typename scalar_t>
+DeviceGrid<scalar_t> device_grid(const GridArgs& args, const at::Tensor& like) {
+  using acc_t = at::opmath_type<scalar_t>;
+  DeviceGrid<scalar_t> g{};
+  if (args.y.defined()) g.y = const_view4<scalar_t>(args.y);
+  if (args.image.defined()) {
+    g.image = const_view4<acc_t>(args.image);
+    g.inv_two_sigma2 = args.inv_two_sigma2.data_ptr<acc_t>();
+    g.C = args.image.size(1);
+  }
+  if (args.weights.defined()) g.weights = const_view4<acc_t>(args.weights);
+  if (args.mask.defined()) {
+    g.mask = const_pixel_view<bool>(args.mask);
+  }
+  g.K = args.y.defined() ? args.y.size(1) : 0;
+  g.H = like.size(2);
+  g.W = like.size(3);
+  g.eps = static_cast<acc_t>(args.eps);
+  return g;
+}
+
+template <typename acc_t>
+PairTable<acc_t> pair_table(const GridArgs& args) {
+  PairTable<acc_t> t{};
+  t.count = static_cast<int>(args.num_offsets());
+  TORCH_CHECK(t.count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
+  for (int e = 0; e < t.count; ++e) {
+    TORCH_CHECK(args.dy[e] < 32768 && args.dx[e] < 32768 && args.dx[e] > -32768, "offsets: (", args.dy[e], ", ",
+                args.dx[e], ") too large");
+    t.dy[e] = static_cast<int16_t>(args.dy[e]);
+    t.dx[e] = static_cast<int16_t>(args.dx[e]);
+    t.spatial[e] = static_cast<acc_t>(args.spatial[e]);
+  }
+  return t;
+}
+
+template <int R, typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    energy_kernel(const DeviceGrid<scalar_t> g, const PairTable<at::opmath_type<scalar_t>> pairs,
+                  at::opmath_type<scalar_t>* __restrict__ partial) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  acc_t total = 0;
+  if (i < g.H * g.W) {
+    const int64_t h = i / g.W, w = i % g.W;
+    if (g.present(b, h, w)) {
+      const acc_t a = g.norm(b, h, w);
+      for (int e = 0; e < pairs.count; ++e) {
+        const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+        if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
+        const acc_t wt = g.weight(pairs, b, e, h, w);
+        if (wt == acc_t(0)) continue;  // also where P is infinite: a zero weight removes the pair
+        acc_t s, nq;
+        g.dot(b, h, w, h2, w2, s, nq);
+        total += wt * pair_terms<R, acc_t>(s, a, nq, g.eps).value;
+      }
+    }
+  }
+  using Reduce = cub::BlockReduce<acc_t, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const acc_t block_total = Reduce(storage).Sum(total);
+  if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = block_total;
+}
+
+// grad_y of one pixel, KMAX channels at a time; grad_weights (contiguous (B, E, H, W), pre-zeroed) of
+// the pairs starting at it when not null.
+template <int R, int KMAX, typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const DeviceGrid<scalar_t> g, const PairTable<at::opmath_type<scalar_t>> pairs,
+                    const at::opmath_type<scalar_t>* __restrict__ grad_energy, const View4<scalar_t> grad_y,
+                    at::opmath_type<scalar_t>* __restrict__ grad_weights) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= g.H * g.W) return;
+  const int64_t h = i / g.W, w = i % g.W;
+  if (!g.present(b, h, w)) {
+    for (int64_t k = 0; k < g.K; ++k) grad_y(b, k, h, w) = scalar_t(0);
+    return;
+  }
+  const acc_t go = grad_energy[b];
+  const acc_t a = g.norm(b, h, w);
+  for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
+    acc_t acc[KMAX];
+#pragma unroll
+    for (int k = 0; k < KMAX; ++k) acc[k] = 0;
+    acc_t self = 0;
+    // direction 0: pairs (h, w) -> (h, w) + offset, this pixel is p;
+    // direction 1: pairs (h, w) - offset -> (h, w), this pixel is q.
+    for (int direction = 0; direction < 2; ++direction) {
+      for (int e = 0; e < pairs.count; ++e) {
+        const int64_t sign = direction == 0 ? 1 : -1;
+        const int64_t h2 = h + sign * pairs.dy[e], w2 = w + sign * pairs.dx[e];
+        if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
+        const acc_t wt = direction == 0 ? g.weight(pairs, b, e, h, w) : g.weight(pairs, b, e, h2, w2);
+        const bool weight_grad = grad_weights && direction == 0 && c0 == 0;
+        if (wt == acc_t(0) && !weight_grad) continue;
+        acc_t s, nq;
+        g.dot(b, h, w, h2, w2, s, nq);
+        const PairTerms<acc_t> t =
+            direction == 0 ? pair_terms<R, acc_t>(s, a, nq, g.eps) : pair_terms<R, acc_t>(s, nq, a, g.eps);
+        if (weight_grad) grad_weights[((b * pairs.count + e) * g.H + h) * g.W + w] = go * t.value;
+        if (wt == acc_t(0)) continue;
+        const acc_t scale = go * wt;
+        self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
+        const acc_t cross = scale * t.d_s;
+#pragma unroll
+        for (int k = 0; k < KMAX; ++k)
+          if (c0 + k < g.K) acc[k] += cross * g.label(b, c0 + k, h2, w2);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < KMAX; ++k)
+      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * g.label(b, c0 + k, h, w));
+  }
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    affinity_kernel(const DeviceGrid<acc_t> g, const PairTable<acc_t> pairs, const View4<acc_t> out) {
+  const int64_t b = blockIdx.y;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= g.H * g.W) return;
+  const int64_t h = i / g.W, w = i % g.W;
+  const bool here = g.present(b, h, w);
+  for (int e = 0; e < pairs.count; ++e) {
+    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+    const bool valid = here && g.inside(h2, w2) && g.present(b, h2, w2);
+    out(b, e, h, w) = valid ? g.weight(pairs, b, e, h, w) : acc_t(0);
+  }
+}
+
+dim3 pixel_grid(int64_t B, int64_t H, int64_t W) {
+  const int64_t blocks = (H * W + kThreads - 1) / kThreads;
+  TORCH_CHECK(blocks < (int64_t(1) << 31) && B < 65536, "y: too large for the CUDA kernels (B < 65536)");
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
+}
+
+// Runs body with the register width KMAX (a compile-time constant) for K classes.
+template <typename Body>
+void dispatch_kmax(int64_t K, Body&& body) {
+  if (K <= 4) {
+    body(std::integral_constant<int, 4>{});
+  } else if (K <= 16) {
+    body(std::integral_constant<int, 16>{});
+  } else if (K <= 32) {
+    body(std::integral_constant<int, 32>{});
+  } else {
+    body(std::integral_constant<int, 64>{});
+  }
+}
+
+at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::Tensor>& image,
+                                  const c10::optional<at::Tensor>& weights, const c10::optional<at::Tensor>& mask,
+                                  const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
+                                  at::ArrayRef<double> spatial, int64_t relaxation, double eps) {
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  const c10::cuda::CUDAGuard guard(y.device());
+  const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
+  if (B == 0 || H * W == 0) return at::zeros({B}, y.options());
+  const dim3 grid = pixel_grid(B, H, W);
+  at::Tensor partial = at::empty({B, static_cast<int64_t>(grid.x)}, y.options().dtype(accumulation_type(y.scalar_type())));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_energy_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+    const PairTable<acc_t> pairs = pair_table<acc_t>(args);
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+      energy_kernel<R, scalar_t><<<grid, kThreads, 0, stream>>>(g, pairs, partial.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  // Per-image sums of the per-block partials: a fixed-shape reduction, deterministic.
+  return partial.sum(1).to(y.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
+    const at::Tensor& grad_energy, const at::Tensor& y, const c10::optional<at::Tensor>& image,
+    const c10::optional<at::Tensor>& weights, const c10::optional<at::Tensor>& mask,
+    const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial,
+    int64_t relaxation, double eps, bool weights_grad) {
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0), "grad_energy: expected shape (",
+              y.size(0), "), got ", grad_energy.sizes());
+  TORCH_CHECK(grad_energy.device() == y.device(), "grad_energy: expected device ", y.device(), ", got ",
+              grad_energy.device());
+  TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
+  const c10::cuda::CUDAGuard guard(y.device());
+  const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
+  at::Tensor grad_y = at::empty_like(y);
+  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(
+                                                                         at::MemoryFormat::Contiguous))
+                                   : at::empty({0}, y.options());
+  const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
+  if (B > 0 && H * W > 0) {
+    const dim3 grid = pixel_grid(B, H, W);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+      const PairTable<acc_t> pairs = pair_table<acc_t>(args);
+      const View4<scalar_t> out = view4<scalar_t>(grad_y);
+      acc_t* gw = weights_grad ? grad_w.data_ptr<acc_t>() : nullptr;
+      POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+        dispatch_kmax(y.size(1), [&](auto kmax) {
+          backward_kernel<R, decltype(kmax)::value, scalar_t>
+              <<<grid, kThreads, 0, stream>>>(g, pairs, go.data_ptr<acc_t>(), out, gw);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+    });
+  }
+  if (weights_grad) grad_w = grad_w.to(weights->scalar_type());
+  return {grad_y, grad_w};
+}
+
+at::Tensor grid_affinity_cuda(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
+                              const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial) {
+  const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
+  TORCH_CHECK(!mask.has_value() || mask->device() == image.device(), "mask: expected device ", image.device(),
+              ", got ", mask->device());
+  TORCH_CHECK(inv_two_sigma2.device() == image.device(), "inv_two_sigma2: expected device ", image.device(),
+              ", got ", inv_two_sigma2.device());
+  const c10::cuda::CUDAGuard guard(image.device());
+  const int64_t B = image.size(0), H = image.size(2), W = image.size(3);
+  at::Tensor out = at::empty({B, args.num_offsets(), H, W}, args.image.options());
+  if (B == 0 || H * W == 0) return out;
+  const dim3 grid = pixel_grid(B, H, W);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_cuda", [&] {
+    affinity_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(device_grid<scalar_t>(args, image),
+                                                             pair_table<scalar_t>(args), view4<scalar_t>(out));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pottsops, CUDA, m) {
+  m.impl("grid_potts_energy", &grid_potts_energy_cuda);
+  m.impl("grid_potts_energy_backward", &grid_potts_energy_backward_cuda);
+  m.impl("grid_affinity", &grid_affinity_cuda);
+}
+
+}  // namespace pottsops
