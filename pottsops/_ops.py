@@ -41,32 +41,42 @@ def _register():
     def _(grad_loss, logits, y, mask, kind, eps):
         return torch.empty_like(logits), torch.empty_like(y)
 
-    def grid_setup(ctx, inputs, output):
+    grid_setup, grid_backward = grid_autograd(torch.ops.pottsops.grid_potts_energy_backward)
+    torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
+    unary_setup, unary_backward = unary_autograd(torch.ops.pottsops.unary_loss_backward)
+    torch.library.register_autograd(lib + "unary_loss", unary_backward, setup_context=unary_setup)
+
+
+def grid_autograd(backward_op):
+    """(setup_context, backward) of a grid_potts_energy op whose gradient is `backward_op` (any backend)."""
+    def setup(ctx, inputs, output):
         y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps = inputs
         ctx.save_for_backward(y, image, weights, mask, inv_two_sigma2)
         ctx.params = (offsets, spatial, relaxation, eps)
         ctx.weights_grad = weights is not None and ctx.needs_input_grad[2]
 
-    def grid_backward(ctx, grad_energy):
+    def backward(ctx, grad_energy):
         y, image, weights, mask, inv_two_sigma2 = ctx.saved_tensors
-        grad_y, grad_weights = torch.ops.pottsops.grid_potts_energy_backward(
-            grad_energy, y, image, weights, mask, inv_two_sigma2, *ctx.params, ctx.weights_grad)
+        grad_y, grad_weights = backward_op(grad_energy, y, image, weights, mask, inv_two_sigma2, *ctx.params,
+                                           ctx.weights_grad)
         return grad_y, None, grad_weights if ctx.weights_grad else None, None, None, None, None, None, None
 
-    torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
+    return setup, backward
 
-    def unary_setup(ctx, inputs, output):
+
+def unary_autograd(backward_op):
+    """(setup_context, backward) of a unary_loss op whose gradient is `backward_op` (any backend)."""
+    def setup(ctx, inputs, output):
         logits, y, mask, kind, eps = inputs
         ctx.save_for_backward(logits, y, mask)
         ctx.params = (kind, eps)
 
-    def unary_backward(ctx, grad_loss):
+    def backward(ctx, grad_loss):
         logits, y, mask = ctx.saved_tensors
-        grad_logits, grad_y = torch.ops.pottsops.unary_loss_backward(grad_loss, logits, y, mask, *ctx.params)
+        grad_logits, grad_y = backward_op(grad_loss, logits, y, mask, *ctx.params)
         return grad_logits, grad_y, None, None, None
 
-    torch.library.register_autograd(lib + "unary_loss", unary_backward, setup_context=unary_setup)
-
+    return setup, backward
 
 if C is not None:
     _register()

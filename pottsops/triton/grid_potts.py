@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from pottsops import _ops
 from pottsops.triton.math import pair_terms
 
 MAX_CLASSES = 1024
@@ -270,18 +271,5 @@ def grid_affinity(image: torch.Tensor, mask: torch.Tensor | None, inv_two_sigma2
     return out
 
 
-def _setup(ctx, inputs, output):
-    y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps = inputs
-    ctx.save_for_backward(y, image, weights, mask, inv_two_sigma2)
-    ctx.params = (offsets, spatial, relaxation, eps)
-    ctx.weights_grad = weights is not None and ctx.needs_input_grad[2]
-
-
-def _backward(ctx, grad_energy):
-    y, image, weights, mask, inv_two_sigma2 = ctx.saved_tensors
-    grad_y, grad_weights = grid_potts_energy_backward(grad_energy, y, image, weights, mask, inv_two_sigma2,
-                                                      *ctx.params, ctx.weights_grad)
-    return grad_y, None, grad_weights if ctx.weights_grad else None, None, None, None, None, None, None
-
-
+_setup, _backward = _ops.grid_autograd(grid_potts_energy_backward)
 grid_potts_energy.register_autograd(_backward, setup_context=_setup)

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from pottsops import _ops
 from pottsops.triton.grid_potts import _blocks, _mask_view, _strides, _tl_dtype, accumulation_dtype
 
 
@@ -40,7 +41,7 @@ def _reduce(z, y, k_ok, eps, UNARY: tl.constexpr):
         dot = tl.sum(sigma * y, 0)
         value = -tl.log(dot + eps)
     elif UNARY == 1:  # CE
-        dot = tl.sum(tl.where(k_ok, y * z, 0), 0)
+        dot = tl.sum(y * tl.where(k_ok, z, 0), 0)  # padded classes: y = 0, z = -inf
         value = lse * sum_y - dot
     else:  # reverse CE
         dot = tl.sum(-sigma * tl.log(y + eps), 0)
@@ -126,16 +127,5 @@ def unary_loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, y: torch.
     return grad_logits, grad_y
 
 
-def _setup(ctx, inputs, output):
-    logits, y, mask, kind, eps = inputs
-    ctx.save_for_backward(logits, y, mask)
-    ctx.params = (kind, eps)
-
-
-def _backward(ctx, grad_loss):
-    logits, y, mask = ctx.saved_tensors
-    grad_logits, grad_y = unary_loss_backward(grad_loss, logits, y, mask, *ctx.params)
-    return grad_logits, grad_y, None, None, None
-
-
+_setup, _backward = _ops.unary_autograd(unary_loss_backward)
 unary_loss.register_autograd(_backward, setup_context=_setup)
