@@ -32,6 +32,8 @@ void check_image(const at::Tensor& image, const at::Tensor& inv_two_sigma2, int6
               "image: expected shape (", B, ", C, ", H, ", ", W, "), got ", image.sizes());
   TORCH_CHECK(inv_two_sigma2.dim() == 1 && inv_two_sigma2.size(0) == B,
               "inv_two_sigma2: expected shape (", B, "), got ", inv_two_sigma2.sizes());
+  TORCH_CHECK(inv_two_sigma2.device() == image.device(), "inv_two_sigma2: expected device ", image.device(),
+              ", got ", inv_two_sigma2.device());
   args.image = image.to(acc);
   args.inv_two_sigma2 = inv_two_sigma2.to(acc).contiguous();
 }
@@ -95,7 +97,11 @@ GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Ten
   check_offsets(offsets, spatial, args);
   const int64_t B = image.size(0), H = image.size(2), W = image.size(3);
   check_image(image, inv_two_sigma2, B, H, W, accumulation_type(image.scalar_type()), args);
-  if (mask.has_value()) check_mask(*mask, B, H, W, args);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->device() == image.device(), "mask: expected device ", image.device(), ", got ",
+                mask->device());
+    check_mask(*mask, B, H, W, args);
+  }
   return args;
 }
 

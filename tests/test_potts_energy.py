@@ -14,7 +14,8 @@ NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
 def energy_and_grad(y, backend, **kwargs):
     y = y.detach().requires_grad_()
     energy = pottsops.potts_energy(y, backend=backend, reduction="none", **kwargs)
-    (grad,) = torch.autograd.grad(energy, y, torch.linspace(0.5, 1.5, energy.numel(), dtype=energy.dtype))
+    (grad,) = torch.autograd.grad(energy, y, torch.linspace(0.5, 1.5, energy.numel(), dtype=energy.dtype,
+                                                             device=energy.device))
     return energy.detach(), grad
 
 
@@ -203,3 +204,17 @@ def test_weights_in_other_dtype_and_layout(pair):
     assert grad.dtype == torch.float32
     torch.testing.assert_close(energy.cpu(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.cpu().double(), grad_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pair", fast_backends(), ids=backend_id)
+@pytest.mark.parametrize("neighborhood", ["nn8", pottsops.window(2)], ids=["nn8", "win2"])
+def test_bitwise_deterministic(pair, neighborhood):
+    backend, device = pair
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 5, 9, 11)
+    y = soft_labels(shape, generator=g).to(device)
+    kwargs = dict(image=random_image(shape, generator=g).to(device), mask=random_mask(shape, generator=g).to(device),
+                  relaxation="nq", neighborhood=neighborhood)
+    first, second = energy_and_grad(y, backend, **kwargs), energy_and_grad(y, backend, **kwargs)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

@@ -12,13 +12,12 @@
 #include <cub/block/block_reduce.cuh>
 #include <torch/library.h>
 
+#include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
 
 namespace pottsops {
 namespace {
-
-constexpr int kThreads = 256;
 
 // The offsets and spatial factors, passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of
 // parameters on sm_70 and later; 512 offsets take 6 KB in double).
@@ -216,12 +215,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-dim3 pixel_grid(int64_t B, int64_t H, int64_t W) {
-  const int64_t blocks = (H * W + kThreads - 1) / kThreads;
-  TORCH_CHECK(blocks < (int64_t(1) << 31) && B < 65536, "y: too large for the CUDA kernels (B < 65536)");
-  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
-}
-
 // Runs body with the register width KMAX (a compile-time constant) for K classes.
 template <typename Body>
 void dispatch_kmax(int64_t K, Body&& body) {
@@ -244,7 +237,7 @@ at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::T
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   if (B == 0 || H * W == 0) return at::zeros({B}, y.options());
-  const dim3 grid = pixel_grid(B, H, W);
+  const dim3 grid = pixel_grid(B, H, W, "y");
   at::Tensor partial = at::empty({B, static_cast<int64_t>(grid.x)}, y.options().dtype(accumulation_type(y.scalar_type())));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_energy_cuda", [&] {
@@ -279,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
                                    : at::empty({0}, y.options());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   if (B > 0 && H * W > 0) {
-    const dim3 grid = pixel_grid(B, H, W);
+    const dim3 grid = pixel_grid(B, H, W, "y");
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -303,15 +296,11 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
 at::Tensor grid_affinity_cuda(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                               const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial) {
   const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
-  TORCH_CHECK(!mask.has_value() || mask->device() == image.device(), "mask: expected device ", image.device(),
-              ", got ", mask->device());
-  TORCH_CHECK(inv_two_sigma2.device() == image.device(), "inv_two_sigma2: expected device ", image.device(),
-              ", got ", inv_two_sigma2.device());
   const c10::cuda::CUDAGuard guard(image.device());
   const int64_t B = image.size(0), H = image.size(2), W = image.size(3);
   at::Tensor out = at::empty({B, args.num_offsets(), H, W}, args.image.options());
   if (B == 0 || H * W == 0) return out;
-  const dim3 grid = pixel_grid(B, H, W);
+  const dim3 grid = pixel_grid(B, H, W, "image");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_cuda", [&] {
     affinity_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(device_grid<scalar_t>(args, image),

@@ -6,14 +6,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
 #include "pottsops/unary_args.h"
 
 namespace pottsops {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 struct DeviceUnary {
@@ -107,12 +106,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-dim3 pixel_grid(int64_t B, int64_t H, int64_t W) {
-  const int64_t blocks = (H * W + kThreads - 1) / kThreads;
-  TORCH_CHECK(blocks < (int64_t(1) << 31) && B < 65536, "logits: too large for the CUDA kernels (B < 65536)");
-  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
-}
-
 at::Tensor unary_loss_cuda(const at::Tensor& logits, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
                            int64_t kind, double eps) {
   const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
@@ -124,7 +117,8 @@ at::Tensor unary_loss_cuda(const at::Tensor& logits, const at::Tensor& y, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "unary_loss_cuda", [&] {
     const DeviceUnary<scalar_t> u = device_unary<scalar_t>(args);
     POTTS_DISPATCH_UNARY(args.kind, [&] {
-      unary_forward_kernel<U, scalar_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(u, pixel_view<scalar_t>(loss));
+      unary_forward_kernel<U, scalar_t>
+          <<<pixel_grid(B, H, W, "logits"), kThreads, 0, stream>>>(u, pixel_view<scalar_t>(loss));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -137,8 +131,6 @@ std::tuple<at::Tensor, at::Tensor> unary_loss_backward_cuda(const at::Tensor& gr
                                                             double eps) {
   const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
   check_unary_grad(grad_loss, logits);
-  TORCH_CHECK(grad_loss.device() == logits.device(), "grad_loss: expected device ", logits.device(), ", got ",
-              grad_loss.device());
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor go = grad_loss.to(logits.scalar_type());
   at::Tensor grad_z = at::empty_like(logits), grad_y = at::empty_like(y);
@@ -149,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> unary_loss_backward_cuda(const at::Tensor& gr
     const DeviceUnary<scalar_t> u = device_unary<scalar_t>(args);
     const View4<const scalar_t> g = const_pixel_view<scalar_t>(go);
     POTTS_DISPATCH_UNARY(args.kind, [&] {
-      unary_backward_kernel<U, scalar_t><<<pixel_grid(B, H, W), kThreads, 0, stream>>>(
+      unary_backward_kernel<U, scalar_t><<<pixel_grid(B, H, W, "logits"), kThreads, 0, stream>>>(
           u, g, view4<scalar_t>(grad_z), view4<scalar_t>(grad_y));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -47,6 +47,8 @@ inline void check_unary_grad(const at::Tensor& grad_loss, const at::Tensor& logi
                   grad_loss.size(2) == logits.size(3),
               "grad_loss: expected shape (", logits.size(0), ", ", logits.size(2), ", ", logits.size(3), "), got ",
               grad_loss.sizes());
+  TORCH_CHECK(grad_loss.device() == logits.device(), "grad_loss: expected device ", logits.device(), ", got ",
+              grad_loss.device());
 }
 
 }  // namespace pottsops
