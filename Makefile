@@ -44,7 +44,8 @@ demo: build
 	$(PY) -m pottsops.demo
 
 bench: build
-	$(PY) -m benchmarks.grid_cpu
+	rm -f benchmarks/results/cpu/results.csv
+	$(PY) -m benchmarks.run --suite cpu --out benchmarks/results/cpu
 
 clean:
 	rm -rf build $(VENV) *.egg-info pottsops/*.so

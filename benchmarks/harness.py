@@ -167,7 +167,7 @@ def measure(case, device, bandwidth, input_sets=1):
     for backend, seconds in times.items():
         base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
                 "direction": case.direction, "backend": backend}
-        for baseline in ("reference", "compile(reference)"):
+        for baseline in ("reference", "compile(reference)", "unfold"):
             if baseline in times and backend != baseline:
                 rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
     return rows
@@ -214,6 +214,14 @@ def markdown_table(rows, env, bandwidth, backends):
         else:
             cells += ["–"] * 4
         lines.append("| " + " | ".join(cells) + " |")
+    memory = {k: v for k, v in cases.items() if any("extra_mem_mb" in m for m in v.values())}
+    if memory:
+        lines += ["", "GPU memory allocated beyond the inputs (outputs and workspace, MB; peak during the timed runs):",
+                  "", "| op | variant | shape | dtype | dir | " + " | ".join(backends) + " |",
+                  "|" + "---|" * (5 + len(backends))]
+        for k, per_backend in memory.items():
+            cells = list(k) + [per_backend.get(b, {}).get("extra_mem_mb", "–") for b in backends]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

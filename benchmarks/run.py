@@ -1,11 +1,15 @@
 """Benchmark CLI over the case registry.
 
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
-    python -m benchmarks.run --suite gpu --out $OUT/bench
+    python -m benchmarks.run --suite gpu-potts --out $OUT/bench        (also gpu-unary, gpu-window, gpu)
+    python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
-Writes OUT/results.csv (long format, appended), OUT/results.md (table) and OUT/speedups.png.
+Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
+end OUT/results.md (table) and OUT/speedups.png are rebuilt from the whole CSV, so several suites run
+into one folder give one table.
 """
 import argparse
+import csv
 import os
 
 import torch
@@ -14,10 +18,11 @@ import pottsops
 from benchmarks import cases, harness
 
 RELAXATIONS = pottsops.RELAXATIONS
+BASELINES = ["reference", "compile(reference)"]
 
 
-def cpu_suite(quick):
-    backends = ["cpu", "reference", "compile(reference)"]
+def cpu_suite(quick, device, compile_baseline):
+    backends = ["cpu", "reference"] + (["compile(reference)"] if compile_baseline else [])
     shape = (2, 21, 128, 128) if quick else (2, 21, 256, 256)
     suite = [cases.potts_case(r, nb, shape, torch.float32, "fwd+bwd", backends)
              for nb in ("nn4", "nn8") for r in (RELAXATIONS[:2] if quick else RELAXATIONS)]
@@ -25,7 +30,81 @@ def cpu_suite(quick):
     return suite
 
 
-SUITES = {"cpu": cpu_suite}
+def fast_backends(device):
+    """The fused backends that run on `device` here (both GPU backends on a GPU, to compare them)."""
+    status = pottsops.backends()
+    names = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+    return [name for name in names if status[name].available]
+
+
+def gpu_shapes(quick):
+    return [(2, 5, 32, 32)] if quick else [(12, 21, 512, 512), (12, 21, 128, 128)]
+
+
+def with_compile(backends, compile_baseline, shape, dtype, direction):
+    """torch.compile(reference) is timed on every forward+backward case at 512x512 and on float32 at
+    128x128: each case is a separate compilation (~10 s), and the whole matrix would not fit a lease."""
+    wanted = compile_baseline and direction == "fwd+bwd" and (shape[-1] >= 512 or dtype == torch.float32)
+    return backends + (["compile(reference)"] if wanted else [])
+
+
+def gpu_potts_suite(quick, device, compile_baseline):
+    fused = fast_backends(device)
+    suite = []
+    for shape in gpu_shapes(quick):
+        for dtype in (torch.float32, torch.bfloat16):
+            for direction in ("fwd+bwd", "fwd"):
+                backends = with_compile(fused + ["reference"], compile_baseline, shape, dtype, direction)
+                for nb in ("nn4", "nn8"):
+                    for r in (RELAXATIONS[:2] if quick else RELAXATIONS):
+                        suite.append(cases.potts_case(r, nb, shape, dtype, direction, backends))
+    return suite
+
+
+def gpu_unary_suite(quick, device, compile_baseline):
+    fused = fast_backends(device)
+    return [cases.unary_case(kind, shape, dtype, direction,
+                             with_compile(fused + ["reference"], compile_baseline, shape, dtype, direction))
+            for shape in gpu_shapes(quick) for dtype in (torch.float32, torch.bfloat16)
+            for direction in ("fwd+bwd", "fwd") for kind in pottsops.UNARIES]
+
+
+def gpu_window_suite(quick, device, compile_baseline):
+    """window(5) at 2x21x512x512 against the unfold-based loss: time and memory beyond the inputs."""
+    shape = (1, 3, 24, 24) if quick else (2, 21, 512, 512)
+    window = pottsops.window(2 if quick else 5)
+    backends = fast_backends(device) + ["unfold", "reference"] + (["compile(reference)"] if compile_baseline else [])
+    return [cases.potts_case("bilinear", window, shape, torch.float32, direction, backends)
+            for direction in ("fwd+bwd", "fwd")]
+
+
+def gpu_suite(quick, device, compile_baseline):
+    return (gpu_potts_suite(quick, device, compile_baseline) + gpu_unary_suite(quick, device, compile_baseline)
+            + gpu_window_suite(quick, device, compile_baseline))
+
+
+SUITES = {"cpu": cpu_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite, "gpu-unary": gpu_unary_suite,
+          "gpu-window": gpu_window_suite}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_reports(out, title):
+    """results.md and speedups.png from every row of OUT/results.csv."""
+    rows = read_csv(os.path.join(out, "results.csv"))
+    measured = [r for r in rows if r["op"] != "copy"]
+    bandwidths = [float(r["value"]) for r in rows if r["op"] == "copy" and r["metric"] == "bandwidth_gbs"]
+    env = {k: rows[-1][k] for k in ("device", "torch", "triton", "sha")}
+    backends = list(dict.fromkeys(r["backend"] for r in measured))
+    backends = [b for b in backends if b not in BASELINES] + [b for b in BASELINES if b in backends]
+    table = harness.markdown_table(measured, env, max(bandwidths) * 1e9, backends)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table)
+    harness.plot_speedups(measured, os.path.join(out, "speedups.png"), title)
+    return table
 
 
 def main(argv=None):
@@ -33,27 +112,28 @@ def main(argv=None):
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
     parser.add_argument("--out", required=True, help="folder for results.csv, results.md, speedups.png")
     parser.add_argument("--quick", action="store_true", help="small shapes and few variants (smoke test)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda for the gpu suites")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile(reference) baseline")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.suite.startswith("gpu") else "cpu")
+    device = torch.device(args.device or ("cuda" if args.suite.startswith("gpu") else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible (use --device cpu for a smoke test)")
     os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "results.csv")
     env = harness.environment(device)
     bandwidth = harness.copy_bandwidth(device)
     print(f"{env}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
-    suite = SUITES[args.suite](args.quick)
-    rows = []
+    harness.append_csv(csv_path, [{"op": "copy", "variant": "1 GiB", "shape": "", "dtype": "float32",
+                                   "direction": "", "backend": "torch", "metric": "bandwidth_gbs",
+                                   "value": f"{bandwidth / 1e9:.1f}"}], env)
+    suite = SUITES[args.suite](args.quick, device, not args.no_compile)
     for i, case in enumerate(suite):
         case_rows = harness.measure(case, device, bandwidth, input_sets=1 if device.type == "cpu" else 3)
-        rows += case_rows
+        harness.append_csv(csv_path, case_rows, env)
         summary = {r["backend"]: r["value"] for r in case_rows if r["metric"] in ("time_ms", "check", "error")}
         print(f"[{i + 1}/{len(suite)}] {case.op} {case.variant} {case.shape_str} {case.dtype_str} "
               f"{case.direction}: {summary}", flush=True)
-    harness.append_csv(os.path.join(args.out, "results.csv"), rows, env)
-    all_backends = list(dict.fromkeys(b for case in suite for b in case.backends))
-    table = harness.markdown_table(rows, env, bandwidth, all_backends)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table)
-    harness.plot_speedups(rows, os.path.join(args.out, "speedups.png"), f"pottsops {args.suite}: {env['device']}")
-    print(table)
+    print(write_reports(args.out, f"pottsops {args.suite}: {env['device']}"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On the GPU machine: build pottsops with its CUDA kernels, run the whole test-suite there (CUDA and
+# compiled Triton included), then the GPU benchmarks.  Logs and results land under $OUT.
+#
+#   bash benchmarks/gpu_suite.sh                      # every step
+#   bash benchmarks/gpu_suite.sh build test           # some steps, in order
+#
+# Steps: build, test, bench-potts, bench-unary, bench-window.  The machine's own python3 (with torch,
+# triton, pytest, matplotlib) is used; nothing is downloaded.  The exit status is non-zero if the build,
+# the tests or a benchmark failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu-run}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 FORCE_CUDA=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+unset TRITON_INTERPRET
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(build test bench-potts bench-unary bench-window)
+failed=()
+for step in "${steps[@]}"; do
+  echo "=== $step ($(date +%T))"
+  case $step in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+      if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+        tail -n 40 "$OUT/build.log"
+        echo "build failed"
+        exit 1
+      fi
+      grep -A 7 "pottsops build summary" "$OUT/build.log"
+      $PY -m pottsops
+      ;;
+    test)
+      $PY -m pytest -q -ra -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1 || failed+=(test)
+      grep -E "passed|failed|error" "$OUT/pytest.log" | tail -n 40
+      ;;
+    bench-potts | bench-unary | bench-window)
+      $PY -m benchmarks.run --suite "gpu-${step#bench-}" --out "$OUT" >> "$OUT/bench.log" 2>&1 || failed+=("$step")
+      grep -E "^\[|Error|FAIL" "$OUT/bench.log" | tail -n 3
+      ;;
+    *)
+      echo "unknown step $step"
+      exit 2
+      ;;
+  esac
+done
+[ -f "$OUT/results.md" ] && cat "$OUT/results.md"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed steps: ${failed[*]}"
+  exit 1
+fi

@@ -1,0 +1,42 @@
+"""The benchmark code runs and checks before it times: the GPU suite's code path, tiny, on the CPU."""
+import csv
+
+import pytest
+import torch
+
+import pottsops
+from benchmarks import cases, harness, run
+from conftest import random_image, soft_labels
+
+
+def test_unfold_baseline_is_the_bilinear_window_energy():
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 4, 11, 13)
+    y = soft_labels(shape, torch.float64, generator=g)
+    image = random_image(shape, generator=g)
+    window = pottsops.window(3)
+    expected = pottsops.potts_energy(y, image, relaxation="bilinear", neighborhood=window, reduction="none")
+    torch.testing.assert_close(cases.unfold_window_potts(y, image, window), expected)
+
+
+def test_check_before_timing_rejects_a_wrong_backend(monkeypatch):
+    case = cases.potts_case("quadratic", "nn4", (1, 3, 8, 9), torch.float32, "fwd+bwd", ["reference"])
+    right = case.run
+    monkeypatch.setattr(case, "run", lambda backend, inputs: tuple(t * 1.01 for t in right(backend, inputs)))
+    rows = harness.measure(case, torch.device("cpu"), bandwidth=1e10)
+    metrics = {r["metric"]: r["value"] for r in rows}
+    assert metrics["check"] == "FAIL" and "time_ms" not in metrics
+
+
+@pytest.mark.skipif(not pottsops.backends()["cpu"].available, reason="the cpu backend is not built here")
+def test_gpu_suite_code_path_on_cpu(tmp_path):
+    run.main(["--suite", "gpu", "--quick", "--device", "cpu", "--no-compile", "--out", str(tmp_path)])
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    checks = [r for r in rows if r["metric"] in ("check", "error")]
+    assert not checks, checks
+    timed = {(r["op"], r["variant"], r["backend"]) for r in rows if r["metric"] == "time_ms"}
+    assert ("potts_energy", "bilinear/window(radius=2, dilation=1)", "unfold") in timed
+    assert ("unary", "cce", "cpu") in timed
+    table = (tmp_path / "results.md").read_text()
+    assert "| potts_energy | quadratic/nn8 | 2x5x32x32 | bfloat16 | fwd |" in table
