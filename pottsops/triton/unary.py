@@ -87,7 +87,7 @@ def _backward_kernel(go_ptr, z_ptr, y_ptr, mask_ptr, gz_ptr, gy_ptr, K, H, W, ep
         d_y = -sigma / (dot + eps)[None, :]
     elif UNARY == 1:
         d_z = sigma * sum_y[None, :] - y
-        d_y = lse[None, :] - z  # -log sigma_k, finite where sigma_k underflows
+        d_y = lse[None, :] - tl.where(k_ok, z, 0)  # -log sigma_k, finite where sigma_k underflows
     else:
         d_z = sigma * (-tl.log(y + eps) - value[None, :])
         d_y = -sigma / (y + eps)
