@@ -28,6 +28,10 @@ TORCH_LIBRARY(pottsops, m) {
   m.def(
       "unary_loss_backward(Tensor grad_loss, Tensor logits, Tensor y, Tensor? mask, int kind, "
       "float eps) -> (Tensor, Tensor)");
+  // Gaussian filter sum_j exp(-|f_i - f_j|^2 / 2) values_j over all pixels j of the same image (j = i
+  // included), approximated with the permutohedral lattice.  features (B, d, H, W): pixel positions
+  // and colours already divided by their sigma.  Linear and symmetric in values.
+  m.def("bilateral_filter(Tensor values, Tensor features) -> Tensor");
 }
 
 namespace {

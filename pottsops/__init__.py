@@ -1,17 +1,19 @@
 """pottsops: fused Potts/CRF energies, unaries and a pseudo-label solver for scribble segmentation.
 
 Public API:
-    potts_energy, affinity, window   Potts energies over grid/window neighbourhoods (pottsops.potts)
+    potts_energy, affinity, window   Potts energies over grid, window and dense neighbourhoods
+    bilateral_filter                 Gaussian filtering over position and colour (permutohedral lattice)
     unary, self_labeling_loss        unaries from logits and the network loss (pottsops.unary)
     backends                         which backends run here, and why not
     RELAXATIONS, UNARIES             accepted names (aliases in pottsops.names)
 """
 from pottsops._backend import backends
+from pottsops.bilateral import bilateral_filter
 from pottsops.names import RELAXATIONS, UNARIES
 from pottsops.neighborhoods import Neighborhood, window
 from pottsops.potts import affinity, potts_energy
 from pottsops.unary import self_labeling_loss, unary
 
-__all__ = ["potts_energy", "affinity", "window", "Neighborhood", "unary", "self_labeling_loss", "backends",
+__all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss", "backends",
            "RELAXATIONS", "UNARIES"]
 __version__ = "0.1.0"

@@ -41,6 +41,18 @@ def _register():
     def _(grad_loss, logits, y, mask, kind, eps):
         return torch.empty_like(logits), torch.empty_like(y)
 
+    @torch.library.register_fake(lib + "bilateral_filter")
+    def _(values, features):
+        return torch.empty_like(values, memory_format=torch.contiguous_format)
+
+    def bilateral_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    def bilateral_backward(ctx, grad):
+        (features,) = ctx.saved_tensors  # the filter is symmetric: its adjoint is itself
+        return torch.ops.pottsops.bilateral_filter(grad.contiguous(), features), None
+
+    torch.library.register_autograd(lib + "bilateral_filter", bilateral_backward, setup_context=bilateral_setup)
     grid_setup, grid_backward = grid_autograd(torch.ops.pottsops.grid_potts_energy_backward)
     torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
     unary_setup, unary_backward = unary_autograd(torch.ops.pottsops.unary_loss_backward)

@@ -1,7 +1,7 @@
 """Potts energies of soft labelings over grid and window neighbourhoods, and their edge weights."""
 import torch
 
-from pottsops import _backend, _checks, reference
+from pottsops import _backend, _checks, dense, reference
 from pottsops.names import relaxation_index, relaxation_name
 from pottsops.neighborhoods import NN4, as_neighborhood
 
@@ -94,7 +94,8 @@ def _reduce(per_image, reduction, mask, y):
 
 
 def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rgb=9.0, sigma_xy=None,
-                 weights=None, mask=None, eps=1e-8, reduction="sum", backend="auto", validate=False):
+                 weights=None, mask=None, eps=1e-8, reduction="sum", backend="auto", validate=False,
+                 method="lattice"):
     """Potts energy E(y) = sum over unordered neighbour pairs {i, j} of w_ij P(y_i, y_j).
 
     y: (B, K, H, W) soft labels (each pixel on the K-simplex), float; gradients flow to y.
@@ -102,15 +103,19 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
         (RGB in 0..255 for the default sigma_rgb=9), or None for w_ij = g_ij.  No gradient flows to it.
     relaxation: 'bilinear' ('bl'), 'quadratic' ('q'), 'normalized_quadratic' ('nq'), 'collision_ce'
         ('cce'), 'log_quadratic' ('lq') or 'collision_divergence' ('cd').
-    neighborhood: 'nn4', 'nn8' or pottsops.window(radius, dilation).
+    neighborhood: 'nn4', 'nn8', pottsops.window(radius, dilation), or 'dense' (all pairs i != j of an
+        image, w_ij = exp(-|i - j|^2 / (2 sigma_xy^2)) exp(-|I_i - I_j|^2 / (2 sigma_rgb^2)); needs image).
     sigma_rgb: colour bandwidth > 0, or 'auto' (per image, mean squared 4-neighbour difference).
-    sigma_xy: spatial bandwidth of window neighbourhoods (default radius * dilation).
+    sigma_xy: spatial bandwidth of window neighbourhoods (default radius * dilation) and of 'dense'
+        (default 100 pixels).
     weights: (B, E, H, W) edge weights, one channel per offset, replacing the image affinity; they
         receive gradients when they require grad (learned affinities).
     mask: (B, H, W) bool; pairs touching a pixel with mask False are skipped.
     reduction: 'sum' (scalar), 'mean' (sum / number of valid pixels) or 'none' (per image, (B,)).
     backend: 'auto', 'cuda', 'triton', 'cpu' or 'reference' (POTTSOPS_BACKEND overrides auto).
     validate: also check values (finite, on the simplex); costs a pass over the inputs.
+    method: for 'dense' only: 'lattice' (permutohedral filtering, O(N), relaxations bl, q, nq) or
+        'exact' (all pairs, every relaxation, O(N^2) time and O(BKN) memory: small images).
 
     >>> y = torch.softmax(torch.randn(2, 21, 64, 64), 1).requires_grad_()
     >>> image = torch.rand(2, 3, 64, 64) * 255
@@ -118,6 +123,9 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     """
     _checks.check_labels("y", y)
     relaxation_name(relaxation)
+    if isinstance(neighborhood, str) and neighborhood == "dense":
+        return _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend,
+                            validate, method)
     neighborhood = as_neighborhood(neighborhood)
     _check_common("y", y, image, weights, mask, neighborhood)
     if sigma_xy is not None:
@@ -136,6 +144,30 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     spatial = neighborhood.spatial(sigma_xy)
     per_image = _grid_energy(impl, y, image if weights is None else None, weights, mask, inv, neighborhood,
                              spatial, relaxation, float(eps))
+    return _reduce(per_image, reduction, mask, y)
+
+
+DENSE_SIGMA_XY = 100.0
+
+
+def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend, validate,
+                 method):
+    if image is None:
+        raise ValueError("image: the dense neighbourhood needs an image (its weights are bilateral)")
+    if weights is not None:
+        raise ValueError("weights: not supported with neighborhood='dense' (N^2 edge weights); pass image")
+    _checks.check_image("image", image, "y", y)
+    _checks.check_mask(mask, "y", y)
+    sigma_xy = DENSE_SIGMA_XY if sigma_xy is None else sigma_xy
+    _checks.check_positive("sigma_xy", sigma_xy)
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    dense.check_method(method, relaxation)
+    image = image.detach()
+    if validate:
+        _validate_values(y, image, None, mask)
+    inv = inv_two_sigma2(image, sigma_rgb, mask)
+    per_image = dense.dense_energy(y, image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps),
+                                   backend)
     return _reduce(per_image, reduction, mask, y)
 
 

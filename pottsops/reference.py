@@ -15,9 +15,11 @@ def accumulation_dtype(dtype):
 
 def pair_potential(relaxation, p, q, eps=1e-8):
     """P(p, q) over dim 1 for a relaxation given by its long name (SPEC section 3)."""
-    s = (p * q).sum(1)
-    a = (p * p).sum(1)
-    b = (q * q).sum(1)
+    return pair_value(relaxation, (p * q).sum(1), (p * p).sum(1), (q * q).sum(1), eps)
+
+
+def pair_value(relaxation, s, a, b, eps=1e-8):
+    """P as a function of s = p.q, a = |p|^2, b = |q|^2 (broadcasting)."""
     if relaxation == "bilinear":
         return 1 - s
     if relaxation == "quadratic":
@@ -122,3 +124,70 @@ def unary_loss(logits, y, mask, kind, eps):
     if mask is not None:
         loss = torch.where(mask, loss, 0.0)
     return loss.to(dtype)
+
+
+def bilateral_filter(values, features, chunk=1024):
+    """Exact sum_j exp(-|f_i - f_j|^2 / 2) values_j over the pixels of each image (j = i included), for
+    features (B, d, H, W) already divided by their sigma.  O(N^2) time, O(chunk N) memory."""
+    B, C, H, W = values.shape
+    dtype = accumulation_dtype(values.dtype)
+    f = features.to(dtype).flatten(2).transpose(1, 2)  # (B, N, d)
+    v = values.to(dtype).flatten(2)                    # (B, C, N)
+    out = []
+    for start in range(0, H * W, chunk):
+        fi = f[:, start:start + chunk]
+        w = torch.exp(-0.5 * torch.cdist(fi, f).square())  # (B, chunk, N)
+        out.append(torch.einsum("bij,bcj->bci", w, v))
+    return torch.cat(out, 2).reshape(B, C, H, W).to(values.dtype)
+
+
+def _dense_tiles(y, features, mask, relaxation, eps, grad_energy=None):
+    """Dense energy (B,) and, given grad_energy (B,), the gradient to y: rows of pixels i at a time
+    against all pixels j, w_ij and P recomputed per tile, so memory stays O(tile) + O(B K N)."""
+    B, K, H, W = y.shape
+    N = H * W
+    acc = accumulation_dtype(y.dtype)
+    Y = y.detach().to(acc).flatten(2).transpose(1, 2)  # (B, N, K)
+    F = features.to(acc).flatten(2).transpose(1, 2)    # (B, N, d)
+    M = mask.flatten(1) if mask is not None else torch.ones(B, N, dtype=torch.bool, device=y.device)
+    norms = (Y * Y).sum(2)
+    index = torch.arange(N, device=y.device)
+    chunk = max(1, min(N, 2 ** 22 // max(1, B * N)))
+    energy = torch.zeros(B, dtype=acc, device=y.device)
+    grad = torch.zeros_like(Y) if grad_energy is not None else None
+    for start in range(0, N, chunk):
+        rows = slice(start, start + chunk)
+        w = torch.exp(-0.5 * torch.cdist(F[:, rows], F).square())
+        valid = M[:, rows, None] & M[:, None, :] & (index[rows, None] != index[None, :])
+        with torch.enable_grad():
+            Yi = Y[:, rows].requires_grad_(grad is not None)
+            s = Yi @ Y.transpose(1, 2)
+            P = pair_value(relaxation, s, (Yi * Yi).sum(2, keepdim=True), norms[:, None, :], eps)
+            tile = torch.where(valid, w * P, 0).sum((1, 2))
+            if grad is not None:
+                (grad[:, rows],) = torch.autograd.grad(tile, Yi, grad_energy.to(acc))
+        energy += tile.detach()
+    return 0.5 * energy, grad
+
+
+class _DenseExact(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, features, mask, relaxation, eps):
+        ctx.save_for_backward(y, features, mask)
+        ctx.params = (relaxation, eps)
+        energy, _ = _dense_tiles(y, features, mask, relaxation, eps)
+        return energy.to(y.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_energy):
+        y, features, mask = ctx.saved_tensors
+        # E = 1/2 sum_{i != j} w_ij P(y_i, y_j) with P symmetric: dE/dy_i = sum_j w_ij dP/dp(y_i, y_j).
+        _, grad = _dense_tiles(y, features, mask, *ctx.params, grad_energy=grad_energy)
+        B, K, H, W = y.shape
+        return grad.transpose(1, 2).reshape(B, K, H, W).to(y.dtype), None, None, None, None
+
+
+def dense_potts_energy(y, features, mask, relaxation, eps):
+    """Exact dense Potts energy per image (B,): sum over unordered pairs i != j (both present) of
+    exp(-|f_i - f_j|^2 / 2) P(y_i, y_j), features (B, d, H, W) already divided by their sigma."""
+    return _DenseExact.apply(y, features, mask, relaxation, eps)

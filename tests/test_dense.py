@@ -1,0 +1,143 @@
+"""Bilateral filtering (permutohedral lattice) and dense Potts energies against brute-force float64."""
+import pytest
+import torch
+
+import pottsops
+from pottsops import bilateral, reference
+from conftest import random_image, random_mask, soft_labels
+
+LATTICE_BACKENDS = [b for b in ("cpu", "cuda") if pottsops.backends()[b].available]
+LATTICE_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+
+
+def brute_force_energy(y, image, relaxation, sigma_xy, sigma_rgb, mask=None):
+    """sum over unordered pairs i < j of w_ij P(y_i, y_j), the N x N weights materialised (float64)."""
+    B, K, H, W = y.shape
+    features = bilateral.bilateral_features(image.double(), sigma_xy, sigma_rgb).flatten(2).transpose(1, 2)
+    w = torch.exp(-0.5 * torch.cdist(features, features).square())
+    Y = y.double().flatten(2)  # (B, K, N)
+    P = reference.pair_potential(relaxation, Y[:, :, :, None], Y[:, :, None, :])  # (B, N, N)
+    upper = torch.ones(H * W, H * W, dtype=torch.bool).triu(1)
+    pairs = upper & (mask.flatten(1)[:, :, None] & mask.flatten(1)[:, None, :] if mask is not None else True)
+    return torch.where(pairs, w * P, 0).sum((1, 2))
+
+
+def random_problem(shape, seed, channels=3):
+    g = torch.Generator().manual_seed(seed)
+    y = soft_labels(shape, torch.float64, generator=g)
+    image = random_image(shape, channels=channels, generator=g, scale=60.0)
+    mask = random_mask(shape, generator=g)
+    return y, image, mask
+
+
+@pytest.mark.parametrize("backend", LATTICE_BACKENDS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lattice_is_linear_and_symmetric(backend, channels):
+    device = LATTICE_DEVICE[backend]
+    g = torch.Generator().manual_seed(0)
+    image = random_image((2, 1, 9, 11), channels=channels, generator=g).to(device)
+    x, z = (torch.randn(2, 5, 9, 11, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+
+    def A(v):
+        return pottsops.bilateral_filter(v, image, sigma_xy=3.0, sigma_rgb=10.0, backend=backend)
+
+    Ax, Az = A(x), A(z)
+    torch.testing.assert_close((Ax * z).sum(), (x * Az).sum(), rtol=1e-10, atol=0)  # <Ax, z> = <x, Az>
+    torch.testing.assert_close(A(2.0 * x - 3.0 * z), 2.0 * Ax - 3.0 * Az, rtol=1e-10, atol=1e-10)
+    # channels are filtered independently: one channel alone gives the same result
+    torch.testing.assert_close(A(x[:, 2:3]), Ax[:, 2:3], rtol=1e-12, atol=1e-12)
+    # images of a batch are independent
+    torch.testing.assert_close(pottsops.bilateral_filter(x[1:], image[1:], 3.0, 10.0, backend=backend), Ax[1:],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", LATTICE_BACKENDS)
+def test_lattice_gradcheck(backend):
+    device = LATTICE_DEVICE[backend]
+    g = torch.Generator().manual_seed(1)
+    image = random_image((1, 1, 5, 6), generator=g).to(device)
+    x = torch.randn(1, 2, 5, 6, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: pottsops.bilateral_filter(v, image, 2.0, 20.0, backend=backend), (x,))
+
+
+def lattice_error(backend, sigma_xy, sigma_rgb, seed=0):
+    """||lattice - exact|| / ||exact|| of filtering soft labels and ones on a smooth random image."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 4, 24, 28)
+    coarse = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64) * 255
+    image = torch.nn.functional.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
+    values = torch.cat([soft_labels(shape, torch.float64, generator=g), torch.ones(2, 1, *shape[2:],
+                                                                                    dtype=torch.float64)], 1)
+    device = LATTICE_DEVICE[backend]
+    got = pottsops.bilateral_filter(values.to(device), image.to(device), sigma_xy, sigma_rgb, backend=backend).cpu()
+    exact = pottsops.bilateral_filter(values, image, sigma_xy, sigma_rgb, backend="reference")
+    return float((got - exact).norm() / exact.norm())
+
+
+@pytest.mark.parametrize("backend", LATTICE_BACKENDS)
+@pytest.mark.parametrize("sigmas", [(2.0, 10.0), (5.0, 15.0), (10.0, 30.0), (100.0, 15.0)], ids=str)
+def test_lattice_accuracy_against_exact_gaussian(backend, sigmas):
+    error = lattice_error(backend, *sigmas)
+    print(f"lattice relative error at sigma_xy, sigma_rgb = {sigmas}: {error:.3f}")
+    assert error < 0.25
+
+
+def test_exact_filter_by_hand():
+    image = torch.tensor([0.0, 3.0]).view(1, 1, 1, 2)
+    values = torch.tensor([1.0, 2.0], dtype=torch.float64).view(1, 1, 1, 2)
+    out = pottsops.bilateral_filter(values, image, sigma_xy=1.0, sigma_rgb=3.0, backend="reference")
+    w = torch.exp(torch.tensor(-0.5 - 0.5, dtype=torch.float64))  # |dx|^2/2 + |dI|^2/(2*9)
+    torch.testing.assert_close(out.flatten(), torch.stack([1 + 2 * w, 2 + w]))
+
+
+@pytest.mark.parametrize("relaxation", ["bilinear", "quadratic", "normalized_quadratic"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_lattice_formula_with_exact_filter_is_brute_force(relaxation, masked):
+    """The lattice method's energy identities, checked with the exact filter in place of the lattice."""
+    y, image, mask = random_problem((2, 3, 6, 7), seed=2)
+    mask = mask if masked else None
+    energy = pottsops.potts_energy(y, image, relaxation=relaxation, neighborhood="dense", sigma_xy=4.0,
+                                   sigma_rgb=20.0, mask=mask, reduction="none", backend="reference")
+    torch.testing.assert_close(energy, brute_force_energy(y, image, relaxation, 4.0, 20.0, mask))
+
+
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+def test_exact_dense_against_brute_force(relaxation):
+    y, image, mask = random_problem((2, 3, 5, 6), seed=3)
+    energy = pottsops.potts_energy(y, image, relaxation=relaxation, neighborhood="dense", method="exact",
+                                   sigma_xy=3.0, sigma_rgb=25.0, mask=mask, reduction="none", backend="reference")
+    torch.testing.assert_close(energy, brute_force_energy(y, image, relaxation, 3.0, 25.0, mask))
+    assert torch.autograd.gradcheck(
+        lambda y: pottsops.potts_energy(y, image, relaxation=relaxation, neighborhood="dense", method="exact",
+                                        sigma_xy=3.0, sigma_rgb=25.0, mask=mask, reduction="none",
+                                        backend="reference"), (y.requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", LATTICE_BACKENDS)
+@pytest.mark.parametrize("relaxation", ["bilinear", "quadratic", "normalized_quadratic"])
+def test_lattice_energy_and_gradient(backend, relaxation):
+    """Lattice energies agree with exact ones within the lattice's error; the gradient is the filter's."""
+    y, image, mask = random_problem((2, 4, 12, 13), seed=4)
+    y, image, mask = (t.to(LATTICE_DEVICE[backend]) for t in (y, image, mask))
+    kwargs = dict(relaxation=relaxation, neighborhood="dense", sigma_xy=5.0, sigma_rgb=20.0, mask=mask,
+                  reduction="none")
+    lattice = pottsops.potts_energy(y, image, backend=backend, **kwargs)
+    exact = pottsops.potts_energy(y, image, method="exact", backend="reference", **kwargs)
+    assert torch.isfinite(lattice).all()
+    torch.testing.assert_close(lattice.cpu(), exact.cpu(), rtol=0.25, atol=0)
+    assert torch.autograd.gradcheck(lambda y: pottsops.potts_energy(y, image, backend=backend, **kwargs),
+                                    (y.clone().requires_grad_(),))
+
+
+def test_dense_errors():
+    y, image, _ = random_problem((1, 3, 4, 5), seed=5)
+    with pytest.raises(ValueError, match="relaxation: 'collision_divergence' is not a quadratic form.*method='exact'"):
+        pottsops.potts_energy(y, image, relaxation="cd", neighborhood="dense")
+    with pytest.raises(ValueError, match="image: the dense neighbourhood needs an image"):
+        pottsops.potts_energy(y, relaxation="bl", neighborhood="dense")
+    with pytest.raises(ValueError, match="method: expected one of"):
+        pottsops.potts_energy(y, image, relaxation="bl", neighborhood="dense", method="fast")
+    with pytest.raises(ValueError, match="sigma_xy: expected"):
+        pottsops.potts_energy(y, image, relaxation="bl", neighborhood="dense", sigma_xy=0)
+    with pytest.raises(RuntimeError, match="features: expected shape"):
+        torch.ops.pottsops.bilateral_filter(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5))
