@@ -4,9 +4,9 @@ import torch
 
 import pottsops
 from pottsops import bilateral, reference
-from conftest import random_image, random_mask, soft_labels
+from conftest import backend_id, fast_backends, random_image, random_mask, shape_id, soft_labels
 
-LATTICE_BACKENDS = [b for b in ("cpu", "cuda") if pottsops.backends()[b].available]
+LATTICE_BACKENDS = [b for b in bilateral.FILTER_BACKENDS if b != "reference" and pottsops.backends()[b].available]
 LATTICE_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 
 
@@ -141,3 +141,25 @@ def test_dense_errors():
         pottsops.potts_energy(y, image, relaxation="bl", neighborhood="dense", sigma_xy=0)
     with pytest.raises(RuntimeError, match="features: expected shape"):
         torch.ops.pottsops.bilateral_filter(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5))
+
+
+EXACT_PAIRS = [("reference", "cpu")] + [pair for pair in fast_backends() if pair[0] == "triton"]
+
+
+@pytest.mark.parametrize("pair", EXACT_PAIRS, ids=backend_id)
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 21, 5, 13)], ids=shape_id)
+def test_exact_dense_fp32_against_brute_force(pair, relaxation, shape):
+    """Energy and gradient of the exact method in float32 (tiles of 64 pixels: N = 90 and 65 cross them)."""
+    backend, device = pair
+    y, image, mask = random_problem(shape, seed=6)
+    kwargs = dict(relaxation=relaxation, neighborhood="dense", method="exact", sigma_xy=3.0, sigma_rgb=25.0,
+                  reduction="none")
+    y32 = y.float().to(device).requires_grad_()
+    energy = pottsops.potts_energy(y32, image.float().to(device), mask=mask.to(device), backend=backend, **kwargs)
+    (grad,) = torch.autograd.grad(energy.sum(), y32)
+    y64 = y.clone().requires_grad_()
+    expected = brute_force_energy(y64, image, relaxation, 3.0, 25.0, mask)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), y64)
+    torch.testing.assert_close(energy.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double().cpu(), expected_grad, rtol=1e-5, atol=1e-5 * expected_grad.abs().max())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pottsops
-from pottsops import _ops
+from pottsops import _ops, bilateral
 from pottsops.neighborhoods import NN8
 from conftest import backend_id, fast_backends, interpreted, random_image, random_mask, soft_labels
 
@@ -92,3 +92,12 @@ def test_compile_fullgraph(pair):
     (got_grad,) = torch.autograd.grad(got, logits)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize("pair", [p for p in fast_backends() if p[0] in bilateral.FILTER_BACKENDS], ids=backend_id)
+def test_opcheck_bilateral_filter(pair):
+    device = pair[1]
+    values = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
+    features = torch.randn(2, 5, 5, 6, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.pottsops.bilateral_filter.default, (values, features))
+    torch.library.opcheck(torch.ops.pottsops.bilateral_filter.default, (values.requires_grad_(), features))
