@@ -32,6 +32,12 @@ TORCH_LIBRARY(pottsops, m) {
   // included), approximated with the permutohedral lattice.  features (B, d, H, W): pixel positions
   // and colours already divided by their sigma.  Linear and symmetric in values.
   m.def("bilateral_filter(Tensor values, Tensor features) -> Tensor");
+  // Building blocks of the device lattice (pottsops/lattice.py): the enclosing simplex of every pixel,
+  // keys (B, N, d+1, d) int32 and barycentric weights (B, N, d+1), N = H * W ...
+  m.def("lattice_simplex(Tensor features) -> (Tensor, Tensor)");
+  // ... and out[s] = sum of rows[offsets[s]:offsets[s+1]] in order (deterministic, no atomics);
+  // rows (R, C), offsets (S + 1,) int64.
+  m.def("segment_sum(Tensor rows, Tensor offsets) -> Tensor");
 }
 
 namespace {

@@ -53,6 +53,20 @@ def _register():
         return torch.ops.pottsops.bilateral_filter(grad.contiguous(), features), None
 
     torch.library.register_autograd(lib + "bilateral_filter", bilateral_backward, setup_context=bilateral_setup)
+    if C.compiled_with_cuda():  # the CUDA lattice: CUDA kernels for the simplex and splat, tensor ops around them
+        from pottsops import lattice
+        torch.library.register_kernel(lib + "bilateral_filter", "cuda", lattice.bilateral_filter)
+
+    @torch.library.register_fake(lib + "lattice_simplex")
+    def _(features):
+        B, d, H, W = features.shape
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        return features.new_empty(B, H * W, d + 1, d, dtype=torch.int32), features.new_empty(B, H * W, d + 1,
+                                                                                            dtype=dtype)
+
+    @torch.library.register_fake(lib + "segment_sum")
+    def _(rows, offsets):
+        return rows.new_empty(offsets.shape[0] - 1, rows.shape[1])
     grid_setup, grid_backward = grid_autograd(torch.ops.pottsops.grid_potts_energy_backward)
     torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
     unary_setup, unary_backward = unary_autograd(torch.ops.pottsops.unary_loss_backward)

@@ -10,7 +10,7 @@ import torch
 
 from pottsops import _backend, _checks, reference
 
-FILTER_BACKENDS = ("cpu", "reference")
+FILTER_BACKENDS = ("cuda", "cpu", "reference")
 
 
 def bilateral_features(image, sigma_xy, sigma_rgb):
@@ -40,7 +40,7 @@ def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
     values: (B, C, H, W) floating; gradients flow to it (the filter is linear and symmetric).
     image: (B, C_f, H, W) features (1 channel for grey MRI, 3 for RGB); no gradient flows to it.
     sigma_xy, sigma_rgb: bandwidths in pixels and in image units, > 0.
-    backend: 'cpu' (lattice), 'reference' (exact, O(N^2): small images), or 'auto'.
+    backend: 'cuda' or 'cpu' (lattice), 'reference' (exact, O(N^2): small images), or 'auto'.
 
     >>> ones = torch.ones(1, 1, 64, 64)
     >>> degree = pottsops.bilateral_filter(ones, image, sigma_xy=10.0, sigma_rgb=15.0)  # sum_j w_ij

@@ -163,3 +163,38 @@ def test_exact_dense_fp32_against_brute_force(pair, relaxation, shape):
     (expected_grad,) = torch.autograd.grad(expected.sum(), y64)
     torch.testing.assert_close(energy.double().cpu(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.double().cpu(), expected_grad, rtol=1e-5, atol=1e-5 * expected_grad.abs().max())
+
+
+def test_segment_sum_in_order():
+    g = torch.Generator().manual_seed(7)
+    rows = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    offsets = torch.tensor([0, 4, 4, 9, 10])  # an empty segment too
+    expected = torch.stack([rows[0:4].sum(0), rows.new_zeros(3), rows[4:9].sum(0), rows[9:].sum(0)])
+    torch.testing.assert_close(torch.ops.pottsops.segment_sum(rows, offsets), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tensor_lattice_is_the_cpu_lattice(channels):
+    """pottsops.lattice (the CUDA filter's algorithm: sorting instead of hashing), run on CPU tensors,
+    gives the C++ lattice's result."""
+    from pottsops import lattice
+    g = torch.Generator().manual_seed(8)
+    image = random_image((2, 1, 13, 17), channels=channels, generator=g, dtype=torch.float64)
+    values = torch.randn(2, 4, 13, 17, generator=g, dtype=torch.float64)
+    features = bilateral.bilateral_features(image, 3.0, 12.0)
+    _, weights = torch.ops.pottsops.lattice_simplex(features)
+    assert weights.min() > -1e-12 and torch.allclose(weights.sum(2), torch.ones_like(weights.sum(2)))
+    torch.testing.assert_close(lattice.bilateral_filter(values, features),
+                               torch.ops.pottsops.bilateral_filter(values, features), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA lattice is checked on the GPU suite")
+def test_cuda_lattice_matches_cpu_and_is_deterministic():
+    g = torch.Generator().manual_seed(9)
+    image = random_image((3, 1, 64, 80), generator=g, dtype=torch.float64)
+    values = torch.randn(3, 22, 64, 80, generator=g, dtype=torch.float64)
+    cpu = pottsops.bilateral_filter(values, image, 5.0, 15.0, backend="cpu")
+    first = pottsops.bilateral_filter(values.cuda(), image.cuda(), 5.0, 15.0, backend="cuda")
+    second = pottsops.bilateral_filter(values.cuda(), image.cuda(), 5.0, 15.0, backend="cuda")
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first.cpu(), cpu, rtol=1e-10, atol=1e-10)

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "pottsops/bilateral_args.h"
+#include "pottsops/grid_args.h"  // accumulation_type
 #include "pottsops/permutohedral.h"
 
 namespace pottsops {
@@ -162,8 +163,60 @@ at::Tensor bilateral_filter_cpu(const at::Tensor& values, const at::Tensor& feat
   return out;
 }
 
+
+std::tuple<at::Tensor, at::Tensor> lattice_simplex_cpu(const at::Tensor& features) {
+  check_lattice_features(features);
+  const int64_t B = features.size(0), d = features.size(1), n = features.size(2) * features.size(3);
+  const at::Tensor f = features.to(at::kDouble).reshape({B, d, n}).contiguous();
+  at::Tensor keys = at::empty({B, n, d + 1, d}, features.options().dtype(at::kInt));
+  at::Tensor weights = at::empty({B, n, d + 1}, features.options().dtype(accumulation_type(features.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "lattice_simplex_cpu", [&] {
+    const double* src = f.data_ptr<double>();
+    int32_t* key = keys.data_ptr<int32_t>();
+    scalar_t* weight = weights.data_ptr<scalar_t>();
+    at::parallel_for(0, B * n, 1024, [&](int64_t begin, int64_t end) {
+      double w[kMaxLatticeDim + 1];
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t b = p / n, i = p % n;
+        enclosing_simplex([&](int k) { return src[(b * d + k) * n + i]; }, static_cast<int>(d), key + p * (d + 1) * d,
+                          w);
+        for (int64_t r = 0; r <= d; ++r) weight[p * (d + 1) + r] = static_cast<scalar_t>(w[r]);
+      }
+    });
+  });
+  return {keys, weights};
+}
+
+at::Tensor segment_sum_cpu(const at::Tensor& rows, const at::Tensor& offsets) {
+  check_segments(rows, offsets);
+  const at::Tensor src = rows.contiguous();
+  const at::Tensor bounds = offsets.contiguous();
+  const int64_t S = offsets.size(0) - 1, C = rows.size(1);
+  at::Tensor out = at::zeros({S, C}, rows.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "segment_sum_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x = src.data_ptr<scalar_t>();
+    const int64_t* o = bounds.data_ptr<int64_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    at::parallel_for(0, S, 256, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum(C);
+      for (int64_t s = begin; s < end; ++s) {
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (int64_t r = o[s]; r < o[s + 1]; ++r)
+          for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(x[r * C + c]);
+        for (int64_t c = 0; c < C; ++c) y[s * C + c] = static_cast<scalar_t>(sum[c]);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pottsops, CPU, m) { m.impl("bilateral_filter", &bilateral_filter_cpu); }
+TORCH_LIBRARY_IMPL(pottsops, CPU, m) {
+  m.impl("bilateral_filter", &bilateral_filter_cpu);
+  m.impl("lattice_simplex", &lattice_simplex_cpu);
+  m.impl("segment_sum", &segment_sum_cpu);
+}
 
 }  // namespace pottsops

@@ -42,3 +42,23 @@ inline double lattice_scale(int d) {
 }
 
 }  // namespace pottsops
+
+namespace pottsops {
+
+inline void check_lattice_features(const at::Tensor& features) {
+  TORCH_CHECK(features.dim() == 4, "features: expected (B, d, H, W), got shape ", features.sizes());
+  TORCH_CHECK(features.size(1) >= 1 && features.size(1) <= kMaxLatticeDim, "features: expected 1 to ",
+              kMaxLatticeDim, " features per pixel, got ", features.size(1));
+  TORCH_CHECK(at::isFloatingType(features.scalar_type()), "features: expected a floating dtype, got ",
+              features.scalar_type());
+}
+
+inline void check_segments(const at::Tensor& rows, const at::Tensor& offsets) {
+  TORCH_CHECK(rows.dim() == 2 && at::isFloatingType(rows.scalar_type()), "rows: expected a floating (R, C) tensor, got ",
+              rows.scalar_type(), " of shape ", rows.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1 && offsets.scalar_type() == at::kLong,
+              "offsets: expected an int64 (S + 1,) tensor, got ", offsets.scalar_type(), " of shape ", offsets.sizes());
+  TORCH_CHECK(offsets.device() == rows.device(), "offsets: expected device ", rows.device(), ", got ", offsets.device());
+}
+
+}  // namespace pottsops

@@ -1,0 +1,107 @@
+"""The permutohedral lattice as tensor operations, for any device (the CUDA bilateral filter uses it).
+
+Same operator as the C++ filter (csrc/cpu/permutohedral.cpp): alpha S^T C^T C S with two rings of blur
+vertices around the splatted ones, built here with sorting instead of a hash table:
+
+1. lattice_simplex (a kernel): each pixel's d+1 simplex vertices (keys) and barycentric weights;
+2. vertices = torch.unique of the keys (with the image index as a first coordinate, so one lattice holds
+   the whole batch), grown by two rings of neighbours, each ring a torch.unique of vertices and their
+   2 (d+1) neighbours (the entries' vertex indices are remapped after each);
+3. the neighbour table: vertices and their neighbours through one more torch.unique;
+4. filtering: splat as a segment sum over the entries sorted by vertex (deterministic), the 2 (d+1) blur
+   passes as gathers, the slice as a gather and a weighted sum.
+
+Everything is sorted, never atomically accumulated, so results are bitwise reproducible.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+RINGS = 2
+
+
+def lattice_scale(d):
+    """alpha of csrc/pottsops/bilateral_args.h lattice_scale."""
+    return (4.0 * math.pi / 3.0) ** (d / 2.0) * math.sqrt(d + 1.0)
+
+
+@dataclass
+class Lattice:
+    d: int
+    shape: tuple          # (B, N)
+    weights: torch.Tensor  # (B * N * (d+1),) barycentric weight of each entry
+    entry_vertex: torch.Tensor  # (B * N * (d+1),) vertex of each entry
+    order: torch.Tensor    # entries sorted by vertex (stable)
+    offsets: torch.Tensor  # (M + 1,) segment bounds of each vertex in `order`
+    neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
+
+    @property
+    def num_vertices(self):
+        return self.neighbors.shape[0]
+
+
+def _directions(d, device):
+    """(2 (d+1), d+1) key steps: for direction j, minus = -u_j, plus = +u_j (image coordinate 0)."""
+    steps = torch.zeros(d + 1, 2, d + 1, dtype=torch.int32, device=device)
+    for j in range(d + 1):
+        for plus, sign in ((0, -1), (1, 1)):
+            steps[j, plus, 1:] = sign
+            if j < d:
+                steps[j, plus, 1 + j] = -sign * d
+    return steps.view(2 * (d + 1), d + 1)
+
+
+def _with_neighbors(vertices, steps):
+    return torch.cat([vertices, (vertices[:, None, :] + steps[None]).view(-1, vertices.shape[1])])
+
+
+def build(features, rings=RINGS):
+    """The lattice of features (B, d, H, W) (already divided by their sigmas)."""
+    B, d = features.shape[:2]
+    N = features.shape[2] * features.shape[3]
+    keys, weights = torch.ops.pottsops.lattice_simplex(features)
+    image = torch.arange(B, device=features.device, dtype=torch.int32).view(B, 1, 1, 1).expand(B, N, d + 1, 1)
+    rows = torch.cat([image, keys], 3).view(-1, d + 1)
+    vertices, entry_vertex = torch.unique(rows, dim=0, return_inverse=True)
+    steps = _directions(d, features.device)
+    for _ in range(rings):
+        grown, inverse = torch.unique(_with_neighbors(vertices, steps), dim=0, return_inverse=True)
+        entry_vertex = inverse[entry_vertex]
+        vertices = grown
+    M = vertices.shape[0]
+    every, inverse = torch.unique(_with_neighbors(vertices, steps), dim=0, return_inverse=True)
+    vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)
+    vertex_of[inverse[:M]] = torch.arange(M, device=features.device)
+    neighbors = vertex_of[inverse[M:]].view(M, d + 1, 2)
+    order = torch.argsort(entry_vertex, stable=True)
+    counts = torch.bincount(entry_vertex, minlength=M)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return Lattice(d, (B, N), weights.reshape(-1), entry_vertex, order, offsets, neighbors)
+
+
+def filter_values(lattice, values):
+    """alpha S^T C^T C S values for values (B, C, H, W) on the lattice of their image."""
+    B, C, H, W = values.shape
+    d = lattice.d
+    acc = lattice.weights.dtype
+    rows = values.to(acc).flatten(2).transpose(1, 2).reshape(B * H * W, 1, C).expand(-1, d + 1, C).reshape(-1, C)
+    rows = rows * lattice.weights[:, None]
+    grid = torch.ops.pottsops.segment_sum(rows[lattice.order], lattice.offsets)
+    for j in range(d + 1):  # C_0 .. C_d: average with the plus neighbour
+        grid = _average(grid, lattice.neighbors[:, j, 1])
+    for j in reversed(range(d + 1)):  # C_d^T .. C_0^T: average with the minus neighbour
+        grid = _average(grid, lattice.neighbors[:, j, 0])
+    sliced = (grid[lattice.entry_vertex] * lattice.weights[:, None]).view(B * H * W, d + 1, C).sum(1)
+    out = lattice_scale(d) * sliced
+    return out.view(B, H * W, C).transpose(1, 2).reshape(B, C, H, W).to(values.dtype)
+
+
+def _average(grid, neighbor):
+    present = (neighbor >= 0)[:, None]
+    return 0.5 * (grid + torch.where(present, grid[neighbor.clamp(min=0)], 0))
+
+
+def bilateral_filter(values, features):
+    """The lattice filter as tensor operations (the CUDA kernel of pottsops::bilateral_filter)."""
+    return filter_values(build(features), values)
