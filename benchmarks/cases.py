@@ -132,3 +132,66 @@ def unary_case(kind, shape, dtype, direction, backends):
     floor = 2 * tensor_bytes + (2 * tensor_bytes if direction == "fwd+bwd" else 0)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     return Case("unary", kind, shape, dtype, direction, make_inputs, run, expected, floor, backends, tolerance)
+
+
+def bilateral_case(shape, sigma_xy, sigma_rgb, backends):
+    """bilateral_filter of K soft-label channels plus ones (B, K + 1, H, W) over an RGB image, the Potts
+    lattice's workload.  Backends: 'cuda', 'cpu' (the C++ lattice, on CPU copies of the inputs) and
+    'per-class(cpu)': one single-channel CPU filtering per image and class, as the DenseCRF loss does.
+    The oracle is the C++ lattice in float64 (itself checked against the exact sum in tests/test_dense.py):
+    the exact sum is O(N^2)."""
+    B, K, H, W = shape
+
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        values = torch.cat([soft_labels(shape, torch.float32, "cpu", g), torch.ones(B, 1, H, W)], 1)
+        image = smooth_image(B, H, W, "cpu", g)
+        return {"values": values.to(device), "image": image.to(device), "values_cpu": values, "image_cpu": image}
+
+    def run(backend, inputs):
+        if backend == "per-class(cpu)":
+            return (torch.cat([torch.cat([pottsops.bilateral_filter(inputs["values_cpu"][b:b + 1, k:k + 1],
+                                                                    inputs["image_cpu"][b:b + 1], sigma_xy,
+                                                                    sigma_rgb, backend="cpu")
+                                          for k in range(K + 1)], 1) for b in range(B)]),)
+        on_cpu = backend == "cpu"
+        values, image = (inputs["values_cpu"], inputs["image_cpu"]) if on_cpu else (inputs["values"], inputs["image"])
+        return (pottsops.bilateral_filter(values, image, sigma_xy, sigma_rgb, backend=backend),)
+
+    def expected(inputs):
+        return (pottsops.bilateral_filter(inputs["values_cpu"].double(), inputs["image_cpu"].double(), sigma_xy,
+                                          sigma_rgb, backend="cpu"),)
+
+    floor = 2 * B * (K + 1) * H * W * 4 + B * 3 * H * W * 4  # values in, result out, the image
+    return Case("bilateral_filter", f"lattice sxy={sigma_xy:g} srgb={sigma_rgb:g}", (B, K + 1, H, W), torch.float32,
+                "fwd", make_inputs, run, expected, floor, backends, 1e-4, slow=("cpu", "per-class(cpu)"))
+
+
+def dense_exact_case(relaxation, shape, direction, backends, sigma_xy=10.0, sigma_rgb=15.0):
+    """Exact dense Potts (all pairs) at the network's output resolution.  FLOP floor per ordered pair:
+    the label and feature products (2K + 2d), the weight and the relaxation (~20), doubled for the
+    backward's products; bytes are negligible next to it."""
+    B, K, H, W = shape
+    N = H * W
+
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"y": soft_labels(shape, torch.float32, device, g), "image": smooth_image(B, H, W, device, g)}
+
+    def energy(backend):
+        def fn(y, image):
+            return pottsops.potts_energy(y, image, relaxation=relaxation, neighborhood="dense", method="exact",
+                                         sigma_xy=sigma_xy, sigma_rgb=sigma_rgb, backend=backend)
+        return fn
+
+    def run(backend, inputs):
+        return forward_backward(lambda y: energy(backend)(y, inputs["image"]), direction, [inputs["y"]], 1)
+
+    def expected(inputs):
+        return forward_backward(lambda y: energy("reference")(y, inputs["image"]), direction,
+                                [inputs["y"].double()], 1)
+
+    per_pair = 2 * K + 2 * 5 + 20 + (2 * K + 2 * 5 + 20 if direction == "fwd+bwd" else 0)
+    floor_bytes = B * K * N * 4 * (2 if direction == "fwd+bwd" else 1)
+    return Case("potts_energy", f"{relaxation}/dense-exact", shape, torch.float32, direction, make_inputs, run,
+                expected, floor_bytes, backends, 1e-4, floor_flops=B * N * N * per_pair, slow=("reference",))

@@ -30,6 +30,8 @@ class Case:
     floor_bytes: int             # fewest bytes the op must move
     backends: list = field(default_factory=list)
     tolerance: float = 1e-4      # relative error |out - ref| / |ref| allowed
+    floor_flops: int = 0         # fewest floating-point operations (0: a memory-bound op)
+    slow: tuple = ()             # backends timed with few repetitions (seconds per run)
 
     @property
     def shape_str(self):
@@ -133,7 +135,27 @@ def relative_error(outputs, expected):
     return (num / max(den, 1e-300)) ** 0.5
 
 
-def measure(case, device, bandwidth, input_sets=1):
+def fp32_rate(device):
+    """Measured float32 FLOP/s of a large matrix product without tf32 (the compute ceiling of fp32 code);
+    None on the CPU, where no op here is compute-floored."""
+    if device.type != "cuda":
+        return None
+    allow = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a, b = (torch.rand(8192, 8192, device=device) for _ in range(2))
+        seconds = median_time(lambda: a @ b, device, warmup=2, min_reps=5, min_seconds=0.5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    return 2 * 8192 ** 3 / seconds
+
+
+def floor_seconds(case, bandwidth, rate):
+    """The larger of the byte floor and the FLOP floor of a case."""
+    return max(case.floor_bytes / bandwidth, case.floor_flops / rate if rate and case.floor_flops else 0.0)
+
+
+def measure(case, device, bandwidth, input_sets=1, rate=None):
     """Rows of the long-format CSV for one case: per backend the check and the time."""
     inputs = [case.make_inputs(device, seed) for seed in range(input_sets)]
     expected = case.expected(inputs[0])
@@ -156,18 +178,20 @@ def measure(case, device, bandwidth, input_sets=1):
             synchronize(device)
             resident = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = median_time(lambda: case.run(backend, inputs[next(counter) % input_sets]), device,
-                              min_seconds=0.3 if device.type == "cuda" else 1.0)
+        reps = dict(warmup=0, min_reps=1, min_seconds=0.0, max_reps=1) if backend in case.slow else \
+            dict(min_seconds=0.3 if device.type == "cuda" else 1.0)
+        seconds = median_time(lambda: case.run(backend, inputs[next(counter) % input_sets]), device, **reps)
         times[backend] = seconds
         rows.append({**base, "metric": "time_ms", "value": f"{seconds * 1e3:.4f}"})
-        rows.append({**base, "metric": "floor_fraction", "value": f"{case.floor_bytes / bandwidth / seconds:.4f}"})
+        rows.append({**base, "metric": "floor_fraction",
+                     "value": f"{floor_seconds(case, bandwidth, rate) / seconds:.4f}"})
         if device.type == "cuda":  # memory the op needs beyond its inputs (and the cache-flush buffer)
             extra = (torch.cuda.max_memory_allocated(device) - resident) / 2 ** 20
             rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
     for backend, seconds in times.items():
         base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
                 "direction": case.direction, "backend": backend}
-        for baseline in ("reference", "compile(reference)", "unfold"):
+        for baseline in ("reference", "compile(reference)", "unfold", "cpu", "per-class(cpu)"):
             if baseline in times and backend != baseline:
                 rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
     return rows
@@ -194,7 +218,7 @@ def markdown_table(rows, env, bandwidth, backends):
     cases = {}
     for row in rows:
         cases.setdefault(key(row), {}).setdefault(row["backend"], {})[row["metric"]] = row["value"]
-    fused = [b for b in backends if b not in ("reference", "compile(reference)", "unfold")]
+    fused = [b for b in backends if b not in ("reference", "compile(reference)", "unfold", "per-class(cpu)")]
     header = ["op", "variant", "shape", "dtype", "dir"] + [f"{b} ms" for b in backends] + \
         ["best fused", "floor frac", "× ref", "× compile(ref)"]
     lines = [f"Device: {env['device']}; torch {env['torch']}; triton {env['triton']}; commit {env['sha']}; "
@@ -214,6 +238,13 @@ def markdown_table(rows, env, bandwidth, backends):
         else:
             cells += ["–"] * 4
         lines.append("| " + " | ".join(cells) + " |")
+    others = [(k, b, metric[len("speedup_vs_"):], value) for k, per_backend in cases.items()
+              for b, m in per_backend.items() for metric, value in m.items()
+              if metric in ("speedup_vs_unfold", "speedup_vs_cpu", "speedup_vs_per-class(cpu)") and b in fused]
+    if others:
+        lines += ["", "Speed-ups over the other baselines:", "", "| op | variant | shape | dtype | dir | backend | over | × |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(list(k) + [b, over, value]) + " |" for k, b, over, value in others]
     memory = {k: v for k, v in cases.items() if any("extra_mem_mb" in m for m in v.values())}
     if memory:
         lines += ["", "GPU memory allocated beyond the inputs (outputs and workspace, MB; peak during the timed runs):",

@@ -1,7 +1,8 @@
 """Benchmark CLI over the case registry.
 
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
-    python -m benchmarks.run --suite gpu-potts --out $OUT/bench        (also gpu-unary, gpu-window, gpu)
+    python -m benchmarks.run --suite gpu-potts --out $OUT/bench   (also gpu-unary, gpu-window, gpu-dense, gpu)
+    python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense
     python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
 Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
@@ -78,13 +79,32 @@ def gpu_window_suite(quick, device, compile_baseline):
             for direction in ("fwd+bwd", "fwd")]
 
 
+def gpu_dense_suite(quick, device, compile_baseline):
+    """The lattice filter at B = 12 (and B = 2 with the per-class loop) and exact dense Potts at 128x128."""
+    lattice = ["cuda", "cpu"] if device.type == "cuda" else ["cpu"]
+    big, small = ((2, 3, 24, 24), (1, 3, 24, 24)) if quick else ((12, 21, 512, 512), (2, 21, 512, 512))
+    suite = [cases.bilateral_case(big, 100.0, 15.0, lattice),
+             cases.bilateral_case(small, 100.0, 15.0, lattice + ["per-class(cpu)"])]
+    exact_shape = (1, 3, 10, 12) if quick else (12, 21, 128, 128)
+    triton = ["triton"] if pottsops.backends()["triton"].available else []
+    suite += [cases.dense_exact_case(r, exact_shape, direction, triton + ["reference"])
+              for r in ("collision_divergence", "normalized_quadratic") for direction in ("fwd+bwd", "fwd")]
+    return suite
+
+
+def cpu_dense_suite(quick, device, compile_baseline):
+    """The lattice filter on this machine's CPU, batched and per class, at the GPU suite's size."""
+    shape = (2, 3, 24, 24) if quick else (12, 21, 512, 512)
+    return [cases.bilateral_case(shape, 100.0, 15.0, ["cpu", "per-class(cpu)"])]
+
+
 def gpu_suite(quick, device, compile_baseline):
     return (gpu_potts_suite(quick, device, compile_baseline) + gpu_unary_suite(quick, device, compile_baseline)
-            + gpu_window_suite(quick, device, compile_baseline))
+            + gpu_window_suite(quick, device, compile_baseline) + gpu_dense_suite(quick, device, compile_baseline))
 
 
-SUITES = {"cpu": cpu_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite, "gpu-unary": gpu_unary_suite,
-          "gpu-window": gpu_window_suite}
+SUITES = {"cpu": cpu_suite, "cpu-dense": cpu_dense_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite,
+          "gpu-unary": gpu_unary_suite, "gpu-window": gpu_window_suite, "gpu-dense": gpu_dense_suite}
 
 
 def read_csv(path):
@@ -95,7 +115,7 @@ def read_csv(path):
 def write_reports(out, title):
     """results.md and speedups.png from every row of OUT/results.csv."""
     rows = read_csv(os.path.join(out, "results.csv"))
-    measured = [r for r in rows if r["op"] != "copy"]
+    measured = [r for r in rows if r["op"] not in ("copy", "matmul")]
     bandwidths = [float(r["value"]) for r in rows if r["op"] == "copy" and r["metric"] == "bandwidth_gbs"]
     env = {k: rows[-1][k] for k in ("device", "torch", "triton", "sha")}
     backends = list(dict.fromkeys(r["backend"] for r in measured))
@@ -122,13 +142,18 @@ def main(argv=None):
     csv_path = os.path.join(args.out, "results.csv")
     env = harness.environment(device)
     bandwidth = harness.copy_bandwidth(device)
-    print(f"{env}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    rate = harness.fp32_rate(device)
+    print(f"{env}; copy bandwidth {bandwidth / 1e9:.1f} GB/s" +
+          (f"; fp32 matmul {rate / 1e12:.1f} TFLOP/s" if rate else ""), flush=True)
     harness.append_csv(csv_path, [{"op": "copy", "variant": "1 GiB", "shape": "", "dtype": "float32",
                                    "direction": "", "backend": "torch", "metric": "bandwidth_gbs",
-                                   "value": f"{bandwidth / 1e9:.1f}"}], env)
+                                   "value": f"{bandwidth / 1e9:.1f}"}] +
+                      ([{"op": "matmul", "variant": "8192^3 fp32, no tf32", "shape": "", "dtype": "float32",
+                         "direction": "", "backend": "torch", "metric": "tflops", "value": f"{rate / 1e12:.1f}"}]
+                       if rate else []), env)
     suite = SUITES[args.suite](args.quick, device, not args.no_compile)
     for i, case in enumerate(suite):
-        case_rows = harness.measure(case, device, bandwidth, input_sets=1 if device.type == "cpu" else 3)
+        case_rows = harness.measure(case, device, bandwidth, input_sets=1 if device.type == "cpu" else 3, rate=rate)
         harness.append_csv(csv_path, case_rows, env)
         summary = {r["backend"]: r["value"] for r in case_rows if r["metric"] in ("time_ms", "check", "error")}
         print(f"[{i + 1}/{len(suite)}] {case.op} {case.variant} {case.shape_str} {case.dtype_str} "
