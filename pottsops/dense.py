@@ -21,6 +21,7 @@ from pottsops.names import relaxation_name
 LATTICE_RELAXATIONS = ("bilinear", "quadratic", "normalized_quadratic")
 DENSE_METHODS = ("lattice", "exact")
 EXACT_BACKENDS = ("triton", "reference")
+PRECISIONS = ("fp32", "tf32")  # of the exact method's label products on the triton backend
 
 
 def lattice_energy(y, features, mask, relaxation, backend):
@@ -51,7 +52,7 @@ def check_method(method, relaxation):
                          f"method='exact' (all pairs, small images) for this relaxation")
 
 
-def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend):
+def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32"):
     """Per-image (B,) dense Potts energy; sigma_rgb a number or (B,) tensor."""
     features = bilateral.bilateral_features(image, sigma_xy, sigma_rgb)
     name = relaxation_name(relaxation)
@@ -60,5 +61,6 @@ def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, b
     impl = _backend.resolve(backend, y.device, EXACT_BACKENDS, "potts_energy(neighborhood='dense', method='exact')")
     if impl == "triton":
         from pottsops.triton import dense_potts
-        return dense_potts.dense_potts_energy(y, features, mask, name, eps)
+        return dense_potts.dense_potts_energy(y, features, mask, name, eps,
+                                              "ieee" if precision == "fp32" else "tf32")
     return reference.dense_potts_energy(y, features, mask, name, eps)

@@ -95,7 +95,7 @@ def _reduce(per_image, reduction, mask, y):
 
 def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rgb=9.0, sigma_xy=None,
                  weights=None, mask=None, eps=1e-8, reduction="sum", backend="auto", validate=False,
-                 method="lattice"):
+                 method="lattice", precision="fp32"):
     """Potts energy E(y) = sum over unordered neighbour pairs {i, j} of w_ij P(y_i, y_j).
 
     y: (B, K, H, W) soft labels (each pixel on the K-simplex), float; gradients flow to y.
@@ -116,6 +116,8 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     validate: also check values (finite, on the simplex); costs a pass over the inputs.
     method: for 'dense' only: 'lattice' (permutohedral filtering, O(N), relaxations bl, q, nq) or
         'exact' (all pairs, every relaxation, O(N^2) time and O(BKN) memory: small images).
+    precision: for method='exact' on the triton backend: 'fp32' (default) or 'tf32' label products
+        (tensor cores; the feature distances stay fp32).
 
     >>> y = torch.softmax(torch.randn(2, 21, 64, 64), 1).requires_grad_()
     >>> image = torch.rand(2, 3, 64, 64) * 255
@@ -125,7 +127,7 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     relaxation_name(relaxation)
     if isinstance(neighborhood, str) and neighborhood == "dense":
         return _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend,
-                            validate, method)
+                            validate, method, precision)
     neighborhood = as_neighborhood(neighborhood)
     _check_common("y", y, image, weights, mask, neighborhood)
     if sigma_xy is not None:
@@ -151,7 +153,7 @@ DENSE_SIGMA_XY = 100.0
 
 
 def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend, validate,
-                 method):
+                 method, precision):
     if image is None:
         raise ValueError("image: the dense neighbourhood needs an image (its weights are bilateral)")
     if weights is not None:
@@ -162,12 +164,13 @@ def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, 
     _checks.check_positive("sigma_xy", sigma_xy)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     dense.check_method(method, relaxation)
+    _checks.check_choice("precision", precision, dense.PRECISIONS)
     image = image.detach()
     if validate:
         _validate_values(y, image, None, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)
     per_image = dense.dense_energy(y, image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps),
-                                   backend)
+                                   backend, precision)
     return _reduce(per_image, reduction, mask, y)
 
 

@@ -198,3 +198,16 @@ def test_cuda_lattice_matches_cpu_and_is_deterministic():
     second = pottsops.bilateral_filter(values.cuda(), image.cuda(), 5.0, 15.0, backend="cuda")
     assert torch.equal(first, second)
     torch.testing.assert_close(first.cpu(), cpu, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not pottsops.backends()["triton"].available,
+                    reason="tf32 tiles need a GPU with Triton; the error is measured in the GPU suite")
+def test_exact_dense_tf32_error_is_small():
+    y, image, mask = random_problem((2, 21, 24, 24), seed=10)
+    kwargs = dict(relaxation="cd", neighborhood="dense", method="exact", sigma_xy=5.0, sigma_rgb=20.0, mask=mask.cuda(),
+                  reduction="none", backend="triton")
+    fp32 = pottsops.potts_energy(y.float().cuda(), image.float().cuda(), **kwargs)
+    tf32 = pottsops.potts_energy(y.float().cuda(), image.float().cuda(), precision="tf32", **kwargs)
+    error = float((tf32 - fp32).norm() / fp32.norm())
+    print(f"exact dense, tf32 label products: relative energy error {error:.2e}")
+    assert error < 1e-2
