@@ -4,6 +4,7 @@ Public API:
     potts_energy, affinity, window   Potts energies over grid, window and dense neighbourhoods
     bilateral_filter                 Gaussian filtering over position and colour (permutohedral lattice)
     unary, self_labeling_loss        unaries from logits and the network loss (pottsops.unary)
+    solve                            soft pseudo-labels from logits, image and scribbles (pottsops.solve)
     backends                         which backends run here, and why not
     RELAXATIONS, UNARIES             accepted names (aliases in pottsops.names)
 """
@@ -12,8 +13,9 @@ from pottsops.bilateral import bilateral_filter
 from pottsops.names import RELAXATIONS, UNARIES
 from pottsops.neighborhoods import Neighborhood, window
 from pottsops.potts import affinity, potts_energy
+from pottsops.solve import SolveInfo, solve
 from pottsops.unary import self_labeling_loss, unary
 
-__all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss", "backends",
-           "RELAXATIONS", "UNARIES"]
+__all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss",
+           "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES"]
 __version__ = "0.1.0"

@@ -1,0 +1,208 @@
+"""The soft pseudo-label solver of soft self-labeling (SPEC section 6).
+
+Given network logits z, an image and scribbles S, find soft labels y minimising, per image,
+
+    E(y) = eta sum_{i not in S, mask} H(y_i, sigma_i)  +  lam sum_{{i,j} in N} w_ij P(y_i, y_j)
+
+with y_i fixed to the one-hot scribble on S.  Two methods, both batched with each image optimised on its
+own (its own step sizes, its own stopping; an image that has converged is frozen, so a result never
+depends on the other images of the batch):
+
+- "mirror": entropic mirror descent on the simplex, y <- normalise(y exp(-tau g)), with a per-image step
+  tau that grows by 1.25 after an accepted step and halves after a rejected one (a step that would raise
+  the energy is not taken), so the energy never increases;
+- "adam": Adam on pseudo-logits v with y = softmax(v) (the paper's parameterisation), keeping the best
+  iterate of each image.
+
+Energies and gradients come from pottsops.unary and pottsops.potts_energy on the chosen backend, so the
+same solver runs the fused kernels or, with backend="reference", plain PyTorch (the reference solver).
+"""
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from pottsops import _checks
+from pottsops.names import relaxation_name, unary_name
+from pottsops.potts import potts_energy
+from pottsops.unary import unary as unary_loss
+
+SOLVE_METHODS = ("mirror", "adam")
+
+
+@dataclass
+class SolveInfo:
+    """What solve(..., return_info=True) reports: energies[t] is the per-image energy (B,) after t
+    iterations (t = 0: the initialisation), iterations the iterations each image ran, seconds the wall
+    time, best the per-image energy of the returned y."""
+    energies: list = field(default_factory=list)
+    iterations: torch.Tensor = None
+    seconds: float = 0.0
+    best: torch.Tensor = None
+
+
+class _Problem:
+    """The energy of one solve() call: per-image values (B,) and gradients with respect to y."""
+
+    def __init__(self, logits, image, seeded, one_hot, unlabeled, relaxation, unary, neighborhood, eta, lam,
+                 sigma_rgb, sigma_xy, mask, weights, dense_method, backend):
+        self.logits, self.image, self.seeded, self.one_hot = logits, image, seeded, one_hot
+        self.unlabeled, self.mask, self.weights = unlabeled, mask, weights
+        self.unary, self.eta, self.lam, self.backend = unary, eta, lam, backend
+        self.potts = dict(relaxation=relaxation, neighborhood=neighborhood, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
+                          weights=weights, mask=mask, reduction="none", backend=backend)
+        if isinstance(neighborhood, str) and neighborhood == "dense":
+            self.potts["method"] = dense_method
+
+    def clamp(self, y):
+        """y with the scribbled pixels set to their one-hot labels."""
+        return torch.where(self.seeded[:, None], self.one_hot, y)
+
+    def energy(self, y):
+        """Per-image energy (B,) of the clamped labels y."""
+        unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
+        potts = potts_energy(y, self.image, **self.potts)
+        return self.eta * unary.sum((1, 2)) + self.lam * potts
+
+    def energy_and_grad(self, y):
+        y = y.detach().requires_grad_()
+        with torch.enable_grad():
+            energy = self.energy(y)
+            (grad,) = torch.autograd.grad(energy.sum(), y)
+        return energy.detach(), torch.where(self.seeded[:, None], 0, grad)
+
+
+def _mirror(problem, y, iters, tol, step, info):
+    B = y.shape[0]
+    energy, grad = problem.energy_and_grad(y)
+    info.energies.append(energy)
+    tau = torch.full((B,), step, dtype=y.dtype, device=y.device)
+    active = torch.ones(B, dtype=torch.bool, device=y.device)
+    iterations = torch.zeros(B, dtype=torch.long, device=y.device)
+    log_y = torch.log(y.clamp(min=torch.finfo(y.dtype).tiny))
+    for _ in range(iters):
+        if not bool(active.any()):
+            break
+        # scale-free step: tau_b is the largest change of log y_ik over the pixels of image b
+        spread = (grad.amax(1) - grad.amin(1)).flatten(1).amax(1).clamp(min=torch.finfo(y.dtype).tiny)
+        trial_log = torch.log_softmax(log_y - (tau / spread).view(B, 1, 1, 1) * grad, 1)
+        trial = problem.clamp(trial_log.exp())
+        trial_energy, trial_grad = problem.energy_and_grad(trial)
+        accept = active & torch.isfinite(trial_energy) & (trial_energy <= energy)
+        change = (energy - trial_energy).abs() / energy.abs().clamp(min=1e-30)
+        keep = accept.view(B, 1, 1, 1)
+        y, log_y, grad = torch.where(keep, trial, y), torch.where(keep, trial_log, log_y), torch.where(keep, trial_grad,
+                                                                                                          grad)
+        energy = torch.where(accept, trial_energy, energy)
+        tau = torch.where(accept, tau * 1.25, tau * 0.5)
+        iterations += active.long()
+        active = active & ~(accept & (change < tol)) & (tau > 1e-8)
+        info.energies.append(energy)
+    info.iterations = iterations
+    return y, energy
+
+
+def _adam(problem, y, iters, tol, step, info):
+    B = y.shape[0]
+    v = torch.log(y.clamp(min=1e-12)).detach().requires_grad_()
+    optimizer = torch.optim.Adam([v], lr=step)
+    best_y, best = y, problem.energy_and_grad(y)[0]
+    info.energies.append(best)
+    previous = best
+    active = torch.ones(B, dtype=torch.bool, device=y.device)
+    iterations = torch.zeros(B, dtype=torch.long, device=y.device)
+    for _ in range(iters):
+        if not bool(active.any()):
+            break
+        before = v.detach().clone()
+        optimizer.zero_grad()
+        current = problem.clamp(torch.softmax(v, 1))
+        energy, grad_y = problem.energy_and_grad(current)
+        v.grad = current * (grad_y - (current * grad_y).sum(1, keepdim=True))  # through the softmax
+        optimizer.step()
+        with torch.no_grad():  # frozen images keep their pseudo-logits
+            v.copy_(torch.where(active.view(B, 1, 1, 1), v, before))
+        better = active & torch.isfinite(energy) & (energy < best)
+        best_y = torch.where(better.view(B, 1, 1, 1), current.detach(), best_y)
+        best = torch.where(better, energy, best)
+        iterations += active.long()
+        change = (previous - energy).abs() / previous.abs().clamp(min=1e-30)
+        active = active & ~((iterations > 1) & (change < tol))  # iteration 1 evaluates the initialisation
+        previous = torch.where(active, energy, previous)
+        info.energies.append(best)
+    final = problem.clamp(torch.softmax(v.detach(), 1))
+    final_energy = problem.energy_and_grad(final)[0]
+    better = torch.isfinite(final_energy) & (final_energy < best)
+    info.iterations = iterations
+    return torch.where(better.view(B, 1, 1, 1), final, best_y), torch.where(better, final_energy, best)
+
+
+def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
+          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=100, method="mirror", tol=1e-4,
+          step=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
+    """Soft pseudo-labels y (B, K, H, W) minimising eta H(y, softmax(logits)) + lam Potts(y), scribbles fixed.
+
+    logits: (B, K, H, W) network outputs (no gradient flows back).
+    image: (B, C, H, W) for the affinities (RGB in 0..255 for the default sigma_rgb), or None with
+        weights, or None for constant weights.
+    seeds: (B, H, W) integer class ids on scribbled pixels, ignore_index elsewhere.
+    relaxation, unary, neighborhood, sigma_rgb, sigma_xy, weights, mask: as in potts_energy / unary;
+        dense_method: 'lattice' or 'exact' for neighborhood='dense'.
+    init: (B, K, H, W) starting labels (default softmax(logits)); the returned energy never exceeds its.
+    iters, tol: at most iters iterations; an image stops when its relative energy change is below tol.
+    method: 'mirror' (entropic mirror descent, default) or 'adam' (Adam on pseudo-logits, y = softmax(v));
+        step: mirror's initial largest log-change per iteration (default 1.0) or Adam's learning rate
+        (default 0.1).
+    return_info: also return a SolveInfo (energy per iteration, iterations, seconds).
+
+    >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
+    """
+    start = time.perf_counter()
+    _checks.check_labels("logits", logits)
+    _checks.check_seeds(seeds, "logits", logits, ignore_index)
+    _checks.check_mask(mask, "logits", logits)
+    _checks.check_finite("logits", logits)
+    if image is not None:
+        _checks.check_image("image", image, "logits", logits)
+        _checks.check_finite("image", image)
+    relaxation_name(relaxation)
+    unary_name(unary, "unary")
+    _checks.check_choice("method", method, SOLVE_METHODS)
+    for name, value in (("eta", eta), ("lam", lam)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        raise ValueError(f"iters: expected an integer >= 0, got {iters!r}")
+    if not isinstance(tol, (int, float)) or tol < 0:
+        raise ValueError(f"tol: expected a number >= 0, got {tol!r}")
+    if step is not None:
+        _checks.check_positive("step", step)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.detach().to(dtype)
+    B, K, H, W = logits.shape
+    seeded = seeds != ignore_index
+    if mask is not None:
+        seeded = seeded & mask
+    one_hot = F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(dtype)
+    unlabeled = ~seeded if mask is None else mask & ~seeded
+    problem = _Problem(logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation,
+                       unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
+    if init is not None:
+        _checks.check_like("init", init, logits.shape, "the shape of logits")
+        _checks.check_device("init", init, "logits", logits)
+        _checks.check_finite("init", init)
+        y0 = init.detach().to(dtype).clamp(min=0)
+        y0 = y0 / y0.sum(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+    else:
+        y0 = torch.softmax(logits, 1)
+    y0 = problem.clamp(y0)
+    info = SolveInfo()
+    if method == "mirror":
+        y, best = _mirror(problem, y0, iters, tol, 1.0 if step is None else step, info)
+    else:
+        y, best = _adam(problem, y0, iters, tol, 0.1 if step is None else step, info)
+    y = problem.clamp(y)
+    info.best = best
+    info.seconds = time.perf_counter() - start
+    return (y, info) if return_info else y

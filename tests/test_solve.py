@@ -1,0 +1,119 @@
+"""pottsops.solve(): the guarantees of SPEC section 6, batch independence, backends and errors."""
+import pytest
+import torch
+
+import pottsops
+from conftest import random_mask
+from pottsops.solve import SOLVE_METHODS
+
+
+def problem(B=2, K=4, H=14, W=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, H, W, generator=g) * 2
+    image = torch.rand(B, 3, H, W, generator=g) * 255
+    seeds = torch.full((B, H, W), 255)
+    seeds[:, 2:4, 2:12] = 1
+    seeds[:, 9:11, 4:15] = 3
+    seeds[1, 6, 1:5] = 0
+    return logits, image, seeds
+
+
+def check_guarantees(y, info, seeds, logits, mask=None):
+    assert torch.isfinite(y).all() and (y >= 0).all()
+    assert float((y.sum(1) - 1).abs().max()) <= 1e-5
+    seeded = seeds != 255
+    if mask is not None:
+        seeded &= mask
+    one_hot = torch.nn.functional.one_hot(seeds.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)
+    assert torch.equal(y.permute(0, 2, 3, 1)[seeded], one_hot.permute(0, 2, 3, 1)[seeded].to(y.dtype))
+    assert (info.best <= info.energies[0]).all()
+    assert torch.isfinite(info.best).all()
+
+
+@pytest.mark.parametrize("method", SOLVE_METHODS)
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+def test_guarantees_for_every_relaxation(method, relaxation):
+    logits, image, seeds = problem()
+    y, info = pottsops.solve(logits, image, seeds, relaxation=relaxation, method=method, iters=30, return_info=True)
+    check_guarantees(y, info, seeds, logits)
+    assert (info.best < info.energies[0]).all(), "the solver made no progress"
+
+
+@pytest.mark.parametrize("unary", pottsops.UNARIES)
+@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2), "dense"], ids=["nn4", "nn8", "win2",
+                                                                                          "dense"])
+def test_guarantees_for_unaries_and_neighbourhoods(unary, neighborhood):
+    logits, image, seeds = problem(seed=1)
+    relaxation = "nq" if neighborhood == "dense" else "cd"
+    y, info = pottsops.solve(logits, image, seeds, relaxation=relaxation, unary=unary, neighborhood=neighborhood,
+                             sigma_xy=5.0 if neighborhood == "dense" else None, iters=20, return_info=True)
+    check_guarantees(y, info, seeds, logits)
+
+
+def test_energy_trace_is_the_energy_of_the_result():
+    logits, image, seeds = problem(seed=2)
+    y, info = pottsops.solve(logits, image, seeds, iters=25, return_info=True)
+    expected = (0.3 * pottsops.unary(logits, y, "cce", mask=seeds == 255, reduction="none").sum((1, 2))
+                + 6.0 * pottsops.potts_energy(y, image, relaxation="cd", reduction="none"))
+    torch.testing.assert_close(info.best, expected, rtol=1e-4, atol=1e-3)
+    assert len(info.energies) <= 26 and info.iterations.max() <= 25 and info.seconds > 0
+    # mirror descent never accepts an increase: its trace is non-increasing
+    trace = torch.stack(info.energies)
+    assert (trace[1:] <= trace[:-1]).all()
+
+
+@pytest.mark.parametrize("method", ["mirror", "adam"])
+def test_one_image_does_not_depend_on_the_others(method):
+    logits, image, seeds = problem(B=3, seed=3)
+    together = pottsops.solve(logits, image, seeds, method=method, iters=40, tol=1e-3)
+    alone = pottsops.solve(logits[1:2], image[1:2], seeds[1:2], method=method, iters=40, tol=1e-3)
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_and_init():
+    logits, image, seeds = problem(seed=4)
+    mask = random_mask((2, 4, 14, 17), keep=0.8, generator=torch.Generator().manual_seed(4))
+    init = torch.softmax(torch.randn(2, 4, 14, 17), 1)
+    y, info = pottsops.solve(logits, image, seeds, mask=mask, init=init, iters=20, return_info=True)
+    check_guarantees(y, info, seeds, logits, mask)
+    clamped = init.clone()
+    seeded = (seeds != 255) & mask
+    clamped.permute(0, 2, 3, 1)[seeded] = torch.nn.functional.one_hot(seeds[seeded], 4).float()
+    start = (0.3 * pottsops.unary(logits, clamped, "cce", mask=mask & ~seeded, reduction="none").sum((1, 2))
+             + 6.0 * pottsops.potts_energy(clamped, image, relaxation="cd", mask=mask, reduction="none"))
+    torch.testing.assert_close(info.energies[0], start, rtol=1e-5, atol=1e-3)
+
+
+def test_backends_agree():
+    if not pottsops.backends()["cpu"].available:
+        pytest.skip("the cpu backend is not built here: " + pottsops.backends()["cpu"].reason)
+    logits, image, seeds = problem(seed=5)
+    fast = pottsops.solve(logits.double(), image.double(), seeds, iters=15, backend="cpu")
+    ref = pottsops.solve(logits.double(), image.double(), seeds, iters=15, backend="reference")
+    torch.testing.assert_close(fast, ref, rtol=1e-8, atol=1e-8)
+
+
+def test_different_one_hot_seeds_side_by_side_stay_finite():
+    logits, image, _ = problem(seed=6)
+    seeds = torch.zeros(2, 14, 17, dtype=torch.long)
+    seeds[:, :, 8:] = 2  # every pixel seeded, two classes touching
+    for relaxation in pottsops.RELAXATIONS:
+        y, info = pottsops.solve(logits, image, seeds, relaxation=relaxation, iters=3, return_info=True)
+        assert torch.isfinite(info.best).all() and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda l, i, s: pottsops.solve(l, i, s.float()), TypeError, "seeds: expected an integer tensor"),
+    (lambda l, i, s: pottsops.solve(l, i, torch.full_like(s, 7)), ValueError, r"seeds: expected class ids in \[0, 3\]"),
+    (lambda l, i, s: pottsops.solve(l * float("nan"), i, s), ValueError, "logits: expected finite values"),
+    (lambda l, i, s: pottsops.solve(l, i * float("inf"), s), ValueError, "image: expected finite values"),
+    (lambda l, i, s: pottsops.solve(l, i, s, method="sgd"), ValueError, "method: expected one of"),
+    (lambda l, i, s: pottsops.solve(l, i, s, iters=-1), ValueError, "iters: expected an integer >= 0"),
+    (lambda l, i, s: pottsops.solve(l, i, s, eta=-1.0), ValueError, "eta: expected a number >= 0"),
+    (lambda l, i, s: pottsops.solve(l, i, s, unary="mse"), ValueError, "unary"),
+    (lambda l, i, s: pottsops.solve(l, i, s, init=torch.ones(1, 4, 14, 17)), ValueError, "init: expected shape"),
+])
+def test_errors(call, error, pattern):
+    logits, image, seeds = problem()
+    with pytest.raises(error, match=pattern):
+        call(logits, image, seeds)
