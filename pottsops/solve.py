@@ -29,6 +29,7 @@ from pottsops.potts import potts_energy
 from pottsops.unary import unary as unary_loss
 
 SOLVE_METHODS = ("mirror", "adam")
+LOG_FLOOR = -60.0  # log y never below this (exp(-60) ~ 1e-26): no denormal floats, which are slow on CPUs
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _mirror(problem, y, iters, tol, step, info):
             break
         # scale-free step: tau_b is the largest change of log y_ik over the pixels of image b
         spread = (grad.amax(1) - grad.amin(1)).flatten(1).amax(1).clamp(min=torch.finfo(y.dtype).tiny)
-        trial_log = torch.log_softmax(log_y - (tau / spread).view(B, 1, 1, 1) * grad, 1)
+        trial_log = torch.log_softmax(log_y - (tau / spread).view(B, 1, 1, 1) * grad, 1).clamp(min=LOG_FLOOR)
         trial = problem.clamp(trial_log.exp())
         trial_energy, trial_grad = problem.energy_and_grad(trial)
         accept = active & torch.isfinite(trial_energy) & (trial_energy <= energy)
@@ -139,7 +140,7 @@ def _adam(problem, y, iters, tol, step, info):
 
 
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
-          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=100, method="mirror", tol=1e-4,
+          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=200, method="mirror", tol=1e-6,
           step=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
     """Soft pseudo-labels y (B, K, H, W) minimising eta H(y, softmax(logits)) + lam Potts(y), scribbles fixed.
 
