@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pottsops import _checks
-from pottsops.names import relaxation_name, unary_name
-from pottsops.potts import potts_energy
+from pottsops import _backend, _checks
+from pottsops.names import relaxation_index, relaxation_name, unary_index, unary_name
+from pottsops.neighborhoods import as_neighborhood
+from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy
 from pottsops.unary import unary as unary_loss
 
 SOLVE_METHODS = ("mirror", "adam")
@@ -50,7 +51,7 @@ class _Problem:
                  sigma_rgb, sigma_xy, mask, weights, dense_method, backend):
         self.logits, self.image, self.seeded, self.one_hot = logits, image, seeded, one_hot
         self.unlabeled, self.mask, self.weights = unlabeled, mask, weights
-        self.unary, self.eta, self.lam, self.backend = unary, eta, lam, backend
+        self.unary, self.eta, self.lam, self.backend, self.eps = unary, eta, lam, backend, 1e-8
         self.potts = dict(relaxation=relaxation, neighborhood=neighborhood, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
                           weights=weights, mask=mask, reduction="none", backend=backend)
         if isinstance(neighborhood, str) and neighborhood == "dense":
@@ -73,28 +74,67 @@ class _Problem:
             (grad,) = torch.autograd.grad(energy.sum(), y)
         return energy.detach(), torch.where(self.seeded[:, None], 0, grad)
 
+    def gradient(self, y):
+        """(energy (B,), gradient, per-image largest per-pixel spread max_k g - min_k g)."""
+        energy, grad = self.energy_and_grad(y)
+        spread = (grad.amax(1) - grad.amin(1)).flatten(1).amax(1)
+        return energy, grad, spread
+
+    def mirror_step(self, log_y, grad, scale):
+        """(log y, y) after one entropic mirror step of per-image size scale (B,), seeds clamped."""
+        trial_log = torch.log_softmax(log_y - scale.view(-1, 1, 1, 1) * grad, 1).clamp(min=LOG_FLOOR)
+        return trial_log, self.clamp(trial_log.exp())
+
+
+class _FusedProblem(_Problem):
+    """The same energy through the compiled ops directly (no autograd, no elementwise temporaries): the
+    grid Potts energy and gradient kernels, then one fused pass for the unary and the gradient
+    (solver_gradient) and one for the mirror step (mirror_step)."""
+
+    def __init__(self, *args, log_sigma, seeds, grid_args, unary_index):
+        super().__init__(*args)
+        self.log_sigma, self.seed_ids, self.grid_args, self.unary_index = log_sigma, seeds, grid_args, unary_index
+
+    def gradient(self, y):
+        potts = torch.ops.pottsops.grid_potts_energy(y, *self.grid_args)
+        ones = torch.ones_like(potts)
+        potts_grad, _ = torch.ops.pottsops.grid_potts_energy_backward(ones, y, *self.grid_args, False)
+        unary, grad, spread = torch.ops.pottsops.solver_gradient(y, self.log_sigma, potts_grad, self.unlabeled,
+                                                                 self.seeded, self.unary_index, self.eta, self.lam,
+                                                                 self.eps)
+        return unary + self.lam * potts, grad, spread
+
+    def energy_and_grad(self, y):
+        energy, grad, _ = self.gradient(y)
+        return energy, grad
+
+    def mirror_step(self, log_y, grad, scale):
+        return torch.ops.pottsops.mirror_step(log_y, grad, scale, self.seed_ids, self.seeded, LOG_FLOOR)
+
 
 def _mirror(problem, y, iters, tol, step, info):
     B = y.shape[0]
-    energy, grad = problem.energy_and_grad(y)
+    energy, grad, spread = problem.gradient(y)
     info.energies.append(energy)
     tau = torch.full((B,), step, dtype=y.dtype, device=y.device)
     active = torch.ones(B, dtype=torch.bool, device=y.device)
     iterations = torch.zeros(B, dtype=torch.long, device=y.device)
-    log_y = torch.log(y.clamp(min=torch.finfo(y.dtype).tiny))
+    log_y = torch.log(y).clamp(min=LOG_FLOOR)
     for _ in range(iters):
         if not bool(active.any()):
             break
         # scale-free step: tau_b is the largest change of log y_ik over the pixels of image b
-        spread = (grad.amax(1) - grad.amin(1)).flatten(1).amax(1).clamp(min=torch.finfo(y.dtype).tiny)
-        trial_log = torch.log_softmax(log_y - (tau / spread).view(B, 1, 1, 1) * grad, 1).clamp(min=LOG_FLOOR)
-        trial = problem.clamp(trial_log.exp())
-        trial_energy, trial_grad = problem.energy_and_grad(trial)
+        scale = torch.where(active, tau, 0) / spread.clamp(min=torch.finfo(y.dtype).tiny)
+        trial_log, trial = problem.mirror_step(log_y, grad, scale)
+        trial_energy, trial_grad, trial_spread = problem.gradient(trial)
         accept = active & torch.isfinite(trial_energy) & (trial_energy <= energy)
         change = (energy - trial_energy).abs() / energy.abs().clamp(min=1e-30)
-        keep = accept.view(B, 1, 1, 1)
-        y, log_y, grad = torch.where(keep, trial, y), torch.where(keep, trial_log, log_y), torch.where(keep, trial_grad,
-                                                                                                          grad)
+        rejected = (~accept).nonzero().flatten()
+        if len(rejected):  # keep the previous iterate of those images (only their rows are copied)
+            for new, old in ((trial, y), (trial_log, log_y), (trial_grad, grad)):
+                new[rejected] = old[rejected]
+            trial_spread[rejected] = spread[rejected]
+        y, log_y, grad, spread = trial, trial_log, trial_grad, trial_spread
         energy = torch.where(accept, trial_energy, energy)
         tau = torch.where(accept, tau * 1.25, tau * 0.5)
         iterations += active.long()
@@ -139,6 +179,28 @@ def _adam(problem, y, iters, tol, step, info):
     return torch.where(better.view(B, 1, 1, 1), final, best_y), torch.where(better, final_energy, best)
 
 
+def _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask, weights,
+                 method, backend):
+    """Arguments of _FusedProblem when the compiled ops can run the whole step (mirror descent, grid or
+    window neighbourhood, the cpu or cuda backend), else None."""
+    if method != "mirror" or (isinstance(neighborhood, str) and neighborhood == "dense"):
+        return None
+    impl = _backend.resolve(backend, logits.device, GRID_BACKENDS, "solve")
+    if impl not in ("cpu", "cuda"):
+        return None
+    neighborhood = as_neighborhood(neighborhood)
+    image = None if image is None else image.detach()
+    if weights is not None:
+        _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
+                           f"one channel per offset of {neighborhood}")
+    use_image = image if weights is None else None
+    inv = inv_two_sigma2(use_image, sigma_rgb, mask) if use_image is not None else None
+    grid_args = (use_image, None if weights is None else weights.detach().to(logits.dtype), mask, inv,
+                 neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy), relaxation_index(relaxation), 1e-8)
+    return dict(log_sigma=torch.log_softmax(logits, 1).contiguous(), seeds=torch.where(seeded, seeds, 0).long(),
+                grid_args=grid_args, unary_index=unary_index(unary, "unary"))
+
+
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
           sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=200, method="mirror", tol=1e-6,
           step=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
@@ -180,15 +242,18 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     if step is not None:
         _checks.check_positive("step", step)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits.detach().to(dtype)
+    logits = logits.detach().to(dtype).contiguous()
     B, K, H, W = logits.shape
-    seeded = seeds != ignore_index
+    seeded = (seeds != ignore_index).contiguous()
     if mask is not None:
         seeded = seeded & mask
     one_hot = F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(dtype)
-    unlabeled = ~seeded if mask is None else mask & ~seeded
-    problem = _Problem(logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation,
-                       unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
+    unlabeled = (~seeded if mask is None else mask & ~seeded).contiguous()
+    args = (logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation, unary,
+            neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
+    fused = _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask,
+                         weights, method, backend)
+    problem = _FusedProblem(*args, **fused) if fused else _Problem(*args)
     if init is not None:
         _checks.check_like("init", init, logits.shape, "the shape of logits")
         _checks.check_device("init", init, "logits", logits)
@@ -197,7 +262,7 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         y0 = y0 / y0.sum(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
     else:
         y0 = torch.softmax(logits, 1)
-    y0 = problem.clamp(y0)
+    y0 = problem.clamp(y0).contiguous()
     info = SolveInfo()
     if method == "mirror":
         y, best = _mirror(problem, y0, iters, tol, 1.0 if step is None else step, info)

@@ -1,0 +1,170 @@
+// The fused solver step on the CPU: one pass per op over contiguous (B, K, H, W) tensors, pixels in
+// parallel, per-image reductions through per-row partials summed in a fixed order (deterministic).
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "pottsops/solver_args.h"
+#include "pottsops/relaxations.h"
+
+namespace pottsops {
+namespace {
+
+// Sum (or maximum) over the rows of each image of a (B, H) double tensor, in order.
+at::Tensor per_image(const at::Tensor& rows, bool maximum) {
+  const int64_t B = rows.size(0), H = rows.size(1);
+  at::Tensor out = at::empty({B}, rows.options());
+  const double* r = rows.data_ptr<double>();
+  double* o = out.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    double acc = 0;
+    for (int64_t h = 0; h < H; ++h) acc = maximum ? std::max(acc, r[b * H + h]) : acc + r[b * H + h];
+    o[b] = acc;
+  }
+  return out;
+}
+
+// Both ops work one image row (b, h) at a time with w innermost, so that the loops over w vectorise; the
+// per-pixel math is that of solver_math.h (the CUDA kernels), written here over rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Tensor& y, const at::Tensor& log_sigma,
+                                                                   const at::Tensor& potts_grad,
+                                                                   const at::Tensor& unlabeled,
+                                                                   const at::Tensor& seeded, int64_t kind, double eta,
+                                                                   double lam, double eps) {
+  check_solver_tensors({{"y", &y}, {"log_sigma", &log_sigma}, {"potts_grad", &potts_grad}},
+                       {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
+  const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3), n = H * W;
+  at::Tensor grad = at::empty_like(y);
+  at::Tensor row_value = at::zeros({B, H}, y.options().dtype(at::kDouble));
+  at::Tensor row_spread = at::zeros({B, H}, y.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "solver_gradient_cpu", [&] {
+    using T = scalar_t;
+    const T *py = y.data_ptr<T>(), *pl = log_sigma.data_ptr<T>(), *pg = potts_grad.data_ptr<T>();
+    const bool *pu = unlabeled.data_ptr<bool>(), *ps = seeded.data_ptr<bool>();
+    T* out = grad.data_ptr<T>();
+    double *value = row_value.data_ptr<double>(), *spread = row_spread.data_ptr<double>();
+    const T e = static_cast<T>(eps), a = static_cast<T>(eta), l = static_cast<T>(lam);
+    POTTS_DISPATCH_UNARY(kind, [&] {
+      at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> buffers(6 * W);
+        T* __restrict__ dot = buffers.data();
+        T* __restrict__ sum_y = dot + W;
+        T* __restrict__ unl = dot + 2 * W;
+        T* __restrict__ free = dot + 3 * W;
+        T* __restrict__ lo = dot + 4 * W;
+        T* __restrict__ hi = dot + 5 * W;
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t b = row / H, offset = (row % H) * W;
+          for (int64_t w = 0; w < W; ++w) {
+            unl[w] = pu[b * n + offset + w] ? T(1) : T(0);
+            free[w] = ps[b * n + offset + w] ? T(0) : T(1);
+            dot[w] = sum_y[w] = T(0);
+            lo[w] = std::numeric_limits<T>::infinity();
+            hi[w] = -std::numeric_limits<T>::infinity();
+          }
+          for (int64_t k = 0; k < K; ++k) {
+            const T* __restrict__ yk = py + (b * K + k) * n + offset;
+            const T* __restrict__ lk = pl + (b * K + k) * n + offset;
+            for (int64_t w = 0; w < W; ++w) {
+              dot[w] += unary_dot_term<U, T>(lk[w], yk[w], potts_exp(lk[w]), e);
+              sum_y[w] += yk[w];
+            }
+          }
+          double total = 0, widest = 0;
+          for (int64_t w = 0; w < W; ++w) total += static_cast<double>(unl[w] * a * unary_value<U, T>(dot[w], sum_y[w], T(0), e));
+          for (int64_t k = 0; k < K; ++k) {
+            const T* __restrict__ yk = py + (b * K + k) * n + offset;
+            const T* __restrict__ lk = pl + (b * K + k) * n + offset;
+            const T* __restrict__ gk = pg + (b * K + k) * n + offset;
+            T* __restrict__ ok = out + (b * K + k) * n + offset;
+            for (int64_t w = 0; w < W; ++w) {
+              const T unary = unary_grad_label<U, T>(lk[w], yk[w], potts_exp(lk[w]), dot[w], T(0), e);
+              const T g = free[w] * (l * gk[w] + unl[w] * a * unary);
+              ok[w] = g;
+              lo[w] = g < lo[w] ? g : lo[w];
+              hi[w] = g > hi[w] ? g : hi[w];
+            }
+          }
+          for (int64_t w = 0; w < W; ++w) widest = std::max(widest, static_cast<double>(hi[w] - lo[w]));
+          value[row] = total;
+          spread[row] = widest;
+        }
+      });
+    });
+  });
+  return {per_image(row_value, false).to(y.scalar_type()), grad, per_image(row_spread, true).to(y.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> mirror_step_cpu(const at::Tensor& log_y, const at::Tensor& grad,
+                                                   const at::Tensor& scale, const at::Tensor& seeds,
+                                                   const at::Tensor& seeded, double log_floor) {
+  check_solver_tensors({{"log_y", &log_y}, {"grad", &grad}}, {{"seeds", &seeds}, {"seeded", &seeded}});
+  check_mirror_args(log_y, scale, seeds);
+  const int64_t B = log_y.size(0), K = log_y.size(1), H = log_y.size(2), W = log_y.size(3), n = H * W;
+  at::Tensor new_log = at::empty_like(log_y), new_y = at::empty_like(log_y);
+  const at::Tensor scales = scale.to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(log_y.scalar_type(), "mirror_step_cpu", [&] {
+    using T = scalar_t;
+    const T *pl = log_y.data_ptr<T>(), *pg = grad.data_ptr<T>();
+    const int64_t* pseed = seeds.data_ptr<int64_t>();
+    const bool* ps = seeded.data_ptr<bool>();
+    const double* psc = scales.data_ptr<double>();
+    T *ol = new_log.data_ptr<T>(), *oy = new_y.data_ptr<T>();
+    const T floor = static_cast<T>(log_floor);
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> buffers(2 * W);
+      T* __restrict__ m = buffers.data();
+      T* __restrict__ total = m + W;
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / H, offset = (row % H) * W;
+        const T s = static_cast<T>(psc[b]);
+        std::fill(m, m + W, -std::numeric_limits<T>::infinity());
+        std::fill(total, total + W, T(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const T* __restrict__ lk = pl + (b * K + k) * n + offset;
+          const T* __restrict__ gk = pg + (b * K + k) * n + offset;
+          for (int64_t w = 0; w < W; ++w) m[w] = std::max(m[w], lk[w] - s * gk[w]);
+        }
+        for (int64_t k = 0; k < K; ++k) {
+          const T* __restrict__ lk = pl + (b * K + k) * n + offset;
+          const T* __restrict__ gk = pg + (b * K + k) * n + offset;
+          for (int64_t w = 0; w < W; ++w) total[w] += potts_exp(lk[w] - s * gk[w] - m[w]);
+        }
+        for (int64_t w = 0; w < W; ++w) m[w] += potts_log(total[w]);  // log-sum-exp
+        for (int64_t k = 0; k < K; ++k) {
+          const T* __restrict__ lk = pl + (b * K + k) * n + offset;
+          const T* __restrict__ gk = pg + (b * K + k) * n + offset;
+          T* __restrict__ olk = ol + (b * K + k) * n + offset;
+          T* __restrict__ oyk = oy + (b * K + k) * n + offset;
+          for (int64_t w = 0; w < W; ++w) {
+            const T v = std::max(lk[w] - s * gk[w] - m[w], floor);
+            olk[w] = v;
+            oyk[w] = potts_exp(v);
+          }
+        }
+        for (int64_t w = 0; w < W; ++w) {  // seeds: their one-hot label
+          if (!ps[b * n + offset + w]) continue;
+          for (int64_t k = 0; k < K; ++k) {
+            const bool on = k == pseed[b * n + offset + w];
+            ol[(b * K + k) * n + offset + w] = on ? T(0) : floor;
+            oy[(b * K + k) * n + offset + w] = on ? T(1) : T(0);
+          }
+        }
+      }
+    });
+  });
+  return {new_log, new_y};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pottsops, CPU, m) {
+  m.impl("solver_gradient", &solver_gradient_cpu);
+  m.impl("mirror_step", &mirror_step_cpu);
+}
+
+}  // namespace pottsops

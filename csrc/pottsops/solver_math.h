@@ -1,0 +1,84 @@
+// Per-pixel work of the fused solver step (pottsops/solve.py), shared by the CPU and CUDA kernels.
+//
+// solver_pixel: the gradient of eta H(y, sigma) + lam Potts(y) at one pixel, from the Potts gradient
+// (computed by the grid backward kernel) and the unary's derivative with sigma given as log sigma (so the
+// unary formulas of relaxations.h apply with z = log sigma and lse = 0).
+//
+// mirror_pixel: one entropic mirror-descent step at one pixel, log y <- log_softmax(log y - scale g),
+// floored, or the one-hot seed on scribbled pixels.
+#pragma once
+
+#include "pottsops/relaxations.h"
+
+namespace pottsops {
+
+struct SolverPixelOut {
+  double value;   // eta H at this pixel (0 where the unary does not apply)
+  double spread;  // max_k g_k - min_k g_k (0 on seeds)
+};
+
+// y, log_sigma, potts_grad, grad: K values with stride `stride`.
+template <int U, typename T, typename Load, typename Store>
+POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T eta, T lam, T eps, Load&& load,
+                                     Store&& store) {
+  // load(k) -> (y_k, log_sigma_k, potts_grad_k); store(k, g_k)
+  SolverPixelOut out{0.0, 0.0};
+  if (seeded) {
+    for (int64_t k = 0; k < K; ++k) store(k, T(0));
+    return out;
+  }
+  T dot = 0, sum_y = 0;
+  if (unlabeled) {
+    for (int64_t k = 0; k < K; ++k) {
+      T y, log_sigma, pg;
+      load(k, y, log_sigma, pg);
+      dot += unary_dot_term<U, T>(log_sigma, y, potts_exp(log_sigma), eps);
+      sum_y += y;
+    }
+    out.value = static_cast<double>(eta * unary_value<U, T>(dot, sum_y, T(0), eps));
+  }
+  T lo = 0, hi = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    T y, log_sigma, pg;
+    load(k, y, log_sigma, pg);
+    T g = lam * pg;
+    if (unlabeled) g += eta * unary_grad_label<U, T>(log_sigma, y, potts_exp(log_sigma), dot, T(0), eps);
+    store(k, g);
+    lo = k == 0 ? g : (g < lo ? g : lo);
+    hi = k == 0 ? g : (g > hi ? g : hi);
+  }
+  out.spread = static_cast<double>(hi - lo);
+  return out;
+}
+
+// One mirror step at one pixel: load(k) -> (log y_k, g_k); store(k, new log y_k, new y_k).
+template <typename T, typename Load, typename Store>
+POTTS_HD void mirror_pixel(int64_t K, bool seeded, int64_t seed, T scale, T log_floor, Load&& load, Store&& store) {
+  if (seeded) {
+    for (int64_t k = 0; k < K; ++k) store(k, k == seed ? T(0) : log_floor, k == seed ? T(1) : T(0));
+    return;
+  }
+  T m = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    T log_y, g;
+    load(k, log_y, g);
+    const T v = log_y - scale * g;
+    m = k == 0 ? v : (v > m ? v : m);
+  }
+  T total = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    T log_y, g;
+    load(k, log_y, g);
+    total += potts_exp(log_y - scale * g - m);
+  }
+  const T lse = m + potts_log(total);
+  for (int64_t k = 0; k < K; ++k) {
+    T log_y, g;
+    load(k, log_y, g);
+    T v = log_y - scale * g - lse;
+    v = v < log_floor ? log_floor : v;
+    store(k, v, potts_exp(v));
+  }
+}
+
+}  // namespace pottsops
