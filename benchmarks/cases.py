@@ -195,3 +195,84 @@ def dense_exact_case(relaxation, shape, direction, backends, sigma_xy=10.0, sigm
     floor_bytes = B * K * N * 4 * (2 if direction == "fwd+bwd" else 1)
     return Case("potts_energy", f"{relaxation}/dense-exact", shape, torch.float32, direction, make_inputs, run,
                 expected, floor_bytes, backends, 1e-4, floor_flops=B * N * N * per_pair, slow=("reference",))
+
+
+def reference_solver(logits, image, seeds, iters, compiled=False, eta=0.3, lam=6.0):
+    """The plain solver a user would write: pseudo-logits v, y = softmax(v) with the seeds clamped, the
+    energy of the reference ops through autograd, torch.optim.Adam; optionally the energy under
+    torch.compile."""
+    K = logits.shape[1]
+    seeded = seeds != 255
+    one_hot = F.one_hot(seeds.clamp(max=K - 1), K).permute(0, 3, 1, 2).float()
+    sigma = torch.softmax(logits, 1)
+
+    def energy(v):
+        y = torch.where(seeded[:, None], one_hot, torch.softmax(v, 1))
+        unary = -torch.log((sigma * y).sum(1) + 1e-8)[~seeded].sum()
+        return eta * unary + lam * pottsops.potts_energy(y, image, relaxation="cd", neighborhood="nn4",
+                                                         backend="reference")
+
+    fn = _compiled_energy(energy) if compiled else energy
+    v = torch.log(sigma).detach().requires_grad_()
+    optimizer = torch.optim.Adam([v], lr=0.1)
+    for _ in range(iters):
+        optimizer.zero_grad()
+        fn(v).backward()
+        optimizer.step()
+    return torch.where(seeded[:, None], one_hot, torch.softmax(v.detach(), 1))
+
+
+_compiled = {}
+
+
+def _compiled_energy(energy):
+    if "energy" not in _compiled:
+        _compiled["energy"] = torch.compile(lambda v, fn: fn(v))
+    return lambda v: _compiled["energy"](v, energy)
+
+
+def solver_case(shape, backends, iters=50):
+    """pottsops.solve (mirror descent, the fused step) against the reference solver (Adam on pseudo-logits
+    through autograd) and its torch.compile'd energy: nn4, cd + cce, iters iterations.  The check: y on the
+    simplex, seeds one-hot, energy at most that of the initialisation (the solvers differ, so no output is
+    compared with another's).  Floor: per iteration, read y, log sigma and the image, write y."""
+    B, K, H, W = shape
+
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        logits = (torch.randn(shape, generator=g) * 2).to(device)
+        seeds = torch.full((B, H, W), 255, dtype=torch.long)
+        for b in range(B):
+            for k in range(K):
+                row = int(torch.randint(0, H - 3, (1,), generator=g))
+                col = int(torch.randint(0, W // 2, (1,), generator=g))
+                seeds[b, row:row + 3, col:col + W // 3] = k
+        return {"logits": logits, "image": smooth_image(B, H, W, device, g), "seeds": seeds.to(device)}
+
+    def run(backend, inputs):
+        if backend in ("reference", "compile(reference)"):
+            return (reference_solver(inputs["logits"], inputs["image"], inputs["seeds"], iters,
+                                     compiled=backend == "compile(reference)"),)
+        return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0,
+                               backend=backend),)
+
+    def energy(y, inputs):
+        seeded = inputs["seeds"] != 255
+        unary = pottsops.unary(inputs["logits"], y, "cce", mask=~seeded, reduction="sum", backend="reference")
+        return float(0.3 * unary + 6.0 * pottsops.potts_energy(y, inputs["image"], relaxation="cd",
+                                                               backend="reference"))
+
+    def check(outputs, inputs):
+        (y,) = outputs
+        seeded = inputs["seeds"] != 255
+        start = torch.softmax(inputs["logits"], 1)
+        start = torch.where(seeded[:, None], F.one_hot(inputs["seeds"].clamp(max=K - 1), K).permute(0, 3, 1, 2)
+                            .float(), start)
+        simplex = float((y.sum(1) - 1).abs().max())
+        seeds_ok = bool((y.argmax(1)[seeded] == inputs["seeds"][seeded]).all())
+        rise = max(0.0, energy(y, inputs) - energy(start, inputs)) / abs(energy(start, inputs))
+        return simplex + (0.0 if seeds_ok else 1.0) + rise if torch.isfinite(y).all() else float("inf")
+
+    floor = iters * B * H * W * (3 * K + 3) * 4
+    return Case("solve", f"cd+cce/nn4 x{iters}", shape, torch.float32, "solve", make_inputs, run, None, floor,
+                backends, 1e-4, slow=("reference", "compile(reference)"), check=check)

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_suite.sh                      # every step
 #   bash benchmarks/gpu_suite.sh build test           # some steps, in order
 #
-# Steps: build, test, bench-potts, bench-unary, bench-window, bench-dense.  The machine's own python3
+# Steps: build, test, bench-potts, bench-unary, bench-window, bench-dense, bench-solver.  The machine's python3
 # (with torch, triton, pytest, matplotlib) is used; nothing is downloaded.  The exit status is non-zero
 # if the build, the tests or a benchmark failed.
 set -uo pipefail
@@ -18,7 +18,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 unset TRITON_INTERPRET
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(build test bench-potts bench-unary bench-window bench-dense)
+[ ${#steps[@]} -eq 0 ] && steps=(build test bench-potts bench-unary bench-window bench-dense bench-solver)
 failed=()
 for step in "${steps[@]}"; do
   echo "=== $step ($(date +%T))"
@@ -37,7 +37,7 @@ for step in "${steps[@]}"; do
       $PY -m pytest -q -ra -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1 || failed+=(test)
       grep -E "passed|failed|error" "$OUT/pytest.log" | tail -n 40
       ;;
-    bench-potts | bench-unary | bench-window | bench-dense)
+    bench-potts | bench-unary | bench-window | bench-dense | bench-solver)
       $PY -m benchmarks.run --suite "gpu-${step#bench-}" --out "$OUT" >> "$OUT/bench.log" 2>&1 || failed+=("$step")
       grep -E "^\[|Error|FAIL" "$OUT/bench.log" | tail -n 3
       ;;

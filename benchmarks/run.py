@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
     python -m benchmarks.run --suite gpu-potts --out $OUT/bench   (also gpu-unary, gpu-window, gpu-dense, gpu)
-    python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense
+    python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense   (also cpu-solver)
     python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
 Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
@@ -98,13 +98,24 @@ def cpu_dense_suite(quick, device, compile_baseline):
     return [cases.bilateral_case(shape, 100.0, 15.0, ["cpu", "per-class(cpu)"])]
 
 
+def solver_suite(quick, device, compile_baseline):
+    """pottsops.solve throughput: 50 iterations, nn4, cd + cce, B = 12, K = 21 at 128x128 and 512x512."""
+    fused = fast_backends(device)
+    fused = [b for b in fused if b != "triton"]  # the fused step runs on the compiled ops
+    shapes = [(2, 5, 32, 32)] if quick else [(12, 21, 128, 128)] + ([(12, 21, 512, 512)] if device.type == "cuda" else [])
+    baselines = ["reference"] + (["compile(reference)"] if compile_baseline else [])
+    return [cases.solver_case(shape, fused + baselines, iters=5 if quick else 50) for shape in shapes]
+
+
 def gpu_suite(quick, device, compile_baseline):
     return (gpu_potts_suite(quick, device, compile_baseline) + gpu_unary_suite(quick, device, compile_baseline)
-            + gpu_window_suite(quick, device, compile_baseline) + gpu_dense_suite(quick, device, compile_baseline))
+            + gpu_window_suite(quick, device, compile_baseline) + gpu_dense_suite(quick, device, compile_baseline)
+            + solver_suite(quick, device, compile_baseline))
 
 
 SUITES = {"cpu": cpu_suite, "cpu-dense": cpu_dense_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite,
-          "gpu-unary": gpu_unary_suite, "gpu-window": gpu_window_suite, "gpu-dense": gpu_dense_suite}
+          "gpu-unary": gpu_unary_suite, "gpu-window": gpu_window_suite, "gpu-dense": gpu_dense_suite,
+          "gpu-solver": solver_suite, "cpu-solver": solver_suite}
 
 
 def read_csv(path):
