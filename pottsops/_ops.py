@@ -64,6 +64,14 @@ def _register():
         return features.new_empty(B, H * W, d + 1, d, dtype=torch.int32), features.new_empty(B, H * W, d + 1,
                                                                                             dtype=dtype)
 
+    @torch.library.register_fake(lib + "solver_gradient")
+    def _(y, log_sigma, potts_grad, unlabeled, seeded, kind, eta, lam, eps):
+        return y.new_empty(y.shape[0]), torch.empty_like(y), y.new_empty(y.shape[0])
+
+    @torch.library.register_fake(lib + "mirror_step")
+    def _(log_y, grad, scale, seeds, seeded, log_floor):
+        return torch.empty_like(log_y), torch.empty_like(log_y)
+
     @torch.library.register_fake(lib + "segment_sum")
     def _(rows, offsets):
         return rows.new_empty(offsets.shape[0] - 1, rows.shape[1])

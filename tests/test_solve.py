@@ -84,13 +84,40 @@ def test_mask_and_init():
     torch.testing.assert_close(info.energies[0], start, rtol=1e-5, atol=1e-3)
 
 
-def test_backends_agree():
-    if not pottsops.backends()["cpu"].available:
-        pytest.skip("the cpu backend is not built here: " + pottsops.backends()["cpu"].reason)
+FUSED = [name for name in ("cpu", "cuda") if pottsops.backends()[name].available]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("unary", pottsops.UNARIES)
+def test_fused_step_gives_the_reference_iterates(backend, unary):
+    """The fused mirror step (compiled ops) against the same solver on the reference ops (autograd)."""
+    device = "cuda" if backend == "cuda" else "cpu"
     logits, image, seeds = problem(seed=5)
-    fast = pottsops.solve(logits.double(), image.double(), seeds, iters=15, backend="cpu")
-    ref = pottsops.solve(logits.double(), image.double(), seeds, iters=15, backend="reference")
+    mask = random_mask((2, 4, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(5))
+    args = (logits.double().to(device), image.double().to(device), seeds.to(device))
+    kwargs = dict(unary=unary, neighborhood="nn8", mask=mask.to(device), iters=15)
+    fast = pottsops.solve(*args, backend=backend, **kwargs)
+    ref = pottsops.solve(*args, backend="reference", **kwargs)
     torch.testing.assert_close(fast, ref, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_ops_opcheck(backend):
+    device = "cuda" if backend == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(11)
+    y = torch.softmax(torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64), 1).to(device)
+    log_sigma = torch.log_softmax(torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64), 1).to(device)
+    potts_grad = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64).to(device)
+    seeded = (torch.rand(2, 5, 6, generator=g) < 0.2).to(device)
+    seeds = torch.randint(0, 4, (2, 5, 6), generator=g).to(device)
+    torch.library.opcheck(torch.ops.pottsops.solver_gradient.default,
+                          (y, log_sigma, potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8))
+    scale = torch.tensor([0.5, 2.0], dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.pottsops.mirror_step.default, (y.log(), potts_grad, scale, seeds, seeded, -60.0))
+    with pytest.raises(RuntimeError, match="seeds: expected int64"):
+        torch.ops.pottsops.mirror_step(y.log(), potts_grad, scale, seeds.int(), seeded, -60.0)
+    with pytest.raises(RuntimeError, match="log_sigma: expected a contiguous"):
+        torch.ops.pottsops.solver_gradient(y, log_sigma.float(), potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8)
 
 
 def test_different_one_hot_seeds_side_by_side_stay_finite():
