@@ -21,7 +21,7 @@ from pottsops.names import relaxation_name
 LATTICE_RELAXATIONS = ("bilinear", "quadratic", "normalized_quadratic")
 DENSE_METHODS = ("lattice", "exact")
 EXACT_BACKENDS = ("triton", "reference")
-PRECISIONS = ("fp32", "tf32")  # of the exact method's label products on the triton backend
+PRECISIONS = ("fp32", "tf32", "bf16")  # of the exact method's label products on the triton backend
 
 
 def lattice_energy(y, features, mask, relaxation, backend):
@@ -62,5 +62,5 @@ def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, b
     if impl == "triton":
         from pottsops.triton import dense_potts
         return dense_potts.dense_potts_energy(y, features, mask, name, eps,
-                                              "ieee" if precision == "fp32" else "tf32")
+                                              "ieee" if precision == "fp32" else precision)
     return reference.dense_potts_energy(y, features, mask, name, eps)

@@ -116,8 +116,8 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     validate: also check values (finite, on the simplex); costs a pass over the inputs.
     method: for 'dense' only: 'lattice' (permutohedral filtering, O(N), relaxations bl, q, nq) or
         'exact' (all pairs, every relaxation, O(N^2) time and O(BKN) memory: small images).
-    precision: for method='exact' on the triton backend: 'fp32' (default) or 'tf32' label products
-        (tensor cores; the feature distances stay fp32).
+    precision: for method='exact' on the triton backend: 'fp32' (default), 'tf32' or 'bf16' label
+        products (tensor cores, fp32 accumulation; the feature distances stay fp32).
 
     >>> y = torch.softmax(torch.randn(2, 21, 64, 64), 1).requires_grad_()
     >>> image = torch.rand(2, 3, 64, 64) * 255

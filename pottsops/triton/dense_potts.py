@@ -19,7 +19,7 @@ from pottsops.triton.math import pair_terms
 
 BLOCK_I = 64
 BLOCK_J = 64
-PRECISIONS = ("ieee", "tf32")  # of the label products S = Y_i Y_j^T; distances are always ieee
+PRECISIONS = ("ieee", "tf32", "bf16")  # of the label products (S and the gradient's); distances stay ieee
 
 
 @triton.jit
@@ -36,9 +36,17 @@ def _tile(y_ptr, f_ptr, fn_ptr, m_ptr, b, rows, N, KP: tl.constexpr, DP: tl.cons
 
 
 @triton.jit
+def _label_dot(a, b, PRECISION: tl.constexpr):
+    """a @ b in float32 accumulation: fp32 ("ieee"), tf32, or with bf16 operands."""
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _weights_and_terms(Yi, Fi, fni, pi, ai, i, Yj, Fj, fnj, pj, j, eps, REL: tl.constexpr,
                        PRECISION: tl.constexpr):
-    s = tl.dot(Yi, tl.trans(Yj), input_precision=PRECISION)
+    s = _label_dot(Yi, tl.trans(Yj), PRECISION)
     d2 = fni[:, None] + fnj[None, :] - 2 * tl.dot(Fi, tl.trans(Fj), input_precision="ieee")
     w = tl.exp(-0.5 * tl.maximum(d2, 0))
     aj = tl.where(pj, tl.sum(Yj * Yj, 1), 1)  # missing pixels read as 1: finite terms, dropped below
@@ -81,7 +89,7 @@ def _backward_kernel(go_ptr, y_ptr, f_ptr, fn_ptr, m_ptr, grad_ptr, N, eps, REL:
         w, _, d_s, d_a, valid = _weights_and_terms(Yi, Fi, fni, pi, ai, i, Yj, Fj, fnj, pj, j, eps, REL, PRECISION)
         coupling = tl.where(valid, w * d_s, 0)
         own += tl.sum(tl.where(valid, w * d_a, 0), 1)
-        grad += tl.dot(coupling, Yj, input_precision=PRECISION)
+        grad += _label_dot(coupling, Yj, PRECISION)
     go = tl.load(go_ptr + b)
     grad = go * (grad + 2 * own[:, None] * Yi)
     k = tl.arange(0, KP)
