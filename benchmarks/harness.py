@@ -33,6 +33,7 @@ class Case:
     floor_flops: int = 0         # fewest floating-point operations (0: a memory-bound op)
     slow: tuple = ()             # backends timed with few repetitions (seconds per run)
     check: Callable = None       # (outputs, inputs) -> error, for ops with no unique answer (solvers)
+    throughput: tuple = ()       # (metric name, units of work per run): reported as units per second
 
     @property
     def shape_str(self):
@@ -185,6 +186,9 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
         seconds = median_time(lambda: case.run(backend, inputs[next(counter) % input_sets]), device, **reps)
         times[backend] = seconds
         rows.append({**base, "metric": "time_ms", "value": f"{seconds * 1e3:.4f}"})
+        if case.throughput:
+            name, units = case.throughput
+            rows.append({**base, "metric": name, "value": f"{units / seconds:.3f}"})
         rows.append({**base, "metric": "floor_fraction",
                      "value": f"{floor_seconds(case, bandwidth, rate) / seconds:.4f}"})
         if device.type == "cuda":  # memory the op needs beyond its inputs (and the cache-flush buffer)

@@ -8,6 +8,7 @@ import torch
 
 import pottsops
 from conftest import STATUS, random_image, random_mask, soft_labels
+from test_potts_energy import energy_and_grad
 
 GPU_BACKENDS = ["cuda", "triton"]
 
@@ -25,14 +26,6 @@ def training_batch(shape, dtype, seed=0):
     image = random_image(shape, device="cuda", generator=g)
     mask = random_mask(shape, "cuda", generator=g)
     return y.to(dtype), image, mask
-
-
-def energy_and_grad(y, backend, **kwargs):
-    y = y.detach().requires_grad_()
-    energy = pottsops.potts_energy(y, backend=backend, reduction="none", **kwargs)
-    (grad,) = torch.autograd.grad(energy, y, torch.linspace(0.5, 1.5, energy.numel(), device=y.device,
-                                                             dtype=energy.dtype))
-    return energy.detach(), grad
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
