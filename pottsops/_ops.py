@@ -65,7 +65,7 @@ def _register():
                                                                                             dtype=dtype)
 
     @torch.library.register_fake(lib + "solver_gradient")
-    def _(y, log_sigma, potts_grad, unlabeled, seeded, kind, eta, lam, eps):
+    def _(y, sigma, log_sigma, potts_grad, unlabeled, seeded, kind, eta, lam, eps):
         return y.new_empty(y.shape[0]), torch.empty_like(y), y.new_empty(y.shape[0])
 
     @torch.library.register_fake(lib + "mirror_step")

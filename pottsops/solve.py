@@ -93,15 +93,16 @@ class _FusedProblem(_Problem):
 
     def __init__(self, *args, log_sigma, seeds, grid_args, unary_index):
         super().__init__(*args)
-        self.log_sigma, self.seed_ids, self.grid_args, self.unary_index = log_sigma, seeds, grid_args, unary_index
+        self.sigma, self.log_sigma = log_sigma.exp(), log_sigma
+        self.seed_ids, self.grid_args, self.unary_index = seeds, grid_args, unary_index
 
     def gradient(self, y):
         potts = torch.ops.pottsops.grid_potts_energy(y, *self.grid_args)
         ones = torch.ones_like(potts)
         potts_grad, _ = torch.ops.pottsops.grid_potts_energy_backward(ones, y, *self.grid_args, False)
-        unary, grad, spread = torch.ops.pottsops.solver_gradient(y, self.log_sigma, potts_grad, self.unlabeled,
-                                                                 self.seeded, self.unary_index, self.eta, self.lam,
-                                                                 self.eps)
+        unary, grad, spread = torch.ops.pottsops.solver_gradient(y, self.sigma, self.log_sigma, potts_grad,
+                                                                 self.unlabeled, self.seeded, self.unary_index,
+                                                                 self.eta, self.lam, self.eps)
         return unary + self.lam * potts, grad, spread
 
     def energy_and_grad(self, y):

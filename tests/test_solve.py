@@ -111,13 +111,14 @@ def test_fused_ops_opcheck(backend):
     seeded = (torch.rand(2, 5, 6, generator=g) < 0.2).to(device)
     seeds = torch.randint(0, 4, (2, 5, 6), generator=g).to(device)
     torch.library.opcheck(torch.ops.pottsops.solver_gradient.default,
-                          (y, log_sigma, potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8))
+                          (y, log_sigma.exp(), log_sigma, potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8))
     scale = torch.tensor([0.5, 2.0], dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.pottsops.mirror_step.default, (y.log(), potts_grad, scale, seeds, seeded, -60.0))
     with pytest.raises(RuntimeError, match="seeds: expected int64"):
         torch.ops.pottsops.mirror_step(y.log(), potts_grad, scale, seeds.int(), seeded, -60.0)
     with pytest.raises(RuntimeError, match="log_sigma: expected a contiguous"):
-        torch.ops.pottsops.solver_gradient(y, log_sigma.float(), potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8)
+        torch.ops.pottsops.solver_gradient(y, log_sigma.exp(), log_sigma.float(), potts_grad, ~seeded, seeded, 0, 0.3,
+                                           6.0, 1e-8)
 
 
 def test_different_one_hot_seeds_side_by_side_stay_finite():

@@ -30,12 +30,13 @@ at::Tensor per_image(const at::Tensor& rows, bool maximum) {
 
 // Both ops work one image row (b, h) at a time with w innermost, so that the loops over w vectorise; the
 // per-pixel math is that of solver_math.h (the CUDA kernels), written here over rows.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Tensor& y, const at::Tensor& log_sigma,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Tensor& y, const at::Tensor& sigma,
+                                                                   const at::Tensor& log_sigma,
                                                                    const at::Tensor& potts_grad,
                                                                    const at::Tensor& unlabeled,
                                                                    const at::Tensor& seeded, int64_t kind, double eta,
                                                                    double lam, double eps) {
-  check_solver_tensors({{"y", &y}, {"log_sigma", &log_sigma}, {"potts_grad", &potts_grad}},
+  check_solver_tensors({{"y", &y}, {"sigma", &sigma}, {"log_sigma", &log_sigma}, {"potts_grad", &potts_grad}},
                        {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
   const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3), n = H * W;
   at::Tensor grad = at::empty_like(y);
@@ -43,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Ten
   at::Tensor row_spread = at::zeros({B, H}, y.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "solver_gradient_cpu", [&] {
     using T = scalar_t;
-    const T *py = y.data_ptr<T>(), *pl = log_sigma.data_ptr<T>(), *pg = potts_grad.data_ptr<T>();
+    const T *py = y.data_ptr<T>(), *psig = sigma.data_ptr<T>(), *pl = log_sigma.data_ptr<T>(),
+            *pg = potts_grad.data_ptr<T>();
     const bool *pu = unlabeled.data_ptr<bool>(), *ps = seeded.data_ptr<bool>();
     T* out = grad.data_ptr<T>();
     double *value = row_value.data_ptr<double>(), *spread = row_spread.data_ptr<double>();
@@ -68,9 +70,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Ten
           }
           for (int64_t k = 0; k < K; ++k) {
             const T* __restrict__ yk = py + (b * K + k) * n + offset;
+            const T* __restrict__ sk = psig + (b * K + k) * n + offset;
             const T* __restrict__ lk = pl + (b * K + k) * n + offset;
             for (int64_t w = 0; w < W; ++w) {
-              dot[w] += unary_dot_term<U, T>(lk[w], yk[w], potts_exp(lk[w]), e);
+              dot[w] += unary_dot_term<U, T>(lk[w], yk[w], sk[w], e);
               sum_y[w] += yk[w];
             }
           }
@@ -78,11 +81,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Ten
           for (int64_t w = 0; w < W; ++w) total += static_cast<double>(unl[w] * a * unary_value<U, T>(dot[w], sum_y[w], T(0), e));
           for (int64_t k = 0; k < K; ++k) {
             const T* __restrict__ yk = py + (b * K + k) * n + offset;
+            const T* __restrict__ sk = psig + (b * K + k) * n + offset;
             const T* __restrict__ lk = pl + (b * K + k) * n + offset;
             const T* __restrict__ gk = pg + (b * K + k) * n + offset;
             T* __restrict__ ok = out + (b * K + k) * n + offset;
             for (int64_t w = 0; w < W; ++w) {
-              const T unary = unary_grad_label<U, T>(lk[w], yk[w], potts_exp(lk[w]), dot[w], T(0), e);
+              const T unary = unary_grad_label<U, T>(lk[w], yk[w], sk[w], dot[w], T(0), e);
               const T g = free[w] * (l * gk[w] + unl[w] * a * unary);
               ok[w] = g;
               lo[w] = g < lo[w] ? g : lo[w];

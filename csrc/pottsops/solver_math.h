@@ -17,11 +17,11 @@ struct SolverPixelOut {
   double spread;  // max_k g_k - min_k g_k (0 on seeds)
 };
 
-// y, log_sigma, potts_grad, grad: K values with stride `stride`.
+// The K values of one pixel come through load and go out through store.
 template <int U, typename T, typename Load, typename Store>
 POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T eta, T lam, T eps, Load&& load,
                                      Store&& store) {
-  // load(k) -> (y_k, log_sigma_k, potts_grad_k); store(k, g_k)
+  // load(k) -> (y_k, sigma_k, log_sigma_k, potts_grad_k); store(k, g_k)
   SolverPixelOut out{0.0, 0.0};
   if (seeded) {
     for (int64_t k = 0; k < K; ++k) store(k, T(0));
@@ -30,19 +30,19 @@ POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T e
   T dot = 0, sum_y = 0;
   if (unlabeled) {
     for (int64_t k = 0; k < K; ++k) {
-      T y, log_sigma, pg;
-      load(k, y, log_sigma, pg);
-      dot += unary_dot_term<U, T>(log_sigma, y, potts_exp(log_sigma), eps);
+      T y, sigma, log_sigma, pg;
+      load(k, y, sigma, log_sigma, pg);
+      dot += unary_dot_term<U, T>(log_sigma, y, sigma, eps);
       sum_y += y;
     }
     out.value = static_cast<double>(eta * unary_value<U, T>(dot, sum_y, T(0), eps));
   }
   T lo = 0, hi = 0;
   for (int64_t k = 0; k < K; ++k) {
-    T y, log_sigma, pg;
-    load(k, y, log_sigma, pg);
+    T y, sigma, log_sigma, pg;
+    load(k, y, sigma, log_sigma, pg);
     T g = lam * pg;
-    if (unlabeled) g += eta * unary_grad_label<U, T>(log_sigma, y, potts_exp(log_sigma), dot, T(0), eps);
+    if (unlabeled) g += eta * unary_grad_label<U, T>(log_sigma, y, sigma, dot, T(0), eps);
     store(k, g);
     lo = k == 0 ? g : (g < lo ? g : lo);
     hi = k == 0 ? g : (g > hi ? g : hi);
