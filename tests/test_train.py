@@ -1,0 +1,147 @@
+"""train/: one training step per method, the losses, the metrics against hand-computed values, the command
+line, and resuming after an interrupted run."""
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train.loop
+from train.config import make_config, parse_args
+from train.evaluate import confusion_matrix, dice_per_volume, iou_per_class, mean_iou, save_panels
+from train.methods import METHODS, Regulariser, batch_loss
+
+
+def _tiny(tmp_path, **overrides):
+    settings = dict(method="soft", epochs=2, batch_size=2, crop=(32, 32), synthetic_size=(4, 2), lr=0.01,
+                    out=str(tmp_path / "run"), panels=1, progress=False, workers=0,
+                    backbone="mobilenet_v2", solver_iters=5)
+    settings.update(overrides)
+    return make_config("synthetic", **settings)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_training_step_per_method(tmp_path, method):
+    config = _tiny(tmp_path, method=method, max_steps=1)
+    results = train.loop.train(config)
+    assert results["steps"] == 1 and math.isfinite(results["miou"])
+    out = tmp_path / "run"
+    for name in ("config.json", "train_log.csv", "last.pt", "results.json", "panels.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "results.json").read_text())["method"] == method
+
+
+def _batch(k=3, h=6, w=7):
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, k, (2, h, w), generator=g)
+    seeds = torch.full_like(label, 255)
+    seeds[:, 1, 1:5] = label[:, 1, 1:5]
+    mask = torch.ones(2, h, w, dtype=torch.bool)
+    mask[1, :, -2:] = False
+    return {"image": torch.rand(2, 3, h, w, generator=g) * 255, "label": label, "seeds": seeds, "mask": mask}
+
+
+def test_losses_by_hand():
+    batch = _batch()
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    n = batch["mask"].sum()
+    seeded = (batch["seeds"] != 255) & batch["mask"]
+    pce = -torch.log_softmax(logits, 1).gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].sum() / n
+    torch.testing.assert_close(batch_loss("pce", logits, batch, Regulariser())[0], pce)
+    full = F.cross_entropy(logits.permute(0, 2, 3, 1)[batch["mask"]], batch["label"][batch["mask"]],
+                           reduction="sum") / n
+    torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser())[0], full)
+    torch.testing.assert_close(batch_loss("soft", logits, batch, Regulariser(), warmup=True)[0], pce)
+    reg = Regulariser(lam=0.0)
+    sigma = torch.softmax(logits, 1)
+    unlabeled = batch["mask"] & (batch["seeds"] == 255)
+    entropy = -(sigma * sigma.log()).sum(1)[unlabeled].sum() / n
+    torch.testing.assert_close(batch_loss("gd", logits, batch, reg)[0], pce + reg.eta * entropy)
+
+
+@pytest.mark.parametrize("method", ["gd", "hard", "soft"])
+def test_self_labeling_losses_are_finite_and_train_the_logits(method):
+    batch = _batch()
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    loss, y = batch_loss(method, logits, batch, Regulariser(solver_iters=10))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    if method != "gd":
+        torch.testing.assert_close(y.sum(1), torch.ones(2, 6, 7))
+        seeded = batch["seeds"] != 255
+        assert (y.argmax(1)[seeded] == batch["seeds"][seeded]).all()
+    if method == "hard":
+        assert set(y.unique().tolist()) == {0.0, 1.0}
+
+
+def test_miou_by_hand():
+    label = torch.tensor([[0, 0, 1, 1, 255, 2]])
+    pred = torch.tensor([[0, 1, 1, 1, 2, 0]])
+    matrix = confusion_matrix(pred, label, 4)
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    iou = iou_per_class(matrix)
+    assert iou[0] == pytest.approx(1 / 3) and iou[1] == pytest.approx(2 / 3) and iou[2] == 0 and math.isnan(iou[3])
+    assert mean_iou(matrix) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+
+
+def test_dice_per_volume_by_hand():
+    pred = torch.tensor([[[1, 1, 0]], [[2, 0, 0]]])   # two slices of one volume
+    label = torch.tensor([[[1, 0, 0]], [[2, 2, 0]]])
+    scores, per_class, mean = dice_per_volume({"v": (pred, label), "w": (label, label)}, 4)
+    assert scores["v"][0] == pytest.approx(2 * 1 / 3) and scores["v"][1] == pytest.approx(2 * 1 / 3)
+    assert math.isnan(scores["v"][2])                  # class 3 in neither: not scored
+    assert per_class[0] == pytest.approx((2 / 3 + 1) / 2) and math.isnan(per_class[2])
+    assert mean == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_panels_png(tmp_path):
+    row = {"image": torch.rand(1, 8, 9) * 255, "seeds": torch.full((8, 9), 255), "y": torch.softmax(
+        torch.randn(3, 8, 9), 0), "pred": torch.zeros(8, 9, dtype=torch.long), "label": torch.ones(8, 9, dtype=torch.long)}
+    save_panels(tmp_path / "p.png", [row, dict(row, y=None)])
+    from PIL import Image
+    assert Image.open(tmp_path / "p.png").size == (5 * 9 + 4 * 2, 2 * (8 + 2))
+
+
+def test_resume_after_an_interrupted_run_ends_with_the_same_weights(tmp_path, monkeypatch):
+    straight = _tiny(tmp_path / "a", method="soft", warmup_epochs=1, epochs=3, checkpoint_every=1, panels=0)
+    train.loop.train(straight)
+    reference = torch.load(os.path.join(straight.out, "last.pt"), weights_only=False)["model"]
+
+    interrupted = _tiny(tmp_path / "b", method="soft", warmup_epochs=1, epochs=3, checkpoint_every=1, panels=0)
+    real_loss, calls = train.loop.batch_loss, []
+
+    def crash_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("simulated interruption mid-epoch")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train.loop, "batch_loss", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.loop.train(interrupted)
+    monkeypatch.setattr(train.loop, "batch_loss", real_loss)
+    assert torch.load(os.path.join(interrupted.out, "last.pt"), weights_only=False)["step"] == 3
+    interrupted.resume = True
+    results = train.loop.train(interrupted)
+    assert results["steps"] == 6
+    resumed = torch.load(os.path.join(interrupted.out, "last.pt"), weights_only=False)["model"]
+    for name, value in reference.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    steps = [line.split(",")[0] for line in open(os.path.join(interrupted.out, "train_log.csv")).read().split()[1:]]
+    assert steps == ["1", "2", "3", "4", "5", "6"]  # the log went back to the checkpoint, no duplicates
+
+
+def test_command_line():
+    config = parse_args(["--data", "camvid", "--method", "gd", "--lr", "0.01", "--crop", "64", "96",
+                         "--neighborhood", "nn8", "--no-flip"])
+    assert config.method == "gd" and config.lr == 0.01 and config.crop == (64, 96) and not config.flip
+    assert config.reg.neighborhood == "nn8" and config.reg.eta == 0.3 and config.root.endswith("camvid")
+    assert parse_args(["--data", "acdc"]).reg.sigma_rgb == 15.0
+    with pytest.raises(ValueError, match="num_classes: --data folder needs --num-classes"):
+        parse_args(["--data", "folder", "--root", "x"])
+    with pytest.raises(ValueError, match="root: --data voc needs --root"):
+        parse_args(["--data", "voc"])
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "magic"])

@@ -1,0 +1,123 @@
+"""Training settings: one dataclass, per-dataset defaults, and the command line that fills it."""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from train.methods import METHODS, Regulariser
+
+DATASETS = ("camvid", "acdc", "voc", "folder", "synthetic")
+DEFAULT_DATA = os.environ.get("POTTSOPS_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+# Per-dataset defaults (crop, scale range, ...); the optimiser is the paper's (SGD, poly 0.9, batch 12).
+DATASET_DEFAULTS = {
+    "camvid": dict(crop=(320, 320), scale=(0.5, 1.5), backbone="resnet50"),
+    "acdc": dict(crop=(256, 256), scale=(0.8, 1.2), backbone="resnet50", sigma_rgb=15.0),
+    "voc": dict(crop=(320, 320), scale=(0.5, 2.0), backbone="resnet101"),
+    "folder": dict(crop=(320, 320), scale=(0.5, 2.0), backbone="resnet50"),
+    "synthetic": dict(crop=(64, 64), scale=(1.0, 1.0), backbone="mobilenet_v2", batch_size=8),
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synthetic"
+    root: str = None                 # dataset folder (default: ../shared/data/<data> for camvid and acdc)
+    ratio: str = "1.0"               # CamVid scribble length ratio
+    train_split: str = "train"
+    val_split: str = "val"
+    train_patients: tuple = (21, 80)  # ACDC
+    val_patients: tuple = (81, 100)
+    num_classes: int = None          # folder layout
+    channels: int = 3                # folder layout
+    scribbles: str = None            # VOC: folder of ScribbleSup PNG or XML files
+    synthetic_size: tuple = (64, 16)  # synthetic: (train images, val images)
+    method: str = "soft"
+    backbone: str = "resnet50"
+    output_stride: int = 16
+    pretrained: str = None
+    reg: Regulariser = field(default_factory=Regulariser)
+    warmup_epochs: int = 0
+    epochs: int = 60
+    batch_size: int = 12
+    lr: float = 7e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    crop: tuple = (320, 320)
+    scale: tuple = (0.5, 2.0)
+    flip: bool = True
+    amp: str = "auto"                # bf16 autocast: auto = on CUDA
+    channels_last: str = "auto"      # auto = on CUDA
+    resident: str = "auto"           # keep the training set in device memory: auto = on CUDA
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    out: str = "runs/latest"
+    resume: bool = False
+    checkpoint_every: int = 0        # also checkpoint every N steps (0: at the end of each epoch only)
+    eval_every: int = 1              # epochs
+    eval_limit: int = None           # evaluate on the first N validation images only
+    panels: int = 4                  # validation samples drawn in panels.png
+    time_budget: float = None        # seconds of training, then stop (equal-budget comparisons)
+    max_steps: int = None            # stop after this many steps (tests)
+    progress: bool = True
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p.add_argument("--data", choices=DATASETS, default="synthetic")
+    p.add_argument("--method", choices=METHODS, default="soft")
+    p.add_argument("--root")
+    p.add_argument("--ratio", default="1.0", help="CamVid scribble ratio: 1.0, 0.5, 0.3 or 0.0")
+    p.add_argument("--scribbles", help="VOC: folder of ScribbleSup scribbles (PNG or XML)")
+    p.add_argument("--num-classes", type=int, help="folder layout: number of classes")
+    p.add_argument("--channels", type=int, default=3, help="folder layout: 1 (grey) or 3 (RGB)")
+    p.add_argument("--backbone", choices=("mobilenet_v2", "resnet50", "resnet101"))
+    p.add_argument("--output-stride", type=int, choices=(8, 16), default=16)
+    p.add_argument("--pretrained", help="local torchvision state dict for the backbone")
+    for name in ("eta", "lam", "sigma_rgb", "sigma_xy"):
+        p.add_argument("--" + name.replace("_", "-"), type=float)
+    p.add_argument("--unary", choices=("cce", "ce", "rce"))
+    p.add_argument("--relaxation")
+    p.add_argument("--neighborhood", help="nn4, nn8 or dense")
+    p.add_argument("--solver-iters", type=int)
+    for name, kind in (("warmup_epochs", int), ("epochs", int), ("batch_size", int), ("lr", float),
+                       ("workers", int), ("seed", int), ("checkpoint_every", int), ("eval_every", int),
+                       ("eval_limit", int), ("panels", int), ("time_budget", float), ("max_steps", int)):
+        p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--crop", type=int, nargs=2)
+    p.add_argument("--scale", type=float, nargs=2)
+    p.add_argument("--no-flip", action="store_true")
+    for name in ("amp", "channels_last", "resident"):
+        p.add_argument("--" + name.replace("_", "-"), choices=("auto", "on", "off"))
+    p.add_argument("--device")
+    p.add_argument("--out")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    return make_config(**{k: v for k, v in vars(args).items() if v is not None})
+
+
+def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides):
+    """TrainConfig for `data` with its defaults, then the overrides (regulariser fields by name too)."""
+    config = TrainConfig(data=data, **{k: v for k, v in DATASET_DEFAULTS[data].items() if k in TrainConfig.__dataclass_fields__})
+    reg_fields = {f.name for f in dataclasses.fields(Regulariser)}
+    reg = {k: v for k, v in DATASET_DEFAULTS[data].items() if k in reg_fields}
+    reg.update({k: overrides.pop(k) for k in list(overrides) if k in reg_fields})
+    config.reg = dataclasses.replace(config.reg, **reg)
+    for key, value in overrides.items():
+        if key not in TrainConfig.__dataclass_fields__:
+            raise ValueError(f"{key}: not a training setting")
+        setattr(config, key, tuple(value) if isinstance(value, list) else value)
+    config.flip = config.flip and not no_flip
+    config.progress = config.progress and not no_progress
+    if config.method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {config.method!r}")
+    if config.root is None and data in ("camvid", "acdc"):
+        config.root = os.path.join(DEFAULT_DATA, data)
+    if config.root is None and data in ("voc", "folder"):
+        raise ValueError(f"root: --data {data} needs --root PATH")
+    if data == "folder" and not config.num_classes:
+        raise ValueError("num_classes: --data folder needs --num-classes K")
+    return config

@@ -1,0 +1,245 @@
+"""The training loop: SGD with a poly schedule, bf16 autocast, channels_last, DDP under torchrun, CSV/JSON
+logs, checkpoints written atomically (temp file, then rename) and `resume` from OUT/last.pt, exactly
+reproducible on CPU: a run interrupted and resumed ends with the weights of an uninterrupted one."""
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import pottsops
+from train import data as datasets
+from train.evaluate import evaluate, predict, save_panels
+from train.loader import TrainBatches
+from train.methods import batch_loss
+from train.model import DeepLabV3Plus
+
+
+def build_datasets(config):
+    if config.data == "camvid":
+        return (datasets.camvid(config.root, config.train_split, config.ratio),
+                datasets.camvid(config.root, config.val_split, config.ratio))
+    if config.data == "acdc":
+        return datasets.acdc(config.root, config.train_patients), datasets.acdc(config.root, config.val_patients)
+    if config.data == "voc":
+        return (datasets.voc(config.root, config.train_split, config.scribbles),
+                datasets.voc(config.root, config.val_split, config.scribbles))
+    if config.data == "folder":
+        return (datasets.folder(config.root, config.train_split, config.num_classes, config.channels),
+                datasets.folder(config.root, config.val_split, config.num_classes, config.channels))
+    train_count, val_count = config.synthetic_size
+    return datasets.GeneratedSet(train_count, config.crop[0], config.seed), \
+        datasets.GeneratedSet(val_count, config.crop[0], config.seed + 1)
+
+
+def normaliser(channels, device):
+    """Network input from 0..255 features: ImageNet statistics for RGB, mean 0.5 / std 0.25 otherwise."""
+    mean = torch.tensor([0.485, 0.456, 0.406] if channels == 3 else [0.5] * channels, device=device)
+    std = torch.tensor([0.229, 0.224, 0.225] if channels == 3 else [0.25] * channels, device=device)
+    return lambda image: (image / 255.0 - mean[:, None, None]) / std[:, None, None]
+
+
+def _auto(flag, device):
+    return flag == "on" or (flag == "auto" and device.type == "cuda")
+
+
+def save_atomically(state, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class _Progress:
+    def __init__(self, total, enabled):
+        self.total, self.enabled, self.start = total, enabled and sys.stderr.isatty(), time.perf_counter()
+
+    def update(self, done, text):
+        if self.enabled:
+            bar = "#" * (20 * done // max(self.total, 1))
+            rate = done / max(time.perf_counter() - self.start, 1e-9)
+            print(f"\r[{bar:<20}] {done}/{self.total} {text} {rate:.2f} it/s", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def train(config):
+    """Train, evaluate, write OUT/{config.json, train_log.csv, eval_log.csv, last.pt, results.json,
+    panels.png}; returns the results dict."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config.device == "auto":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    amp, channels_last = _auto(config.amp, device), _auto(config.channels_last, device)
+    torch.manual_seed(config.seed)
+
+    train_set, val_set = build_datasets(config)
+    channels = train_set.channels
+    batches = TrainBatches(train_set, config.batch_size, config.crop, scale=config.scale, flip=config.flip,
+                           seed=config.seed, device=device, resident=_auto(config.resident, device),
+                           workers=config.workers, rank=rank, world_size=world)
+    model = DeepLabV3Plus(train_set.num_classes, config.backbone, config.output_stride, channels,
+                          config.pretrained).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if distributed else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    normalise = normaliser(channels, device)
+    total_steps = config.epochs * len(batches)
+
+    os.makedirs(config.out, exist_ok=True)
+    checkpoint_path = os.path.join(config.out, "last.pt")
+    step, epoch, start_in_epoch, best, history = 0, 0, 0, None, []
+    if config.resume and os.path.isfile(checkpoint_path):
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
+        history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        _print(rank, f"resumed from {checkpoint_path} at epoch {epoch}, step {step}")
+    if rank == 0:  # the logs restart with the run, or go back to the checkpoint's step
+        _keep_rows(os.path.join(config.out, "train_log.csv"), lambda row: int(row["step"]) <= step)
+        _keep_rows(os.path.join(config.out, "eval_log.csv"), lambda row: int(row["step"]) <= step)
+    if rank == 0:
+        with open(os.path.join(config.out, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(config), f, indent=1, default=str)
+
+    def checkpoint(step_in_epoch):
+        if rank == 0:
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                             "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "history": history,
+                             "rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                             "config": dataclasses.asdict(config)}, checkpoint_path)
+
+    started = time.perf_counter()
+    stop = False
+    while epoch < config.epochs and not stop:
+        progress = _Progress(len(batches), config.progress and rank == 0)
+        for index, batch in enumerate(batches.epoch(epoch, start_in_epoch), start=start_in_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * (1 - step / total_steps) ** config.poly_power
+            image = batch["image"]
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            tick = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(normalise(image))
+            loss, _ = batch_loss(config.method, logits, batch, config.reg, warmup=epoch < config.warmup_epochs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at step {step} (epoch {epoch})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if rank == 0:
+                _append_csv(os.path.join(config.out, "train_log.csv"),
+                            {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                             "loss": float(loss.detach()), "seconds": time.perf_counter() - tick})
+            progress.update(index + 1, f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
+            over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
+            if config.max_steps is not None and step >= config.max_steps or over_budget:
+                stop = True
+                checkpoint(index + 1)
+                break
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint(index + 1)
+        progress.close()
+        if stop:
+            break
+        epoch, start_in_epoch = epoch + 1, 0
+        if rank == 0 and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
+                              limit=config.eval_limit)
+            history.append({"epoch": epoch, "step": step, **_headline(scores)})
+            _append_csv(os.path.join(config.out, "eval_log.csv"), history[-1])
+            best = max(best or 0.0, history[-1]["score"])
+            _print(rank, f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
+                                                       if isinstance(v, float)))
+        checkpoint(0)
+    if distributed:
+        dist.barrier()
+    if rank != 0:
+        return None
+    scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
+                      limit=config.eval_limit)
+    results = {"method": config.method, "data": config.data, "steps": step, "epochs_done": epoch,
+               "train_seconds": time.perf_counter() - started, **_headline(scores), "scores": scores,
+               "history": history}
+    with open(os.path.join(config.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    if config.panels:
+        draw_panels(model, val_set, normalise, device, config, os.path.join(config.out, "panels.png"), amp)
+    return results
+
+
+def draw_panels(model, dataset, normalise, device, config, path, amp=False):
+    """The first `config.panels` validation samples; soft pseudo-labels solved from the model's prediction
+    and the sample's scribbles (blank where the sample has none)."""
+    model.eval()
+    rows = []
+    for index in range(min(config.panels, len(dataset))):
+        sample = dataset[index]
+        image = sample["image"][None].to(device)
+        pred, probs = predict(model, image, normalise, amp)
+        y = None
+        if (sample["seeds"] != 255).any():
+            r = config.reg
+            y = pottsops.solve(probs.clamp(min=1e-6).log(), image, sample["seeds"][None].to(device),
+                               relaxation=r.relaxation, unary=r.unary, neighborhood=r.neighborhood, eta=r.eta,
+                               lam=r.lam, sigma_rgb=r.sigma_rgb, sigma_xy=r.sigma_xy, iters=r.solver_iters)[0]
+        rows.append({"image": sample["image"], "seeds": sample["seeds"], "y": y, "pred": pred[0],
+                     "label": sample["label"]})
+    save_panels(path, rows)
+
+
+def _headline(scores):
+    out = {"miou": scores["miou"]}
+    if "mean_dice" in scores:
+        out["mean_dice"] = scores["mean_dice"]
+    out["score"] = out.get("mean_dice", out["miou"])
+    return out
+
+
+def _keep_rows(path, keep):
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [row for row in reader if keep(row)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_csv(path, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _print(rank, text):
+    if rank == 0:
+        print(text, flush=True)
