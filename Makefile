@@ -42,6 +42,7 @@ test: build
 
 demo: build
 	$(PY) -m pottsops.demo
+	$(PY) -m train.demo
 
 bench: build
 	rm -f benchmarks/results/cpu/results.csv

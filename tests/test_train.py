@@ -145,3 +145,18 @@ def test_command_line():
         parse_args(["--data", "voc"])
     with pytest.raises(SystemExit):
         parse_args(["--method", "magic"])
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    """torchrun with two CPU processes (gloo): both train in step, rank 0 alone writes the results."""
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "train", "--data", "synthetic", "--method", "soft", "--epochs", "1", "--batch-size", "2",
+               "--crop", "32", "32", "--backbone", "mobilenet_v2", "--solver-iters", "3", "--device", "cpu",
+               "--workers", "0", "--panels", "0", "--no-progress", "--out", str(tmp_path / "ddp")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                          cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["steps"] == 64 // 2 // 2  # 64 generated images, 2 ranks, batch 2 per rank

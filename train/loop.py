@@ -156,6 +156,10 @@ def train(config):
                              "loss": float(loss.detach()), "seconds": time.perf_counter() - tick})
             progress.update(index + 1, f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
             over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
+            if distributed and config.time_budget is not None:  # every rank stops at the same step
+                flag = torch.tensor(float(over_budget), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                over_budget = bool(flag)
             if config.max_steps is not None and step >= config.max_steps or over_budget:
                 stop = True
                 checkpoint(index + 1)
