@@ -5,9 +5,11 @@
 #   bash benchmarks/gpu_suite.sh                      # every step
 #   bash benchmarks/gpu_suite.sh build test           # some steps, in order
 #
-# Steps: build, test, bench-potts, bench-unary, bench-window, bench-dense, bench-solver.  The machine's python3
+# Steps: build, test, bench-potts, bench-unary, bench-window, bench-dense, bench-solver, and the training
+# comparisons train-acdc, train-camvid, train-camvid-0.3 (pce, gd, hard, soft, full with the same seed and
+# TRAIN_BUDGET seconds of training each, default 90; the issue's full runs use 480).  The machine's python3
 # (with torch, triton, pytest, matplotlib) is used; nothing is downloaded.  The exit status is non-zero
-# if the build, the tests or a benchmark failed.
+# if the build, the tests, a benchmark or a training run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-run}
@@ -40,6 +42,21 @@ for step in "${steps[@]}"; do
     bench-potts | bench-unary | bench-window | bench-dense | bench-solver)
       $PY -m benchmarks.run --suite "gpu-${step#bench-}" --out "$OUT" >> "$OUT/bench.log" 2>&1 || failed+=("$step")
       grep -E "^\[|Error|FAIL" "$OUT/bench.log" | tail -n 3
+      ;;
+    train-acdc | train-camvid | train-camvid-0.3)
+      budget=${TRAIN_BUDGET:-90}
+      case $step in
+        train-acdc) data=(--data acdc --crop 256 256) ;;
+        train-camvid) data=(--data camvid --ratio 1.0 --crop 320 320) ;;
+        train-camvid-0.3) data=(--data camvid --ratio 0.3 --crop 320 320) ;;
+      esac
+      $PY -m experiments.train_compare --name "${step#train-}-${budget}s" --out "$OUT/train" \
+        --runs "${RUNS:-/tmp/pottsops-runs}" -- "${data[@]}" --backbone resnet50 --lr 0.01 --epochs 1000 \
+        --warmup-epochs 3 --eval-every 1000 --time-budget "$budget" --workers 4 \
+        >> "$OUT/train.log" 2>&1 || failed+=("$step")
+      tail -n 12 "$OUT/train.log"
+      (cd "${RUNS:-/tmp/pottsops-runs}" && find . -name "*.json" -o -name "*.csv" -o -name "panels.png" | \
+        xargs -r cp --parents -t "$OUT/train")
       ;;
     *)
       echo "unknown step $step"

@@ -40,11 +40,17 @@ TORCH_LIBRARY(pottsops, m) {
   m.def("segment_sum(Tensor rows, Tensor offsets) -> Tensor");
   // The fused solver step (pottsops/solve.py).  solver_gradient: per image sum of eta H(y, sigma) over the
   // unlabeled pixels (B,), the gradient lam potts_grad + eta dH/dy (zero on seeded pixels) and its
-  // largest per-pixel spread max_k g - min_k g per image (B,); sigma and log sigma both given (they are
-  // fixed during a solve, so they are computed once).
+  // largest per-pixel spread max_k g - min_k g per image (B,); operand: the one tensor the unary reads,
+  // sigma for cce and rce, log sigma for ce (fixed during a solve, so computed once).
   m.def(
-      "solver_gradient(Tensor y, Tensor sigma, Tensor log_sigma, Tensor potts_grad, Tensor unlabeled, "
-      "Tensor seeded, int kind, float eta, float lam, float eps) -> (Tensor, Tensor, Tensor)");
+      "solver_gradient(Tensor y, Tensor operand, Tensor potts_grad, Tensor unlabeled, Tensor seeded, int kind, "
+      "float eta, float lam, float eps) -> (Tensor, Tensor, Tensor)");
+  // grid_solver_gradient: the same outputs straight from y, the Potts energy included (energy =
+  // lam Potts + eta H per image): grid_potts_energy, its backward and solver_gradient in one pass.
+  m.def(
+      "grid_solver_gradient(Tensor y, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, "
+      "int[] offsets, float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, "
+      "Tensor seeded, int kind, float eta, float lam, float unary_eps) -> (Tensor, Tensor, Tensor)");
   // mirror_step: log y <- max(log_softmax(log y - scale[b] grad), log_floor) and y = exp(log y), one-hot
   // seeds on seeded pixels.
   m.def(

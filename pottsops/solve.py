@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pottsops import _backend, _checks
-from pottsops.names import relaxation_index, relaxation_name, unary_index, unary_name
+from pottsops.names import UNARIES, relaxation_index, relaxation_name, unary_index, unary_name
 from pottsops.neighborhoods import as_neighborhood
 from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy
 from pottsops.unary import unary as unary_loss
@@ -87,23 +87,19 @@ class _Problem:
 
 
 class _FusedProblem(_Problem):
-    """The same energy through the compiled ops directly (no autograd, no elementwise temporaries): the
-    grid Potts energy and gradient kernels, then one fused pass for the unary and the gradient
-    (solver_gradient) and one for the mirror step (mirror_step)."""
+    """The same energy through the compiled ops directly (no autograd, no elementwise temporaries): one
+    pass for the energy and its gradient (grid_solver_gradient: the grid Potts backward kernel with the
+    unary folded in) and one for the mirror step (mirror_step)."""
 
     def __init__(self, *args, log_sigma, seeds, grid_args, unary_index):
         super().__init__(*args)
-        self.sigma, self.log_sigma = log_sigma.exp(), log_sigma
+        # the one tensor the unary reads: log sigma for ce, sigma for cce and rce
+        self.operand = log_sigma if unary_index == UNARIES.index("ce") else log_sigma.exp()
         self.seed_ids, self.grid_args, self.unary_index = seeds, grid_args, unary_index
 
     def gradient(self, y):
-        potts = torch.ops.pottsops.grid_potts_energy(y, *self.grid_args)
-        ones = torch.ones_like(potts)
-        potts_grad, _ = torch.ops.pottsops.grid_potts_energy_backward(ones, y, *self.grid_args, False)
-        unary, grad, spread = torch.ops.pottsops.solver_gradient(y, self.sigma, self.log_sigma, potts_grad,
-                                                                 self.unlabeled, self.seeded, self.unary_index,
-                                                                 self.eta, self.lam, self.eps)
-        return unary + self.lam * potts, grad, spread
+        return torch.ops.pottsops.grid_solver_gradient(y, *self.grid_args, self.operand, self.unlabeled, self.seeded,
+                                                       self.unary_index, self.eta, self.lam, self.eps)
 
     def energy_and_grad(self, y):
         energy, grad, _ = self.gradient(y)
@@ -130,11 +126,9 @@ def _mirror(problem, y, iters, tol, step, info):
         trial_energy, trial_grad, trial_spread = problem.gradient(trial)
         accept = active & torch.isfinite(trial_energy) & (trial_energy <= energy)
         change = (energy - trial_energy).abs() / energy.abs().clamp(min=1e-30)
-        rejected = (~accept).nonzero().flatten()
-        if len(rejected):  # keep the previous iterate of those images (only their rows are copied)
-            for new, old in ((trial, y), (trial_log, log_y), (trial_grad, grad)):
-                new[rejected] = old[rejected]
-            trial_spread[rejected] = spread[rejected]
+        for b in (~accept).nonzero().flatten().tolist():  # keep the previous iterate of those images
+            for new, old in ((trial, y), (trial_log, log_y), (trial_grad, grad), (trial_spread, spread)):
+                new[b].copy_(old[b])  # one contiguous copy per image: advanced indexing is 10x slower
         y, log_y, grad, spread = trial, trial_log, trial_grad, trial_spread
         energy = torch.where(accept, trial_energy, energy)
         tau = torch.where(accept, tau * 1.25, tau * 0.5)
@@ -202,6 +196,23 @@ def _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, 
                 grid_args=grid_args, unary_index=unary_index(unary, "unary"))
 
 
+def _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights,
+                  ignore_index, dense_method, method, backend):
+    """The _FusedProblem where the compiled ops can run the whole step, else the _Problem (checked args)."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.detach().to(dtype).contiguous()
+    seeded = (seeds != ignore_index).contiguous()
+    if mask is not None:
+        seeded = seeded & mask
+    one_hot = F.one_hot(torch.where(seeded, seeds, 0).long(), logits.shape[1]).permute(0, 3, 1, 2).to(dtype)
+    unlabeled = (~seeded if mask is None else mask & ~seeded).contiguous()
+    args = (logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation, unary,
+            neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
+    fused = _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask,
+                         weights, method, backend)
+    return _FusedProblem(*args, **fused) if fused else _Problem(*args)
+
+
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
           sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=200, method="mirror", tol=1e-6,
           step=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
@@ -243,18 +254,9 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     if step is not None:
         _checks.check_positive("step", step)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits.detach().to(dtype).contiguous()
-    B, K, H, W = logits.shape
-    seeded = (seeds != ignore_index).contiguous()
-    if mask is not None:
-        seeded = seeded & mask
-    one_hot = F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(dtype)
-    unlabeled = (~seeded if mask is None else mask & ~seeded).contiguous()
-    args = (logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation, unary,
-            neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
-    fused = _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask,
-                         weights, method, backend)
-    problem = _FusedProblem(*args, **fused) if fused else _Problem(*args)
+    problem = _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask,
+                            weights, ignore_index, dense_method, method, backend)
+    logits = problem.logits
     if init is not None:
         _checks.check_like("init", init, logits.shape, "the shape of logits")
         _checks.check_device("init", init, "logits", logits)

@@ -50,20 +50,27 @@ def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backe
 
 
 def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255, mask=None, eps=1e-8,
-                       backend="auto"):
-    """Network loss of soft self-labeling (paper eq. 8 without the Potts term, constant for the network):
+                       normalize="pixels", backend="auto"):
+    """Network loss of soft self-labeling (paper eq. 8 without the Potts term, constant for the network).
+
+    normalize='pixels' (eq. 8 as written, divided by the number N of valid pixels, mask True):
 
         ( -sum_{i in S} log sigma_i[seed_i]  +  eta sum_{i not in S} H(y_i, sigma_i) ) / N
 
-    with S the scribbled pixels (seeds != ignore_index) and N the number of valid pixels (mask True).
-    seeds: (B, H, W) integer class ids, ignore_index elsewhere.  Add lam * potts_energy(y, ...,
-    reduction="mean") for the full objective in the same normalisation.
+    normalize='terms' (each term a mean over its own pixels, as partial cross-entropy is usually written):
+
+        -mean_{i in S} log sigma_i[seed_i]  +  eta mean_{i not in S} H(y_i, sigma_i)
+
+    S: the scribbled pixels (seeds != ignore_index).  seeds: (B, H, W) integer class ids, ignore_index
+    elsewhere.  With normalize='pixels', add lam * potts_energy(y, ..., reduction="mean") for the full
+    objective in the same normalisation.
 
     >>> loss = pottsops.self_labeling_loss(model(x), y.detach(), seeds)
     """
     _checks.check_labels("logits", logits)
     _checks.check_seeds(seeds, "logits", logits, ignore_index)
     _checks.check_mask(mask, "logits", logits)
+    _checks.check_choice("normalize", normalize, ("pixels", "terms"))
     if not isinstance(eta, (int, float)) or eta < 0:
         raise ValueError(f"eta: expected a number >= 0, got {eta!r}")
     seeded = seeds != ignore_index
@@ -71,8 +78,10 @@ def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255,
     targets = torch.where(seeded & valid, seeds.long(), -100)
     seed_term = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
     unlabeled = valid & ~seeded
-    unary_term = unary_loss(logits, y, unary, mask=unlabeled, eps=eps, reduction="sum", backend=backend)
-    return (seed_term + eta * unary_term.float()) / valid.sum().clamp(min=1)
+    unary_term = unary_loss(logits, y, unary, mask=unlabeled, eps=eps, reduction="sum", backend=backend).float()
+    if normalize == "terms":
+        return seed_term / (seeded & valid).sum().clamp(min=1) + eta * unary_term / unlabeled.sum().clamp(min=1)
+    return (seed_term + eta * unary_term) / valid.sum().clamp(min=1)
 
 
 unary_loss = unary  # the name self_labeling_loss uses, where its argument `unary` shadows the function

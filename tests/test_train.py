@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pottsops
 import train.loop
 from train.config import make_config, parse_args
 from train.evaluate import confusion_matrix, dice_per_volume, iou_per_class, mean_iou, save_panels
@@ -46,19 +47,21 @@ def _batch(k=3, h=6, w=7):
 def test_losses_by_hand():
     batch = _batch()
     logits = torch.randn(2, 3, 6, 7, requires_grad=True)
-    n = batch["mask"].sum()
     seeded = (batch["seeds"] != 255) & batch["mask"]
-    pce = -torch.log_softmax(logits, 1).gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].sum() / n
+    pce = -torch.log_softmax(logits, 1).gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].mean()
     torch.testing.assert_close(batch_loss("pce", logits, batch, Regulariser())[0], pce)
-    full = F.cross_entropy(logits.permute(0, 2, 3, 1)[batch["mask"]], batch["label"][batch["mask"]],
-                           reduction="sum") / n
+    full = F.cross_entropy(logits.permute(0, 2, 3, 1)[batch["mask"]], batch["label"][batch["mask"]])
     torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser())[0], full)
     torch.testing.assert_close(batch_loss("soft", logits, batch, Regulariser(), warmup=True)[0], pce)
     reg = Regulariser(lam=0.0)
     sigma = torch.softmax(logits, 1)
     unlabeled = batch["mask"] & (batch["seeds"] == 255)
-    entropy = -(sigma * sigma.log()).sum(1)[unlabeled].sum() / n
+    entropy = -(sigma * sigma.log()).sum(1)[unlabeled].mean()
     torch.testing.assert_close(batch_loss("gd", logits, batch, reg)[0], pce + reg.eta * entropy)
+    y = torch.softmax(torch.randn(2, 3, 6, 7), 1)
+    soft = pce - reg.eta * torch.log((sigma * y).sum(1) + 1e-8)[unlabeled].mean()
+    torch.testing.assert_close(pottsops.self_labeling_loss(logits, y, batch["seeds"], mask=batch["mask"],
+                                                           normalize="terms"), soft)
 
 
 @pytest.mark.parametrize("method", ["gd", "hard", "soft"])

@@ -120,6 +120,9 @@ def test_self_labeling_loss_is_eq8_without_potts(kind):
     unary_map = pottsops.unary(logits, y, kind, reduction="none", backend="reference")
     expected = (seed_term + 0.3 * unary_map[mask & (seeds == 255)].sum()) / mask.sum()
     torch.testing.assert_close(loss.double(), expected)
+    terms = pottsops.self_labeling_loss(logits, y, seeds, eta=0.3, unary=kind, mask=mask, normalize="terms")
+    expected = seed_term / seeded.sum() + 0.3 * unary_map[mask & (seeds == 255)].mean()
+    torch.testing.assert_close(terms.double(), expected)
     # without a mask every pixel counts; the seeds term is ordinary cross-entropy
     loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.0)
     torch.testing.assert_close(loss.double(), F.cross_entropy(logits, seeds, ignore_index=255, reduction="sum")

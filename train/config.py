@@ -44,6 +44,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    input_scale: float = 1.0         # the network sees images resized by this (evaluation: logits resized back)
     crop: tuple = (320, 320)
     scale: tuple = (0.5, 2.0)
     flip: bool = True
@@ -59,7 +60,8 @@ class TrainConfig:
     eval_every: int = 1              # epochs
     eval_limit: int = None           # evaluate on the first N validation images only
     panels: int = 4                  # validation samples drawn in panels.png
-    time_budget: float = None        # seconds of training, then stop (equal-budget comparisons)
+    time_budget: float = None        # seconds of training (evaluation excluded), then stop; the poly decay
+                                     # follows the budget when it ends the run before `epochs`
     max_steps: int = None            # stop after this many steps (tests)
     progress: bool = True
 
@@ -83,8 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--neighborhood", help="nn4, nn8 or dense")
     p.add_argument("--solver-iters", type=int)
     for name, kind in (("warmup_epochs", int), ("epochs", int), ("batch_size", int), ("lr", float),
-                       ("workers", int), ("seed", int), ("checkpoint_every", int), ("eval_every", int),
-                       ("eval_limit", int), ("panels", int), ("time_budget", float), ("max_steps", int)):
+                       ("workers", int), ("seed", int), ("input_scale", float), ("checkpoint_every", int),
+                       ("eval_every", int), ("eval_limit", int), ("panels", int), ("time_budget", float),
+                       ("max_steps", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--crop", type=int, nargs=2)
     p.add_argument("--scale", type=float, nargs=2)

@@ -49,16 +49,23 @@ def dice_per_volume(volumes, num_classes):
 
 
 @torch.no_grad()
-def predict(model, image, normalise, amp=False):
-    """argmax class (B, H, W) and softmax (B, K, H, W) of the model on image (B, C, H, W) in 0..255."""
+def predict(model, image, normalise, amp=False, input_scale=1.0):
+    """argmax class (B, H, W) and softmax (B, K, H, W) of the model on image (B, C, H, W) in 0..255, the
+    network run on the image resized by input_scale and its logits resized back."""
+    x = normalise(image)
+    if input_scale != 1.0:
+        x = torch.nn.functional.interpolate(x, scale_factor=input_scale, mode="bilinear", align_corners=False)
     with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(normalise(image))
+        logits = model(x)
+    if logits.shape[2:] != image.shape[2:]:
+        logits = torch.nn.functional.interpolate(logits.float(), size=image.shape[2:], mode="bilinear",
+                                                 align_corners=False)
     probs = torch.softmax(logits.float(), 1)
     return probs.argmax(1), probs
 
 
 @torch.no_grad()
-def evaluate(model, dataset, normalise, device, *, volumes=False, amp=False, limit=None):
+def evaluate(model, dataset, normalise, device, *, volumes=False, amp=False, limit=None, input_scale=1.0):
     """{'miou', 'iou' (per class)} and, with volumes=True, {'dice' (per class), 'mean_dice'} on a dataset of
     full-size samples, one image at a time."""
     was_training = model.training
@@ -68,7 +75,7 @@ def evaluate(model, dataset, normalise, device, *, volumes=False, amp=False, lim
     stacks = defaultdict(lambda: ([], []))
     for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
         sample = dataset[index]
-        pred, _ = predict(model, sample["image"][None].to(device), normalise, amp)
+        pred, _ = predict(model, sample["image"][None].to(device), normalise, amp, input_scale)
         pred = pred[0].cpu()
         matrix += confusion_matrix(pred, sample["label"], k)
         if volumes:

@@ -86,7 +86,8 @@ def train(config):
 
     train_set, val_set = build_datasets(config)
     channels = train_set.channels
-    batches = TrainBatches(train_set, config.batch_size, config.crop, scale=config.scale, flip=config.flip,
+    scale = tuple(s * config.input_scale for s in config.scale)
+    batches = TrainBatches(train_set, config.batch_size, config.crop, scale=scale, flip=config.flip,
                            seed=config.seed, device=device, resident=_auto(config.resident, device),
                            workers=config.workers, rank=rank, world_size=world)
     model = DeepLabV3Plus(train_set.num_classes, config.backbone, config.output_stride, channels,
@@ -104,13 +105,13 @@ def train(config):
 
     os.makedirs(config.out, exist_ok=True)
     checkpoint_path = os.path.join(config.out, "last.pt")
-    step, epoch, start_in_epoch, best, history = 0, 0, 0, None, []
+    step, epoch, start_in_epoch, best, history, trained = 0, 0, 0, None, [], 0.0
     if config.resume and os.path.isfile(checkpoint_path):
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
-        history = state["history"]
+        history, trained = state["history"], state["trained_seconds"]
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -126,17 +127,22 @@ def train(config):
         if rank == 0:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                              "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "history": history,
+                             "trained_seconds": trained,
                              "rng": torch.get_rng_state(),
                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                              "config": dataclasses.asdict(config)}, checkpoint_path)
 
-    started = time.perf_counter()
     stop = False
     while epoch < config.epochs and not stop:
         progress = _Progress(len(batches), config.progress and rank == 0)
+        last = time.perf_counter()
         for index, batch in enumerate(batches.epoch(epoch, start_in_epoch), start=start_in_epoch):
+            # poly decay over the steps, or over the time budget where that ends the run first
+            done = step / total_steps
+            if config.time_budget:
+                done = min(max(done, trained / config.time_budget), 1.0)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * (1 - step / total_steps) ** config.poly_power
+                group["lr"] = config.lr * (1 - done) ** config.poly_power
             image = batch["image"]
             if channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
@@ -155,7 +161,8 @@ def train(config):
                             {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                              "loss": float(loss.detach()), "seconds": time.perf_counter() - tick})
             progress.update(index + 1, f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
-            over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
+            trained, last = trained + time.perf_counter() - last, time.perf_counter()
+            over_budget = config.time_budget is not None and trained > config.time_budget
             if distributed and config.time_budget is not None:  # every rank stops at the same step
                 flag = torch.tensor(float(over_budget), device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -170,9 +177,9 @@ def train(config):
         if stop:
             break
         epoch, start_in_epoch = epoch + 1, 0
-        if rank == 0 and (epoch % config.eval_every == 0 or epoch == config.epochs):
+        if rank == 0 and epoch % config.eval_every == 0 and epoch < config.epochs:  # the last: below
             scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
-                              limit=config.eval_limit)
+                              limit=config.eval_limit, input_scale=config.input_scale)
             history.append({"epoch": epoch, "step": step, **_headline(scores)})
             _append_csv(os.path.join(config.out, "eval_log.csv"), history[-1])
             best = max(best or 0.0, history[-1]["score"])
@@ -184,9 +191,9 @@ def train(config):
     if rank != 0:
         return None
     scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
-                      limit=config.eval_limit)
+                      limit=config.eval_limit, input_scale=config.input_scale)
     results = {"method": config.method, "data": config.data, "steps": step, "epochs_done": epoch,
-               "train_seconds": time.perf_counter() - started, **_headline(scores), "scores": scores,
+               "train_seconds": trained, **_headline(scores), "scores": scores,
                "history": history}
     with open(os.path.join(config.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -203,7 +210,7 @@ def draw_panels(model, dataset, normalise, device, config, path, amp=False):
     for index in range(min(config.panels, len(dataset))):
         sample = dataset[index]
         image = sample["image"][None].to(device)
-        pred, probs = predict(model, image, normalise, amp)
+        pred, probs = predict(model, image, normalise, amp, config.input_scale)
         y = None
         if (sample["seeds"] != 255).any():
             r = config.reg

@@ -14,6 +14,8 @@
 
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/solver_args.h"
+#include "pottsops/solver_row.h"
 
 namespace pottsops {
 namespace {
@@ -187,6 +189,16 @@ struct GridKernel {
   // grad_y = d(sum_b grad_energy[b] E_b)/dy; grad_weights (contiguous (B, E, H, W)) if not null.
   template <int R>
   void backward(const acc_t* grad_energy, const View4<scalar_t>& grad_y, acc_t* grad_weights) const {
+    backward_rows<R>(grad_energy, grad_weights, nullptr, [&](int64_t b, int64_t h, const acc_t* acc, const Row&) {
+      for (int64_t k = 0; k < K; ++k) copy_strided(acc + k * W, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+    });
+  }
+
+  // The gradient of each image row (b, h), K x W in acc (class-major), is handed to finish(b, h, acc, row of
+  // h); row_energy (B * H, zeroed), if not null, gets grad_energy[b] times the energy of the pairs that
+  // start in each row, so that one pass gives the energy and its gradient.
+  template <int R, typename Finish>
+  void backward_rows(const acc_t* grad_energy, acc_t* grad_weights, acc_t* row_energy, Finish&& finish) const {
     at::parallel_for(0, B * H, grain(), [&](int64_t begin, int64_t end) {
       RowRing<Row> rows(2 * reach + 1);
       RowRing<Coefficients> coefficients(reach + 1);
@@ -199,8 +211,9 @@ struct GridKernel {
         };
         auto coefficients_of = [&](int64_t hh) -> const Coefficients& {
           return coefficients.get(b * H + hh, [&](Coefficients& c) {
-            fill_coefficients<R>(c, row, b, hh, go, s.data(), wt.data(),
-                                 (b * H + hh >= begin) ? grad_weights : nullptr);
+            const bool own = b * H + hh >= begin;  // rows before `begin` are another thread's to write
+            fill_coefficients<R>(c, row, b, hh, go, s.data(), wt.data(), own ? grad_weights : nullptr,
+                                 own && row_energy ? row_energy + b * H + hh : nullptr);
           });
         };
         std::fill(self.begin(), self.end(), acc_t(0));
@@ -239,15 +252,15 @@ struct GridKernel {
           acc_t* __restrict__ out = acc.data() + k * W;
           const acc_t* __restrict__ yk = own.labels.data() + k * W;
           for (int64_t w = 0; w < W; ++w) out[w] += self[w] * yk[w];
-          copy_strided(out, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
         }
+        finish(b, h, acc.data(), own);
       }
     });
   }
 
   template <int R, typename RowOf>
   void fill_coefficients(Coefficients& c, RowOf&& row, int64_t b, int64_t h, acc_t go, acc_t* s, acc_t* wt,
-                         acc_t* grad_weights) const {
+                         acc_t* grad_weights, acc_t* energy) const {
     c.self_p.assign(E * W, acc_t(0));
     c.cross.assign(E * W, acc_t(0));
     c.self_q.assign(E * W, acc_t(0));
@@ -262,6 +275,7 @@ struct GridKernel {
       acc_t* __restrict__ self_p = c.self_p.data() + e * W;
       acc_t* __restrict__ cross = c.cross.data() + e * W;
       acc_t* __restrict__ self_q = c.self_q.data() + e * W;
+      acc_t total = 0;
       for (int64_t w = w0; w < w1; ++w) {
         const PairTerms<acc_t> t = pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps);
         const bool valid = wt[w] != acc_t(0);
@@ -269,7 +283,9 @@ struct GridKernel {
         self_p[w] = valid ? 2 * scale * t.d_a : acc_t(0);
         cross[w] = valid ? scale * t.d_s : acc_t(0);
         self_q[w] = valid ? 2 * scale * t.d_b : acc_t(0);
+        if (energy) total += valid ? scale * t.value : acc_t(0);
       }
+      if (energy) *energy += total;
       if (grad_weights) {
         // dE/dw = P for every existing pair, also where w = 0 (learned weights may be zero).
         const uint8_t* pp = p.present.data();
@@ -342,6 +358,50 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
   return {grad_y, grad_w};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cpu(
+    const at::Tensor& y, const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
+    const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
+    at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
+    const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  check_solver_tensors({{"operand", &operand}}, {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
+  TORCH_CHECK(y.sizes() == operand.sizes() && y.scalar_type() == operand.scalar_type(), "y: expected the shape and ",
+              "dtype of operand ", operand.sizes(), " ", operand.scalar_type(), ", got ", y.sizes(), " ", y.scalar_type());
+  const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3), n = H * W;
+  at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
+  at::Tensor potts_rows = at::zeros({B, H}, y.options());
+  at::Tensor unary_rows = at::zeros({B, H}, y.options().dtype(at::kDouble));
+  at::Tensor spread_rows = at::zeros({B, H}, y.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_cpu", [&] {
+    using T = scalar_t;
+    const GridKernel<T> kernel(args, /*labels=*/true);
+    const std::vector<T> go(B, static_cast<T>(lam));  // the Potts gradient and energy come scaled by lam
+    const T* po = operand.data_ptr<T>();
+    const bool *pu = unlabeled.data_ptr<bool>(), *ps = seeded.data_ptr<bool>();
+    T* out = grad.data_ptr<T>();
+    double *unary = unary_rows.data_ptr<double>(), *spread = spread_rows.data_ptr<double>();
+    POTTS_DISPATCH_UNARY(kind, [&] {
+      POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+        kernel.template backward_rows<R>(
+            go.data(), nullptr, potts_rows.data_ptr<T>(),
+            [&](int64_t b, int64_t h, const T* acc, const typename GridKernel<T>::Row& own) {
+              thread_local std::vector<T> scratch;
+              scratch.resize(6 * W);
+              const int64_t first = b * K * n + h * W, pixels = b * n + h * W;
+              // y from the row cache (masked pixels zeroed: they are neither unlabeled nor pulled by pairs)
+              const SolverRowOut r = solver_row<U, T>(
+                  K, W, {own.labels.data(), W}, {po + first, n}, {acc, W}, pu + pixels, ps + pixels,
+                  static_cast<T>(eta), T(1), static_cast<T>(unary_eps), {out + first, n}, scratch.data());
+              unary[b * H + h] = r.value;
+              spread[b * H + h] = r.spread;
+            });
+      });
+    });
+  });
+  at::Tensor energy = (potts_rows.to(at::kDouble) + unary_rows).sum(1).to(y.scalar_type());
+  return {energy, grad, std::get<0>(spread_rows.max(1)).to(y.scalar_type())};
+}
+
 at::Tensor grid_affinity_cpu(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                              const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial) {
   const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
@@ -359,6 +419,7 @@ TORCH_LIBRARY_IMPL(pottsops, CPU, m) {
   m.impl("grid_potts_energy", &grid_potts_energy_cpu);
   m.impl("grid_potts_energy_backward", &grid_potts_energy_backward_cpu);
   m.impl("grid_affinity", &grid_affinity_cpu);
+  m.impl("grid_solver_gradient", &grid_solver_gradient_cpu);
 }
 
 }  // namespace pottsops

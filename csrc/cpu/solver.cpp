@@ -8,8 +8,9 @@
 #include <limits>
 #include <vector>
 
-#include "pottsops/solver_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/solver_args.h"
+#include "pottsops/solver_row.h"
 
 namespace pottsops {
 namespace {
@@ -29,14 +30,13 @@ at::Tensor per_image(const at::Tensor& rows, bool maximum) {
 }
 
 // Both ops work one image row (b, h) at a time with w innermost, so that the loops over w vectorise; the
-// per-pixel math is that of solver_math.h (the CUDA kernels), written here over rows.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Tensor& y, const at::Tensor& sigma,
-                                                                   const at::Tensor& log_sigma,
+// per-pixel math is that of solver_math.h (the CUDA kernels), written here over rows (solver_row.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Tensor& y, const at::Tensor& operand,
                                                                    const at::Tensor& potts_grad,
                                                                    const at::Tensor& unlabeled,
                                                                    const at::Tensor& seeded, int64_t kind, double eta,
                                                                    double lam, double eps) {
-  check_solver_tensors({{"y", &y}, {"sigma", &sigma}, {"log_sigma", &log_sigma}, {"potts_grad", &potts_grad}},
+  check_solver_tensors({{"y", &y}, {"operand", &operand}, {"potts_grad", &potts_grad}},
                        {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
   const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3), n = H * W;
   at::Tensor grad = at::empty_like(y);
@@ -44,58 +44,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Ten
   at::Tensor row_spread = at::zeros({B, H}, y.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "solver_gradient_cpu", [&] {
     using T = scalar_t;
-    const T *py = y.data_ptr<T>(), *psig = sigma.data_ptr<T>(), *pl = log_sigma.data_ptr<T>(),
-            *pg = potts_grad.data_ptr<T>();
+    const T *py = y.data_ptr<T>(), *po = operand.data_ptr<T>(), *pg = potts_grad.data_ptr<T>();
     const bool *pu = unlabeled.data_ptr<bool>(), *ps = seeded.data_ptr<bool>();
     T* out = grad.data_ptr<T>();
     double *value = row_value.data_ptr<double>(), *spread = row_spread.data_ptr<double>();
-    const T e = static_cast<T>(eps), a = static_cast<T>(eta), l = static_cast<T>(lam);
     POTTS_DISPATCH_UNARY(kind, [&] {
       at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> buffers(6 * W);
-        T* __restrict__ dot = buffers.data();
-        T* __restrict__ sum_y = dot + W;
-        T* __restrict__ unl = dot + 2 * W;
-        T* __restrict__ free = dot + 3 * W;
-        T* __restrict__ lo = dot + 4 * W;
-        T* __restrict__ hi = dot + 5 * W;
+        std::vector<T> scratch(6 * W);
         for (int64_t row = begin; row < end; ++row) {
-          const int64_t b = row / H, offset = (row % H) * W;
-          for (int64_t w = 0; w < W; ++w) {
-            unl[w] = pu[b * n + offset + w] ? T(1) : T(0);
-            free[w] = ps[b * n + offset + w] ? T(0) : T(1);
-            dot[w] = sum_y[w] = T(0);
-            lo[w] = std::numeric_limits<T>::infinity();
-            hi[w] = -std::numeric_limits<T>::infinity();
-          }
-          for (int64_t k = 0; k < K; ++k) {
-            const T* __restrict__ yk = py + (b * K + k) * n + offset;
-            const T* __restrict__ sk = psig + (b * K + k) * n + offset;
-            const T* __restrict__ lk = pl + (b * K + k) * n + offset;
-            for (int64_t w = 0; w < W; ++w) {
-              dot[w] += unary_dot_term<U, T>(lk[w], yk[w], sk[w], e);
-              sum_y[w] += yk[w];
-            }
-          }
-          double total = 0, widest = 0;
-          for (int64_t w = 0; w < W; ++w) total += static_cast<double>(unl[w] * a * unary_value<U, T>(dot[w], sum_y[w], T(0), e));
-          for (int64_t k = 0; k < K; ++k) {
-            const T* __restrict__ yk = py + (b * K + k) * n + offset;
-            const T* __restrict__ sk = psig + (b * K + k) * n + offset;
-            const T* __restrict__ lk = pl + (b * K + k) * n + offset;
-            const T* __restrict__ gk = pg + (b * K + k) * n + offset;
-            T* __restrict__ ok = out + (b * K + k) * n + offset;
-            for (int64_t w = 0; w < W; ++w) {
-              const T unary = unary_grad_label<U, T>(lk[w], yk[w], sk[w], dot[w], T(0), e);
-              const T g = free[w] * (l * gk[w] + unl[w] * a * unary);
-              ok[w] = g;
-              lo[w] = g < lo[w] ? g : lo[w];
-              hi[w] = g > hi[w] ? g : hi[w];
-            }
-          }
-          for (int64_t w = 0; w < W; ++w) widest = std::max(widest, static_cast<double>(hi[w] - lo[w]));
-          value[row] = total;
-          spread[row] = widest;
+          const int64_t b = row / H, first = b * K * n + (row % H) * W, pixels = b * n + (row % H) * W;
+          const SolverRowOut r = solver_row<U, T>(
+              K, W, {py + first, n}, {po + first, n}, {pg + first, n}, pu + pixels, ps + pixels,
+              static_cast<T>(eta), static_cast<T>(lam), static_cast<T>(eps), {out + first, n}, scratch.data());
+          value[row] = r.value;
+          spread[row] = r.spread;
         }
       });
     });

@@ -15,8 +15,7 @@ namespace {
 
 template <int U, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    solver_gradient_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ sigma,
-                           const scalar_t* __restrict__ log_sigma,
+    solver_gradient_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ operand,
                            const scalar_t* __restrict__ potts_grad, const bool* __restrict__ unlabeled,
                            const bool* __restrict__ seeded, int64_t K, int64_t n, scalar_t eta, scalar_t lam,
                            scalar_t eps, scalar_t* __restrict__ grad, double* __restrict__ value_partial,
@@ -28,10 +27,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t base = b * K * n + pixel;
     r = solver_pixel<U, scalar_t>(
         K, unlabeled[b * n + pixel], seeded[b * n + pixel], eta, lam, eps,
-        [&](int64_t k, scalar_t& yk, scalar_t& sk, scalar_t& lk, scalar_t& gk) {
+        [&](int64_t k, scalar_t& yk, scalar_t& ok, scalar_t& gk) {
           yk = y[base + k * n];
-          sk = sigma[base + k * n];
-          lk = log_sigma[base + k * n];
+          ok = operand[base + k * n];
           gk = potts_grad[base + k * n];
         },
         [&](int64_t k, scalar_t g) { grad[base + k * n] = g; });
@@ -69,13 +67,12 @@ __global__ void __launch_bounds__(kThreads)
       });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cuda(const at::Tensor& y, const at::Tensor& sigma,
-                                                                    const at::Tensor& log_sigma,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cuda(const at::Tensor& y, const at::Tensor& operand,
                                                                     const at::Tensor& potts_grad,
                                                                     const at::Tensor& unlabeled,
                                                                     const at::Tensor& seeded, int64_t kind,
                                                                     double eta, double lam, double eps) {
-  check_solver_tensors({{"y", &y}, {"sigma", &sigma}, {"log_sigma", &log_sigma}, {"potts_grad", &potts_grad}},
+  check_solver_tensors({{"y", &y}, {"operand", &operand}, {"potts_grad", &potts_grad}},
                        {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3);
@@ -88,8 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cuda(const at::Te
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "solver_gradient_cuda", [&] {
     POTTS_DISPATCH_UNARY(kind, [&] {
       solver_gradient_kernel<U, scalar_t><<<grid, kThreads, 0, stream>>>(
-          y.data_ptr<scalar_t>(), sigma.data_ptr<scalar_t>(), log_sigma.data_ptr<scalar_t>(),
-          potts_grad.data_ptr<scalar_t>(),
+          y.data_ptr<scalar_t>(), operand.data_ptr<scalar_t>(), potts_grad.data_ptr<scalar_t>(),
           unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(), K, n, static_cast<scalar_t>(eta),
           static_cast<scalar_t>(lam), static_cast<scalar_t>(eps), grad.data_ptr<scalar_t>(),
           value.data_ptr<double>(), spread.data_ptr<double>());

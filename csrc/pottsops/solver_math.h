@@ -1,8 +1,9 @@
 // Per-pixel work of the fused solver step (pottsops/solve.py), shared by the CPU and CUDA kernels.
 //
 // solver_pixel: the gradient of eta H(y, sigma) + lam Potts(y) at one pixel, from the Potts gradient
-// (computed by the grid backward kernel) and the unary's derivative with sigma given as log sigma (so the
-// unary formulas of relaxations.h apply with z = log sigma and lse = 0).
+// (computed by the grid backward kernel) and the unary's derivative.  Each unary needs one operand per
+// class: sigma for cce and rce, log sigma for ce (the formulas of relaxations.h with z = log sigma, lse = 0);
+// it is passed as both z and sigma, and each formula reads the one it uses.
 //
 // mirror_pixel: one entropic mirror-descent step at one pixel, log y <- log_softmax(log y - scale g),
 // floored, or the one-hot seed on scribbled pixels.
@@ -21,7 +22,7 @@ struct SolverPixelOut {
 template <int U, typename T, typename Load, typename Store>
 POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T eta, T lam, T eps, Load&& load,
                                      Store&& store) {
-  // load(k) -> (y_k, sigma_k, log_sigma_k, potts_grad_k); store(k, g_k)
+  // load(k) -> (y_k, operand_k, potts_grad_k); store(k, g_k)
   SolverPixelOut out{0.0, 0.0};
   if (seeded) {
     for (int64_t k = 0; k < K; ++k) store(k, T(0));
@@ -30,19 +31,19 @@ POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T e
   T dot = 0, sum_y = 0;
   if (unlabeled) {
     for (int64_t k = 0; k < K; ++k) {
-      T y, sigma, log_sigma, pg;
-      load(k, y, sigma, log_sigma, pg);
-      dot += unary_dot_term<U, T>(log_sigma, y, sigma, eps);
+      T y, operand, pg;
+      load(k, y, operand, pg);
+      dot += unary_dot_term<U, T>(operand, y, operand, eps);
       sum_y += y;
     }
     out.value = static_cast<double>(eta * unary_value<U, T>(dot, sum_y, T(0), eps));
   }
   T lo = 0, hi = 0;
   for (int64_t k = 0; k < K; ++k) {
-    T y, sigma, log_sigma, pg;
-    load(k, y, sigma, log_sigma, pg);
+    T y, operand, pg;
+    load(k, y, operand, pg);
     T g = lam * pg;
-    if (unlabeled) g += eta * unary_grad_label<U, T>(log_sigma, y, sigma, dot, T(0), eps);
+    if (unlabeled) g += eta * unary_grad_label<U, T>(operand, y, operand, dot, T(0), eps);
     store(k, g);
     lo = k == 0 ? g : (g < lo ? g : lo);
     hi = k == 0 ? g : (g > hi ? g : hi);
