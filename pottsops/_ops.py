@@ -74,8 +74,6 @@ def _register():
         return y.new_empty(y.shape[0]), torch.empty_like(y, memory_format=torch.contiguous_format), \
             y.new_empty(y.shape[0])
 
-    if C.compiled_with_cuda():  # one CUDA pass is still to write: the grid kernels, then solver_gradient
-        torch.library.register_kernel(lib + "grid_solver_gradient", "cuda", grid_solver_gradient_composite)
 
     @torch.library.register_fake(lib + "mirror_step")
     def _(log_y, grad, scale, seeds, seeded, log_floor):
@@ -88,18 +86,6 @@ def _register():
     torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)
     unary_setup, unary_backward = unary_autograd(torch.ops.pottsops.unary_loss_backward)
     torch.library.register_autograd(lib + "unary_loss", unary_backward, setup_context=unary_setup)
-
-
-def grid_solver_gradient_composite(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps,
-                                   operand, unlabeled, seeded, kind, eta, lam, unary_eps):
-    """grid_solver_gradient from three ops: grid_potts_energy, its backward (the Potts gradient) and
-    solver_gradient (the unary and the combination)."""
-    grid = (image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps)
-    potts = torch.ops.pottsops.grid_potts_energy(y, *grid)
-    potts_grad, _ = torch.ops.pottsops.grid_potts_energy_backward(torch.ones_like(potts), y, *grid, False)
-    unary, grad, spread = torch.ops.pottsops.solver_gradient(y, operand, potts_grad, unlabeled, seeded, kind, eta,
-                                                             lam, unary_eps)
-    return unary + lam * potts, grad, spread
 
 
 def grid_autograd(backward_op):

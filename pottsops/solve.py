@@ -109,34 +109,103 @@ class _FusedProblem(_Problem):
         return torch.ops.pottsops.mirror_step(log_y, grad, scale, self.seed_ids, self.seeded, LOG_FLOOR)
 
 
-def _mirror(problem, y, iters, tol, step, info):
-    B = y.shape[0]
-    energy, grad, spread = problem.gradient(y)
-    info.energies.append(energy)
-    tau = torch.full((B,), step, dtype=y.dtype, device=y.device)
-    active = torch.ones(B, dtype=torch.bool, device=y.device)
-    iterations = torch.zeros(B, dtype=torch.long, device=y.device)
-    log_y = torch.log(y).clamp(min=LOG_FLOOR)
-    for _ in range(iters):
-        if not bool(active.any()):
+def _mirror(problem, y, iters, tol, step, info, sync_free=None):
+    """Entropic mirror descent with a per-image step: the largest change of log y_ik in image b is tau_b,
+    x1.25 after an accepted step, x0.5 after a rejected one (energy up: the image keeps its iterate).
+    Images stop at relative change < tol.  On CUDA with the fused step (sync_free=None: auto) the loop body
+    is sync-free and replayed from CUDA graphs of GRAPH_ITERATIONS steps, the stopping test between
+    replays; elsewhere each step copies back only the rejected images (cheaper on a CPU)."""
+    state = _MirrorState(problem, y, step)
+    info.energies.append(state.energy.clone())
+    if sync_free is None:
+        sync_free = y.is_cuda and isinstance(problem, _FusedProblem)
+    done = 0
+    if sync_free and y.is_cuda and iters > GRAPH_ITERATIONS:
+        done = _mirror_graphed(problem, state, iters, tol, info)
+    for _ in range(iters - done):
+        if not bool(state.active.any()):
             break
-        # scale-free step: tau_b is the largest change of log y_ik over the pixels of image b
-        scale = torch.where(active, tau, 0) / spread.clamp(min=torch.finfo(y.dtype).tiny)
-        trial_log, trial = problem.mirror_step(log_y, grad, scale)
-        trial_energy, trial_grad, trial_spread = problem.gradient(trial)
-        accept = active & torch.isfinite(trial_energy) & (trial_energy <= energy)
-        change = (energy - trial_energy).abs() / energy.abs().clamp(min=1e-30)
+        if sync_free:
+            state.step_sync_free(tol)
+        else:
+            state.step(tol)
+        info.energies.append(state.energy.clone())
+    info.iterations = state.iterations
+    return state.y, state.energy
+
+
+GRAPH_ITERATIONS = 10
+
+
+class _MirrorState:
+    """The iterate of every image (y, log y, gradient, spread, energy) and its step control (tau, active,
+    iterations), updated in place so that CUDA graphs can replay the steps."""
+
+    def __init__(self, problem, y, step):
+        B = y.shape[0]
+        self.problem = problem
+        self.y = y.contiguous().clone()
+        self.log_y = torch.log(self.y).clamp(min=LOG_FLOOR)
+        self.energy, self.grad, self.spread = problem.gradient(self.y)
+        self.tau = torch.full((B,), step, dtype=y.dtype, device=y.device)
+        self.active = torch.ones(B, dtype=torch.bool, device=y.device)
+        self.iterations = torch.zeros(B, dtype=torch.long, device=y.device)
+
+    def _trial(self, tol):
+        scale = torch.where(self.active, self.tau, 0) / self.spread.clamp(min=torch.finfo(self.y.dtype).tiny)
+        trial_log, trial = self.problem.mirror_step(self.log_y, self.grad, scale)
+        trial_energy, trial_grad, trial_spread = self.problem.gradient(trial)
+        accept = self.active & torch.isfinite(trial_energy) & (trial_energy <= self.energy)
+        change = (self.energy - trial_energy).abs() / self.energy.abs().clamp(min=1e-30)
+        return (trial, trial_log, trial_grad, trial_spread, trial_energy), accept, change
+
+    def _control(self, accept, change, tol):
+        self.tau.copy_(torch.where(accept, self.tau * 1.25, self.tau * 0.5))
+        self.iterations += self.active.long()
+        self.active &= ~(accept & (change < tol)) & (self.tau > 1e-8)
+
+    def step(self, tol):
+        """One step; the rejected images' rows are copied back (host-side indices: one sync)."""
+        trial, accept, change = self._trial(tol)
         for b in (~accept).nonzero().flatten().tolist():  # keep the previous iterate of those images
-            for new, old in ((trial, y), (trial_log, log_y), (trial_grad, grad), (trial_spread, spread)):
+            for new, old in zip(trial, self._fields()):
                 new[b].copy_(old[b])  # one contiguous copy per image: advanced indexing is 10x slower
-        y, log_y, grad, spread = trial, trial_log, trial_grad, trial_spread
-        energy = torch.where(accept, trial_energy, energy)
-        tau = torch.where(accept, tau * 1.25, tau * 0.5)
-        iterations += active.long()
-        active = active & ~(accept & (change < tol)) & (tau > 1e-8)
-        info.energies.append(energy)
-    info.iterations = iterations
-    return y, energy
+        self.y, self.log_y, self.grad, self.spread, self.energy = trial
+        self._control(accept, change, tol)
+
+    def step_sync_free(self, tol):
+        """The same step without host syncs: every field selected per image in place."""
+        trial, accept, change = self._trial(tol)
+        for new, old in zip(trial, self._fields()):
+            keep = accept.view(-1, *([1] * (old.dim() - 1)))
+            torch.where(keep, new, old, out=old)
+        self._control(accept, change, tol)
+
+    def _fields(self):
+        return self.y, self.log_y, self.grad, self.spread, self.energy
+
+
+def _mirror_graphed(problem, state, iters, tol, info):
+    """Steps replayed from a CUDA graph of GRAPH_ITERATIONS sync-free steps (the energies of each into a
+    static trace); returns the number of steps done.  The first step runs eagerly (it warms up the ops)."""
+    trace = torch.empty(GRAPH_ITERATIONS, state.energy.shape[0], dtype=state.energy.dtype, device=state.y.device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        state.step_sync_free(tol)
+    torch.cuda.current_stream().wait_stream(side)
+    info.energies.append(state.energy.clone())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for j in range(GRAPH_ITERATIONS):
+            state.step_sync_free(tol)
+            trace[j].copy_(state.energy)
+    done = 1
+    while done + GRAPH_ITERATIONS <= iters and bool(state.active.any()):
+        graph.replay()
+        info.energies.extend(trace.clone().unbind(0))
+        done += GRAPH_ITERATIONS
+    return done
 
 
 def _adam(problem, y, iters, tol, step, info):

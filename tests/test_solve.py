@@ -151,6 +151,31 @@ def test_fused_energy_and_gradient_match_the_reference(backend, relaxation, unar
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", FUSED)
+def test_sync_free_steps_give_the_same_iterates(backend):
+    """The sync-free mirror step (on CUDA replayed from CUDA graphs) against the step that copies back the
+    rejected images: the same iterates, iterations and energies, with images stopping at different times."""
+    device = "cuda" if backend == "cuda" else "cpu"
+    logits, image, seeds = problem(B=3, seed=12)
+    args = dict(logits=logits.double().to(device), image=image.double().to(device), seeds=seeds.to(device),
+                relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None,
+                mask=None, weights=None, ignore_index=255, dense_method="lattice", method="mirror", backend=backend)
+    runs = []
+    for sync_free in (False, True):
+        fused = solve_module._make_problem(**args)
+        info = solve_module.SolveInfo()
+        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
+        y, energy = solve_module._mirror(fused, y0, 35, 1e-4, 1.0, info, sync_free=sync_free)
+        runs.append((y, energy, info.iterations, torch.stack(info.energies)))
+    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
+    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+    torch.testing.assert_close(energy2, energy, rtol=0, atol=0)
+    assert torch.equal(iterations2, iterations)
+    torch.testing.assert_close(trace2[:len(trace)], trace, rtol=0, atol=0)  # later entries: no-op steps
+    assert (trace2[len(trace):] == energy).all()
+
+
 def test_different_one_hot_seeds_side_by_side_stay_finite():
     logits, image, _ = problem(seed=6)
     seeds = torch.zeros(2, 14, 17, dtype=torch.long)

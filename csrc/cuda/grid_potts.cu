@@ -15,6 +15,7 @@
 #include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/solver_args.h"
 
 namespace pottsops {
 namespace {
@@ -147,8 +148,46 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = block_total;
 }
 
-// grad_y of one pixel, KMAX channels at a time; grad_weights (contiguous (B, E, H, W), pre-zeroed) of
-// the pairs starting at it when not null.
+// The Potts gradient of pixel (h, w) for the classes c0 .. c0 + KMAX - 1: acc[k] gathers go w dP/ds q_k
+// over the pairs that start (direction 0) and that end (direction 1) at it, self the factor of its own
+// label (2 go w dP/da).  energy, if not null, gets go w P of the pairs that start at it (chunk 0 only);
+// grad_weights (contiguous (B, E, H, W), pre-zeroed), if not null, dE/dw of those pairs.
+template <int R, int KMAX, typename scalar_t>
+__device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const PairTable<at::opmath_type<scalar_t>>& pairs,
+                                     int64_t b, int64_t h, int64_t w, int64_t c0, at::opmath_type<scalar_t> go,
+                                     at::opmath_type<scalar_t> a, at::opmath_type<scalar_t>* acc,
+                                     at::opmath_type<scalar_t>& self, at::opmath_type<scalar_t>* energy,
+                                     at::opmath_type<scalar_t>* __restrict__ grad_weights) {
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma unroll
+  for (int k = 0; k < KMAX; ++k) acc[k] = 0;
+  self = 0;
+  for (int direction = 0; direction < 2; ++direction) {
+    for (int e = 0; e < pairs.count; ++e) {
+      const int64_t sign = direction == 0 ? 1 : -1;
+      const int64_t h2 = h + sign * pairs.dy[e], w2 = w + sign * pairs.dx[e];
+      if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
+      const acc_t wt = direction == 0 ? g.weight(pairs, b, e, h, w) : g.weight(pairs, b, e, h2, w2);
+      const bool weight_grad = grad_weights && direction == 0 && c0 == 0;
+      if (wt == acc_t(0) && !weight_grad) continue;
+      acc_t s, nq;
+      g.dot(b, h, w, h2, w2, s, nq);
+      const PairTerms<acc_t> t =
+          direction == 0 ? pair_terms<R, acc_t>(s, a, nq, g.eps) : pair_terms<R, acc_t>(s, nq, a, g.eps);
+      if (weight_grad) grad_weights[((b * pairs.count + e) * g.H + h) * g.W + w] = go * t.value;
+      if (wt == acc_t(0)) continue;
+      const acc_t scale = go * wt;
+      if (energy && direction == 0 && c0 == 0) *energy += scale * t.value;
+      self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
+      const acc_t cross = scale * t.d_s;
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k)
+        if (c0 + k < g.K) acc[k] += cross * g.label(b, c0 + k, h2, w2);
+    }
+  }
+}
+
+// grad_y of one pixel, KMAX channels at a time; grad_weights as in potts_gradient_chunk.
 template <int R, int KMAX, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const DeviceGrid<scalar_t> g, const PairTable<at::opmath_type<scalar_t>> pairs,
@@ -166,37 +205,70 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t go = grad_energy[b];
   const acc_t a = g.norm(b, h, w);
   for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
-    acc_t acc[KMAX];
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k) acc[k] = 0;
-    acc_t self = 0;
-    // direction 0: pairs (h, w) -> (h, w) + offset, this pixel is p;
-    // direction 1: pairs (h, w) - offset -> (h, w), this pixel is q.
-    for (int direction = 0; direction < 2; ++direction) {
-      for (int e = 0; e < pairs.count; ++e) {
-        const int64_t sign = direction == 0 ? 1 : -1;
-        const int64_t h2 = h + sign * pairs.dy[e], w2 = w + sign * pairs.dx[e];
-        if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
-        const acc_t wt = direction == 0 ? g.weight(pairs, b, e, h, w) : g.weight(pairs, b, e, h2, w2);
-        const bool weight_grad = grad_weights && direction == 0 && c0 == 0;
-        if (wt == acc_t(0) && !weight_grad) continue;
-        acc_t s, nq;
-        g.dot(b, h, w, h2, w2, s, nq);
-        const PairTerms<acc_t> t =
-            direction == 0 ? pair_terms<R, acc_t>(s, a, nq, g.eps) : pair_terms<R, acc_t>(s, nq, a, g.eps);
-        if (weight_grad) grad_weights[((b * pairs.count + e) * g.H + h) * g.W + w] = go * t.value;
-        if (wt == acc_t(0)) continue;
-        const acc_t scale = go * wt;
-        self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
-        const acc_t cross = scale * t.d_s;
-#pragma unroll
-        for (int k = 0; k < KMAX; ++k)
-          if (c0 + k < g.K) acc[k] += cross * g.label(b, c0 + k, h2, w2);
-      }
-    }
+    acc_t acc[KMAX], self;
+    potts_gradient_chunk<R, KMAX, scalar_t>(g, pairs, b, h, w, c0, go, a, acc, self, nullptr, grad_weights);
 #pragma unroll
     for (int k = 0; k < KMAX; ++k)
       if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * g.label(b, c0 + k, h, w));
+  }
+}
+
+// grid_solver_gradient: the gradient of eta H(y, sigma) + lam Potts(y) of one pixel (zero on seeds), the
+// pixel's share of the energy (its unary and the pairs that start at it) and its spread max_k g - min_k g,
+// reduced per block in a fixed order.  operand, unlabeled, seeded and grad are contiguous.
+template <int R, int U, int KMAX, typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    solver_gradient_kernel(const DeviceGrid<scalar_t> g, const PairTable<scalar_t> pairs,
+                           const scalar_t* __restrict__ operand, const bool* __restrict__ unlabeled,
+                           const bool* __restrict__ seeded, scalar_t eta, scalar_t lam, scalar_t unary_eps,
+                           scalar_t* __restrict__ grad, double* __restrict__ energy_partial,
+                           double* __restrict__ spread_partial) {
+  const int64_t b = blockIdx.y, n = g.H * g.W;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  scalar_t energy = 0, lo = 0, hi = 0;
+  if (i < n) {
+    const int64_t h = i / g.W, w = i % g.W, base = b * g.K * n + i;
+    const bool here = g.present(b, h, w), unl = unlabeled[b * n + i], seed = seeded[b * n + i];
+    scalar_t dot = 0, sum_y = 0;
+    if (unl) {
+      for (int64_t k = 0; k < g.K; ++k) {
+        const scalar_t y = g.label(b, k, h, w), o = operand[base + k * n];
+        dot += unary_dot_term<U, scalar_t>(o, y, o, unary_eps);
+        sum_y += y;
+      }
+      energy += eta * unary_value<U, scalar_t>(dot, sum_y, scalar_t(0), unary_eps);
+    }
+    const scalar_t a = here ? g.norm(b, h, w) : scalar_t(0);
+    for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
+      scalar_t acc[KMAX], self = 0;
+      if (here) {
+        potts_gradient_chunk<R, KMAX, scalar_t>(g, pairs, b, h, w, c0, lam, a, acc, self, &energy, nullptr);
+      } else {
+#pragma unroll
+        for (int k = 0; k < KMAX; ++k) acc[k] = 0;
+      }
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k) {
+        if (c0 + k >= g.K) continue;
+        const scalar_t y = g.label(b, c0 + k, h, w), o = operand[base + (c0 + k) * n];
+        scalar_t gk = acc[k] + self * y;
+        if (unl) gk += eta * unary_grad_label<U, scalar_t>(o, y, o, dot, scalar_t(0), unary_eps);
+        gk = seed || !here ? scalar_t(0) : gk;
+        grad[base + (c0 + k) * n] = gk;
+        lo = c0 + k == 0 ? gk : (gk < lo ? gk : lo);
+        hi = c0 + k == 0 ? gk : (gk > hi ? gk : hi);
+      }
+    }
+  }
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const double total = Reduce(storage).Sum(static_cast<double>(energy));
+  __syncthreads();
+  const double widest =
+      Reduce(storage).Reduce(static_cast<double>(hi - lo), [](double x, double y) { return x > y ? x : y; });
+  if (threadIdx.x == 0) {
+    energy_partial[b * gridDim.x + blockIdx.x] = total;
+    spread_partial[b * gridDim.x + blockIdx.x] = widest;
   }
 }
 
@@ -310,12 +382,49 @@ at::Tensor grid_affinity_cuda(const at::Tensor& image, const c10::optional<at::T
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cuda(
+    const at::Tensor& y, const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
+    const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
+    at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
+    const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
+  const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
+  check_solver_tensors({{"operand", &operand}}, {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
+  TORCH_CHECK(y.sizes() == operand.sizes() && y.scalar_type() == operand.scalar_type() && y.device() == operand.device(),
+              "y: expected the shape, dtype and device of operand ", operand.sizes(), " ", operand.scalar_type(), " ",
+              operand.device(), ", got ", y.sizes(), " ", y.scalar_type(), " ", y.device());
+  const c10::cuda::CUDAGuard guard(y.device());
+  const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
+  at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
+  if (B == 0 || H * W == 0) return {at::zeros({B}, y.options()), grad, at::zeros({B}, y.options())};
+  const dim3 grid = pixel_grid(B, H, W, "y");
+  at::Tensor energy = at::empty({B, static_cast<int64_t>(grid.x)}, y.options().dtype(at::kDouble));
+  at::Tensor spread = at::empty_like(energy);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_cuda", [&] {
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+      POTTS_DISPATCH_UNARY(kind, [&] {
+        dispatch_kmax(y.size(1), [&](auto kmax) {
+          solver_gradient_kernel<R, U, decltype(kmax)::value, scalar_t><<<grid, kThreads, 0, stream>>>(
+              g, pairs, operand.data_ptr<scalar_t>(), unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
+              static_cast<scalar_t>(eta), static_cast<scalar_t>(lam), static_cast<scalar_t>(unary_eps),
+              grad.data_ptr<scalar_t>(), energy.data_ptr<double>(), spread.data_ptr<double>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
+    });
+  });
+  return {energy.sum(1).to(y.scalar_type()), grad, std::get<0>(spread.max(1)).to(y.scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pottsops, CUDA, m) {
   m.impl("grid_potts_energy", &grid_potts_energy_cuda);
   m.impl("grid_potts_energy_backward", &grid_potts_energy_backward_cuda);
   m.impl("grid_affinity", &grid_affinity_cuda);
+  m.impl("grid_solver_gradient", &grid_solver_gradient_cuda);
 }
 
 }  // namespace pottsops
