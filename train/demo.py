@@ -18,7 +18,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join("runs", "demo"))
     parser.add_argument("--epochs", type=int, default=45)
     parser.add_argument("--warmup-epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)
     rows = []
     for method in ("pce", "soft"):

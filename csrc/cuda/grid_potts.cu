@@ -388,10 +388,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cuda(
     at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
     const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  check_solver_tensors({{"operand", &operand}}, {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
-  TORCH_CHECK(y.sizes() == operand.sizes() && y.scalar_type() == operand.scalar_type() && y.device() == operand.device(),
-              "y: expected the shape, dtype and device of operand ", operand.sizes(), " ", operand.scalar_type(), " ",
-              operand.device(), ", got ", y.sizes(), " ", y.scalar_type(), " ", y.device());
+  check_grid_solver_args(y, operand, unlabeled, seeded);
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);

@@ -25,6 +25,15 @@ inline void check_solver_tensors(std::initializer_list<std::pair<const char*, co
   }
 }
 
+// grid_solver_gradient: operand (contiguous) like y, the pixel masks contiguous (B, H, W).
+inline void check_grid_solver_args(const at::Tensor& y, const at::Tensor& operand, const at::Tensor& unlabeled,
+                                   const at::Tensor& seeded) {
+  check_solver_tensors({{"operand", &operand}}, {{"unlabeled", &unlabeled}, {"seeded", &seeded}});
+  TORCH_CHECK(y.sizes() == operand.sizes() && y.scalar_type() == operand.scalar_type() && y.device() == operand.device(),
+              "y: expected the shape, dtype and device of operand ", operand.sizes(), " ", operand.scalar_type(), " ",
+              operand.device(), ", got ", y.sizes(), " ", y.scalar_type(), " ", y.device());
+}
+
 inline void check_mirror_args(const at::Tensor& log_y, const at::Tensor& scale, const at::Tensor& seeds) {
   TORCH_CHECK(seeds.scalar_type() == at::kLong, "seeds: expected int64, got ", seeds.scalar_type());
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == log_y.size(0) && scale.device() == log_y.device(),
