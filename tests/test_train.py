@@ -34,6 +34,16 @@ def test_one_training_step_per_method(tmp_path, method):
     assert json.loads((out / "results.json").read_text())["method"] == method
 
 
+def test_bf16_autocast_channels_last_and_the_resident_loader(tmp_path):
+    """The CUDA defaults (bf16 autocast, channels_last, device-resident data) forced on, here on the CPU."""
+    config = _tiny(tmp_path, method="soft", max_steps=2, amp="on", channels_last="on", resident="on",
+                   warmup_epochs=0)
+    results = train.loop.train(config)
+    assert results["steps"] == 2 and math.isfinite(results["miou"])
+    losses = [float(line.split(",")[3]) for line in (tmp_path / "run" / "train_log.csv").read_text().split()[1:]]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+
+
 def _batch(k=3, h=6, w=7):
     g = torch.Generator().manual_seed(0)
     label = torch.randint(0, k, (2, h, w), generator=g)
