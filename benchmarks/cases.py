@@ -275,5 +275,5 @@ def solver_case(shape, backends, iters=50):
 
     floor = iters * B * H * W * (3 * K + 3) * 4
     return Case("solve", f"cd+cce/nn4 x{iters}", shape, torch.float32, "solve", make_inputs, run, None, floor,
-                backends, 1e-4, slow=("reference", "compile(reference)"), check=check,
+                backends, 1e-4, slow=("reference", "compile(reference)"), slow_reps=3, check=check,
                 throughput=("mpix_iterations_per_s", B * H * W * iters / 1e6))

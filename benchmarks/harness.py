@@ -32,6 +32,7 @@ class Case:
     tolerance: float = 1e-4      # relative error |out - ref| / |ref| allowed
     floor_flops: int = 0         # fewest floating-point operations (0: a memory-bound op)
     slow: tuple = ()             # backends timed with few repetitions (seconds per run)
+    slow_reps: int = 1           # how many (median of), after the correctness run that warms them up
     check: Callable = None       # (outputs, inputs) -> error, for ops with no unique answer (solvers)
     throughput: tuple = ()       # (metric name, units of work per run): reported as units per second
 
@@ -181,7 +182,8 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
             synchronize(device)
             resident = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        reps = dict(warmup=0, min_reps=1, min_seconds=0.0, max_reps=1) if backend in case.slow else \
+        reps = dict(warmup=0, min_reps=case.slow_reps, min_seconds=0.0, max_reps=case.slow_reps) \
+            if backend in case.slow else \
             dict(min_seconds=0.3 if device.type == "cuda" else 1.0)
         seconds = median_time(lambda: case.run(backend, inputs[next(counter) % input_sets]), device, **reps)
         times[backend] = seconds

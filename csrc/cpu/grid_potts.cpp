@@ -41,6 +41,39 @@ class RowRing {
   std::vector<int64_t> keys_;
 };
 
+// Sum of x[0..n) in a fixed order with 16 running partial sums, which vectorises (a single running sum
+// does not: the compiler may not reorder float additions).
+template <typename T>
+T lane_sum(const T* __restrict__ x, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  T part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) part[j] += x[i + j];
+  for (int64_t j = 0; i < n; ++i, ++j) part[j] += x[i];
+  T total = 0;
+  for (int64_t j = 0; j < kLanes; ++j) total += part[j];
+  return total;
+}
+
+// Per pair of one row and offset, from s = p.q, a = |p|^2, b = |q|^2 and the weight wt: the coefficients
+// of backward_rows and, in wt, the weighted pair energy; pairs of weight 0 get zeros.  Restrict pointer
+// arguments (not locals: those the compiler may ignore) so that the loop vectorises.
+template <int R, typename T>
+void pair_coefficients(int64_t n, const T* __restrict__ s, const T* __restrict__ a, const T* __restrict__ b, T go,
+                       T eps, T* __restrict__ wt, T* __restrict__ self_p, T* __restrict__ cross,
+                       T* __restrict__ self_q) {
+  for (int64_t w = 0; w < n; ++w) {
+    const PairTerms<T> t = pair_terms<R, T>(s[w], a[w], b[w], eps);
+    const bool valid = wt[w] != T(0);
+    const T scale = go * wt[w];
+    self_p[w] = valid ? 2 * scale * t.d_a : T(0);
+    cross[w] = valid ? scale * t.d_s : T(0);
+    self_q[w] = valid ? 2 * scale * t.d_b : T(0);
+    wt[w] = valid ? scale * t.value : T(0);
+  }
+}
+
 template <typename scalar_t>
 struct GridKernel {
   using acc_t = at::opmath_type<scalar_t>;
@@ -176,10 +209,11 @@ struct GridKernel {
           const acc_t* __restrict__ nq = q.norm.data() + args.dx[e];
           pair_weights(p, q, b, h, e, w0, w1, wt.data());
           pair_dots(p, q, e, w0, w1, s.data());
-          for (int64_t w = w0; w < w1; ++w) {
+          for (int64_t w = w0; w < w1; ++w) {  // s becomes the weighted pair energy
             const acc_t value = pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps).value;
-            total += wt[w] != acc_t(0) ? wt[w] * value : acc_t(0);
+            s[w] = wt[w] != acc_t(0) ? wt[w] * value : acc_t(0);
           }
+          total += lane_sum(s.data() + w0, w1 - w0);
         }
         row_energy[r] = total;
       }
@@ -272,20 +306,10 @@ struct GridKernel {
       const acc_t* __restrict__ nq = q.norm.data() + args.dx[e];
       pair_weights(p, q, b, h, e, w0, w1, wt);
       pair_dots(p, q, e, w0, w1, s);
-      acc_t* __restrict__ self_p = c.self_p.data() + e * W;
-      acc_t* __restrict__ cross = c.cross.data() + e * W;
-      acc_t* __restrict__ self_q = c.self_q.data() + e * W;
-      acc_t total = 0;
-      for (int64_t w = w0; w < w1; ++w) {
-        const PairTerms<acc_t> t = pair_terms<R, acc_t>(s[w], p.norm[w], nq[w], eps);
-        const bool valid = wt[w] != acc_t(0);
-        const acc_t scale = go * wt[w];
-        self_p[w] = valid ? 2 * scale * t.d_a : acc_t(0);
-        cross[w] = valid ? scale * t.d_s : acc_t(0);
-        self_q[w] = valid ? 2 * scale * t.d_b : acc_t(0);
-        if (energy) total += valid ? scale * t.value : acc_t(0);
-      }
-      if (energy) *energy += total;
+      const int64_t n = w1 - w0, at = e * W + w0;  // wt becomes the pair energy (grad_weights reads s)
+      pair_coefficients<R, acc_t>(n, s + w0, p.norm.data() + w0, nq + w0, go, eps, wt + w0, c.self_p.data() + at,
+                                  c.cross.data() + at, c.self_q.data() + at);
+      if (energy) *energy += lane_sum(wt + w0, w1 - w0);
       if (grad_weights) {
         // dE/dw = P for every existing pair, also where w = 0 (learned weights may be zero).
         const uint8_t* pp = p.present.data();

@@ -11,10 +11,10 @@
 namespace pottsops {
 
 // Branch-free throughout (selects, not returns), which the vectoriser needs.
-inline float bits_to_float(int32_t i) { return __builtin_bit_cast(float, i); }
-inline int32_t float_to_bits(float f) { return __builtin_bit_cast(int32_t, f); }
+__attribute__((always_inline)) inline float bits_to_float(int32_t i) { return __builtin_bit_cast(float, i); }
+__attribute__((always_inline)) inline int32_t float_to_bits(float f) { return __builtin_bit_cast(int32_t, f); }
 
-inline float fast_expf(float x) {
+__attribute__((always_inline)) inline float fast_expf(float x) {
   const float clamped = std::min(std::max(x, -87.33654f), 88.72283f);
   const float scaled = clamped * 1.44269504088896341f;
   // Round to nearest with the 1.5 * 2^23 trick (no rint call, which needs SSE4.1 to vectorise).
@@ -35,7 +35,7 @@ inline float fast_expf(float x) {
   return x < -87.33654f ? 0.0f : high;  // below the smallest normal float: 0
 }
 
-inline float fast_logf(float x) {
+__attribute__((always_inline)) inline float fast_logf(float x) {
   // Denormals are scaled into the normal range first.
   const bool tiny = x < 1.17549435e-38f;
   const float xn = tiny ? x * 8388608.0f : x;  // 2^23

@@ -17,7 +17,7 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define POTTS_HD __host__ __device__ __forceinline__
 #else
-#define POTTS_HD inline
+#define POTTS_HD inline __attribute__((always_inline))  // inlined into the loops, which then vectorise
 #endif
 
 namespace pottsops {
@@ -53,10 +53,10 @@ POTTS_HD T potts_log(T x) { return log(x); }
 template <typename T>
 POTTS_HD T potts_exp(T x) { return exp(x); }
 #else
-inline float potts_log(float x) { return fast_logf(x); }
-inline double potts_log(double x) { return std::log(x); }
-inline float potts_exp(float x) { return fast_expf(x); }
-inline double potts_exp(double x) { return std::exp(x); }
+POTTS_HD float potts_log(float x) { return fast_logf(x); }
+POTTS_HD double potts_log(double x) { return std::log(x); }
+POTTS_HD float potts_exp(float x) { return fast_expf(x); }
+POTTS_HD double potts_exp(double x) { return std::exp(x); }
 #endif
 
 // Value and partials of relaxation R at (s, a, b).  R is a template parameter so that kernels are
@@ -160,12 +160,26 @@ POTTS_HD T unary_grad_logit(T z, T y, T sigma, T dot, T sum_y, T lse, T value, T
   return sigma * (-potts_log(y + eps) - value);
 }
 
+// dH/dy_k = unary_label_factor (per pixel) * unary_label_term (per class), so that row kernels compute the
+// factor (a division for cce) once per pixel.
+template <int U, typename T>
+POTTS_HD T unary_label_factor(T dot, T eps) {
+  if (U == kUnaryCollisionCE) return T(-1) / (dot + eps);
+  if (U == kUnaryCE) return T(1);
+  return T(-1);
+}
+
+template <int U, typename T>
+POTTS_HD T unary_label_term(T z, T y, T sigma, T lse, T eps) {
+  if (U == kUnaryCollisionCE) return sigma;
+  if (U == kUnaryCE) return lse - z;  // -log sigma_k, finite even where sigma_k underflows
+  return sigma / (y + eps);
+}
+
 // dH/dy_k for one class.
 template <int U, typename T>
 POTTS_HD T unary_grad_label(T z, T y, T sigma, T dot, T lse, T eps) {
-  if (U == kUnaryCollisionCE) return -sigma / (dot + eps);
-  if (U == kUnaryCE) return lse - z;  // -log sigma_k, finite even where sigma_k underflows
-  return -sigma / (y + eps);
+  return unary_label_factor<U, T>(dot, eps) * unary_label_term<U, T>(z, y, sigma, lse, eps);
 }
 
 #define POTTS_UNARY_CASE(value, ...) \
