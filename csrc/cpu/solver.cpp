@@ -65,36 +65,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> solver_gradient_cpu(const at::Ten
   return {per_image(row_value, false).to(y.scalar_type()), grad, per_image(row_spread, true).to(y.scalar_type())};
 }
 
-// The mirror step's loops over w for class k of one row (restrict arguments, so that they vectorise):
-// m = max_k (log_y - s g); e = exp(log_y - s g - m) into y, added to total; then log y = max(log_y - s g - lse, floor) and
-// y = e / sum e, or exp(floor) where floored (y = exp(log y) throughout, never a denormal).
-template <typename T>
-void mirror_row_max(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s, T* __restrict__ m) {
-  for (int64_t w = 0; w < W; ++w) m[w] = std::max(m[w], log_y[w] - s * grad[w]);
-}
-
-template <typename T>
-void mirror_row_exp(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
-                    const T* __restrict__ m, T* __restrict__ total, T* __restrict__ y) {
-  for (int64_t w = 0; w < W; ++w) {
-    const T e = potts_exp(log_y[w] - s * grad[w] - m[w]);
-    y[w] = e;
-    total[w] += e;
-  }
-}
-
-template <typename T>
-void mirror_row_normalise(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
-                          const T* __restrict__ lse, const T* __restrict__ inv_total, T floor,
-                          T* __restrict__ new_log_y, T* __restrict__ y) {
-  const T floor_y = potts_exp(floor);
-  for (int64_t w = 0; w < W; ++w) {
-    const T v = log_y[w] - s * grad[w] - lse[w];
-    new_log_y[w] = v > floor ? v : floor;
-    y[w] = v > floor ? y[w] * inv_total[w] : floor_y;
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> mirror_step_cpu(const at::Tensor& log_y, const at::Tensor& grad,
                                                    const at::Tensor& scale, const at::Tensor& seeds,
                                                    const at::Tensor& seeded, double log_floor) {
@@ -112,33 +82,11 @@ std::tuple<at::Tensor, at::Tensor> mirror_step_cpu(const at::Tensor& log_y, cons
     T *ol = new_log.data_ptr<T>(), *oy = new_y.data_ptr<T>();
     const T floor = static_cast<T>(log_floor);
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> buffers(2 * W);
-      T *m = buffers.data(), *total = m + W;
+      std::vector<T> scratch(3 * W);
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / H, offset = (row % H) * W;
-        const T s = static_cast<T>(psc[b]);
-        std::fill(m, m + W, -std::numeric_limits<T>::infinity());
-        std::fill(total, total + W, T(0));
-        for (int64_t k = 0; k < K; ++k)
-          mirror_row_max<T>(W, pl + (b * K + k) * n + offset, pg + (b * K + k) * n + offset, s, m);
-        for (int64_t k = 0; k < K; ++k)  // exp(v - m) into new y, summed into total
-          mirror_row_exp<T>(W, pl + (b * K + k) * n + offset, pg + (b * K + k) * n + offset, s, m, total,
-                            oy + (b * K + k) * n + offset);
-        for (int64_t w = 0; w < W; ++w) {  // m becomes the log-sum-exp, total its inverse
-          m[w] += potts_log(total[w]);
-          total[w] = T(1) / total[w];
-        }
-        for (int64_t k = 0; k < K; ++k)
-          mirror_row_normalise<T>(W, pl + (b * K + k) * n + offset, pg + (b * K + k) * n + offset, s, m, total,
-                                  floor, ol + (b * K + k) * n + offset, oy + (b * K + k) * n + offset);
-        for (int64_t w = 0; w < W; ++w) {  // seeds: their one-hot label
-          if (!ps[b * n + offset + w]) continue;
-          for (int64_t k = 0; k < K; ++k) {
-            const bool on = k == pseed[b * n + offset + w];
-            ol[(b * K + k) * n + offset + w] = on ? T(0) : floor;
-            oy[(b * K + k) * n + offset + w] = on ? T(1) : T(0);
-          }
-        }
+        const int64_t b = row / H, first = b * K * n + (row % H) * W, pixels = b * n + (row % H) * W;
+        mirror_row<T>(K, W, {pl + first, n}, {pg + first, n}, static_cast<T>(psc[b]), pseed + pixels, ps + pixels,
+                      floor, {ol + first, n}, {oy + first, n}, scratch.data());
       }
     });
   });

@@ -1,5 +1,5 @@
-// One image row of the fused solver gradient on the CPU, w innermost so that the loops vectorise: the
-// row-wise form of solver_pixel (solver_math.h), shared by solver_gradient and grid_solver_gradient.
+// One image row of the fused solver step on the CPU, w innermost so that the loops vectorise: the row
+// forms of solver_pixel and mirror_pixel (solver_math.h), shared by the CPU solver ops.
 #pragma once
 
 #include <algorithm>
@@ -81,6 +81,63 @@ SolverRowOut solver_row(int64_t K, int64_t W, RowPlanes<const T> y, RowPlanes<co
     solver_row_class<U, T>(W, y[k], operand[k], potts_grad[k], pull, factor, eps, grad[k], lo, hi);
   for (int64_t w = 0; w < W; ++w) out.spread = std::max(out.spread, static_cast<double>(hi[w] - lo[w]));
   return out;
+}
+
+// One entropic mirror step for the W pixels of one row (the row form of mirror_pixel, solver_math.h):
+// new log y = max(log y - s g - lse, log_floor) with lse the log-sum-exp over k, y = exp(new log y)
+// computed as exp(log y - s g - m) / sum (one exponential per element; exp(log_floor) where floored, so
+// never a denormal), and the seeds' one-hot labels.  scratch holds 3 * W.
+template <typename T>
+inline void mirror_row_max(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
+                           T* __restrict__ m) {
+  for (int64_t w = 0; w < W; ++w) m[w] = std::max(m[w], log_y[w] - s * grad[w]);
+}
+
+template <typename T>
+inline void mirror_row_exp(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
+                           const T* __restrict__ m, T* __restrict__ total, T* __restrict__ y) {
+  for (int64_t w = 0; w < W; ++w) {
+    const T e = potts_exp(log_y[w] - s * grad[w] - m[w]);
+    y[w] = e;
+    total[w] += e;
+  }
+}
+
+// Class k: seed holds the seed's class on seeded pixels and -1 elsewhere (as T, so that the loop has one
+// element width and vectorises).
+template <typename T>
+inline void mirror_row_normalise(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
+                                 const T* __restrict__ lse, const T* __restrict__ inv_total,
+                                 const T* __restrict__ seed, T k, T log_floor, T* __restrict__ new_log_y,
+                                 T* __restrict__ y) {
+  const T floor_y = potts_exp(log_floor);
+  for (int64_t w = 0; w < W; ++w) {
+    const T v = log_y[w] - s * grad[w] - lse[w];
+    const T free_log = v > log_floor ? v : log_floor, free_y = v > log_floor ? y[w] * inv_total[w] : floor_y;
+    const bool clamped = seed[w] >= T(0), on = seed[w] == k;
+    new_log_y[w] = clamped ? (on ? T(0) : log_floor) : free_log;
+    y[w] = clamped ? (on ? T(1) : T(0)) : free_y;
+  }
+}
+
+template <typename T>
+void mirror_row(int64_t K, int64_t W, RowPlanes<const T> log_y, RowPlanes<const T> grad, T s, const int64_t* seeds,
+                const bool* seeded, T log_floor, RowPlanes<T> new_log_y, RowPlanes<T> y, T* scratch) {
+  T *m = scratch, *total = m + W, *seed = m + 2 * W;
+  for (int64_t w = 0; w < W; ++w) {
+    m[w] = -std::numeric_limits<T>::infinity();
+    total[w] = T(0);
+    seed[w] = seeded[w] ? static_cast<T>(seeds[w]) : T(-1);
+  }
+  for (int64_t k = 0; k < K; ++k) mirror_row_max<T>(W, log_y[k], grad[k], s, m);
+  for (int64_t k = 0; k < K; ++k) mirror_row_exp<T>(W, log_y[k], grad[k], s, m, total, y[k]);
+  for (int64_t w = 0; w < W; ++w) {  // m becomes the log-sum-exp, total its inverse
+    m[w] += potts_log(total[w]);
+    total[w] = T(1) / total[w];
+  }
+  for (int64_t k = 0; k < K; ++k)
+    mirror_row_normalise<T>(W, log_y[k], grad[k], s, m, total, seed, static_cast<T>(k), log_floor, new_log_y[k],
+                            y[k]);
 }
 
 }  // namespace pottsops
