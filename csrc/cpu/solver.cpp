@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 #include "pottsops/relaxations.h"
