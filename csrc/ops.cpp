@@ -56,6 +56,15 @@ TORCH_LIBRARY(pottsops, m) {
   m.def(
       "mirror_step(Tensor log_y, Tensor grad, Tensor scale, Tensor seeds, Tensor seeded, float log_floor) -> "
       "(Tensor, Tensor)");
+  // mirror_solve (CPU): the whole mirror-descent loop of pottsops/solve.py from y (log_y = max(log y,
+  // log_floor)): grid_solver_gradient's energy, mirror_step, per-image steps of largest log-change tau
+  // (x1.25 accepted, x0.5 rejected; an image stops at relative change < tol or tau <= 1e-8) ->
+  // (y, energy (B,), energy after each step (T + 1, B), steps per image (B,) int64).
+  m.def(
+      "mirror_solve(Tensor y, Tensor log_y, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, "
+      "int[] offsets, float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, Tensor seeded, "
+      "Tensor seeds, int kind, float eta, float lam, float unary_eps, float log_floor, float step, int iters, "
+      "float tol) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

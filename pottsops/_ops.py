@@ -74,10 +74,16 @@ def _register():
         return y.new_empty(y.shape[0]), torch.empty_like(y, memory_format=torch.contiguous_format), \
             y.new_empty(y.shape[0])
 
-
     @torch.library.register_fake(lib + "mirror_step")
     def _(log_y, grad, scale, seeds, seeded, log_floor):
         return torch.empty_like(log_y), torch.empty_like(log_y)
+
+    @torch.library.register_fake(lib + "mirror_solve")
+    def _(y, log_y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled,
+          seeded, seeds, kind, eta, lam, unary_eps, log_floor, step, iters, tol):
+        B = y.shape[0]
+        steps = torch.library.get_ctx().new_dynamic_size()  # the trace's length depends on the data
+        return torch.empty_like(y), y.new_empty(B), y.new_empty(steps, B), y.new_empty(B, dtype=torch.long)
 
     @torch.library.register_fake(lib + "segment_sum")
     def _(rows, offsets):

@@ -109,12 +109,17 @@ class _FusedProblem(_Problem):
         return torch.ops.pottsops.mirror_step(log_y, grad, scale, self.seed_ids, self.seeded, LOG_FLOOR)
 
 
-def _mirror(problem, y, iters, tol, step, info, sync_free=None):
+def _mirror(problem, y, iters, tol, step, info, sync_free=None, compiled=None):
     """Entropic mirror descent with a per-image step: the largest change of log y_ik in image b is tau_b,
     x1.25 after an accepted step, x0.5 after a rejected one (energy up: the image keeps its iterate).
-    Images stop at relative change < tol.  On CUDA with the fused step (sync_free=None: auto) the loop body
-    is sync-free and replayed from CUDA graphs of GRAPH_ITERATIONS steps, the stopping test between
-    replays; elsewhere each step copies back only the rejected images (cheaper on a CPU)."""
+    Images stop at relative change < tol.  With the fused step on the CPU (compiled=None: auto) the whole
+    loop runs in one compiled op (mirror_solve), image by image.  On CUDA with the fused step
+    (sync_free=None: auto) the loop body is sync-free and replayed from CUDA graphs of GRAPH_ITERATIONS
+    steps, the stopping test between replays; elsewhere each step copies back only the rejected images."""
+    if compiled is None:
+        compiled = isinstance(problem, _FusedProblem) and y.device.type == "cpu"
+    if compiled:
+        return _mirror_compiled(problem, y, iters, tol, step, info)
     state = _MirrorState(problem, y, step)
     info.energies.append(state.energy.clone())
     if sync_free is None:
@@ -132,6 +137,18 @@ def _mirror(problem, y, iters, tol, step, info, sync_free=None):
         info.energies.append(state.energy.clone())
     info.iterations = state.iterations
     return state.y, state.energy
+
+
+def _mirror_compiled(problem, y, iters, tol, step, info):
+    """_mirror's loop in the CPU op mirror_solve: the same arithmetic, step control and trace."""
+    y = y.contiguous()
+    log_y = torch.log(y).clamp(min=LOG_FLOOR)
+    y, energy, trace, iterations = torch.ops.pottsops.mirror_solve(
+        y, log_y, *problem.grid_args, problem.operand, problem.unlabeled, problem.seeded, problem.seed_ids,
+        problem.unary_index, problem.eta, problem.lam, problem.eps, LOG_FLOOR, step, iters, tol)
+    info.energies.extend(trace.unbind(0))
+    info.iterations = iterations
+    return y, energy
 
 
 GRAPH_ITERATIONS = 10

@@ -125,6 +125,14 @@ def test_fused_ops_opcheck(backend):
     torch.library.opcheck(torch.ops.pottsops.mirror_step.default, (y.log(), potts_grad, scale, seeds, seeded, -60.0))
     with pytest.raises(RuntimeError, match="seeds: expected int64"):
         torch.ops.pottsops.mirror_step(y.log(), potts_grad, scale, seeds.int(), seeded, -60.0)
+    if device == "cpu":  # the whole loop, a CPU op (CUDA runs the steps from CUDA graphs)
+        solve_args = [y, y.log().clamp(min=-60), image, None, None, inv, [0, 1, 1, 0], [1.0, 1.0], 5, 1e-8,
+                      log_sigma.exp(), ~seeded, seeded, seeds, 0, 0.3, 6.0, 1e-8, -60.0, 1.0, 5, 0.0]
+        torch.library.opcheck(torch.ops.pottsops.mirror_solve.default, tuple(solve_args))
+        for at, value, pattern in ((13, seeds.int(), "seeds: expected int64"), (20, -1, "iters: expected"),
+                                   (19, 0.0, "step: expected a number > 0")):
+            with pytest.raises(RuntimeError, match=pattern):
+                torch.ops.pottsops.mirror_solve(*solve_args[:at], value, *solve_args[at + 1:])
     with pytest.raises(RuntimeError, match="operand: expected a contiguous"):
         torch.ops.pottsops.solver_gradient(y, log_sigma.float(), potts_grad, ~seeded, seeded, 0, 0.3, 6.0, 1e-8)
 
@@ -174,6 +182,44 @@ def test_sync_free_steps_give_the_same_iterates(backend):
     assert torch.equal(iterations2, iterations)
     torch.testing.assert_close(trace2[:len(trace)], trace, rtol=0, atol=0)  # later entries: no-op steps
     assert (trace2[len(trace):] == energy).all()
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="the compiled CPU backend is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relaxation", ["cd", "nq"])
+def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
+    """mirror_solve (the whole CPU loop in one op, image by image) against _mirror's Python loop over the
+    same fused ops: bit-identical iterates, energies, steps and trace, with images stopping at different
+    steps, a mask and a window neighbourhood; and the same for 1 and 2 threads and an image solved alone
+    (images in parallel vs rows in parallel)."""
+    logits, image, seeds = problem(B=3, seed=13)
+    mask = random_mask((3, 4, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(13))
+    args = dict(logits=logits.to(dtype), image=image.to(dtype), seeds=seeds, relaxation=relaxation, unary="cce",
+                neighborhood=pottsops.window(2, 1), eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask,
+                weights=None, ignore_index=255, dense_method="lattice", method="mirror", backend="cpu")
+
+    def run(compiled, threads, images=slice(None)):
+        sliced = dict(args, logits=args["logits"][images], image=args["image"][images], seeds=seeds[images],
+                      mask=mask[images])
+        fused = solve_module._make_problem(**sliced)
+        info = solve_module.SolveInfo()
+        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            y, energy = solve_module._mirror(fused, y0, 40, 1e-4, 1.0, info, compiled=compiled)
+        finally:
+            torch.set_num_threads(before)
+        return y, energy, info.iterations, torch.stack(info.energies)
+
+    python = run(False, 2)
+    assert int(python[2].min()) < int(python[2].max())  # images stopped at different steps
+    for got in (run(True, 2), run(True, 1)):
+        for a, b in zip(got, python):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    alone = run(True, 2, slice(1, 2))  # B < threads: one image, its rows in parallel
+    assert torch.equal(alone[0], python[0][1:2]) and torch.equal(alone[1], python[1][1:2])
+    assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
 def test_different_one_hot_seeds_side_by_side_stay_finite():
