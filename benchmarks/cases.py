@@ -1,6 +1,8 @@
 """The registry of benchmark cases: each op at each configuration, with its float64 reference and its
 byte floor.  Backends: names accepted by pottsops ('cpu', 'cuda', 'triton', 'reference') plus
 'compile(reference)', torch.compile of the reference measured in the same run."""
+import importlib
+
 import torch
 import torch.nn.functional as F
 
@@ -231,6 +233,10 @@ def _compiled_energy(energy):
     return lambda v: _compiled["energy"](v, energy)
 
 
+ONE_LAUNCH = "cuda one-launch"
+solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
+
+
 def solver_case(shape, backends, iters=50):
     """pottsops.solve (mirror descent, the fused step) against the reference solver (Adam on pseudo-logits
     through autograd) and its torch.compile'd energy: nn4, cd + cce, iters iterations.  The check: y on the
@@ -253,6 +259,14 @@ def solver_case(shape, backends, iters=50):
         if backend in ("reference", "compile(reference)"):
             return (reference_solver(inputs["logits"], inputs["image"], inputs["seeds"], iters,
                                      compiled=backend == "compile(reference)"),)
+        if backend == ONE_LAUNCH:  # the CUDA loop with one launch per step, opt-in until measured here
+            default = solve_module.ONE_LAUNCH_DEFAULT
+            solve_module.ONE_LAUNCH_DEFAULT = True
+            try:
+                return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0,
+                                       backend="cuda"),)
+            finally:
+                solve_module.ONE_LAUNCH_DEFAULT = default
         return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0,
                                backend=backend),)
 

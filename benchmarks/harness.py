@@ -199,7 +199,7 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
     for backend, seconds in times.items():
         base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
                 "direction": case.direction, "backend": backend}
-        for baseline in ("reference", "compile(reference)", "unfold", "cpu", "per-class(cpu)"):
+        for baseline in ("reference", "compile(reference)", "unfold", "cpu", "per-class(cpu)", "cuda"):
             if baseline in times and backend != baseline:
                 rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
     return rows

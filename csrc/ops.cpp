@@ -65,6 +65,16 @@ TORCH_LIBRARY(pottsops, m) {
       "int[] offsets, float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, Tensor seeded, "
       "Tensor seeds, int kind, float eta, float lam, float unary_eps, float log_floor, float step, int iters, "
       "float tol) -> (Tensor, Tensor, Tensor, Tensor)");
+  // mirror_fused_step (CUDA): one step of that loop for every active image in one launch.  log_buffers and
+  // grad_buffers (2, B, K, H, W): per image, log y and the gradient of its iterate in buffer state[b, 0]
+  // (the trial goes to the other one); state (B, 7) float64: buffer, tau, energy, spread, active, steps,
+  // accepted steps; arrived (B,) int32 zeros (a counter each launch resets); trace_row (B,) gets the
+  // energy after the step.
+  m.def(
+      "mirror_fused_step(Tensor(a!) log_buffers, Tensor(b!) grad_buffers, Tensor(c!) state, Tensor(d!) arrived, "
+      "Tensor(e!) trace_row, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, int[] offsets, "
+      "float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, Tensor seeded, Tensor seeds, "
+      "int kind, float eta, float lam, float unary_eps, float log_floor, float tol) -> ()");
 }
 
 namespace {

@@ -85,6 +85,11 @@ def _register():
         steps = torch.library.get_ctx().new_dynamic_size()  # the trace's length depends on the data
         return torch.empty_like(y), y.new_empty(B), y.new_empty(steps, B), y.new_empty(B, dtype=torch.long)
 
+    @torch.library.register_fake(lib + "mirror_fused_step")
+    def _(log_buffers, grad_buffers, state, arrived, trace_row, image, weights, mask, inv_two_sigma2, offsets,
+          spatial, relaxation, eps, operand, unlabeled, seeded, seeds, kind, eta, lam, unary_eps, log_floor, tol):
+        return None
+
     @torch.library.register_fake(lib + "segment_sum")
     def _(rows, offsets):
         return rows.new_empty(offsets.shape[0] - 1, rows.shape[1])

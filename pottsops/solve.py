@@ -109,17 +109,28 @@ class _FusedProblem(_Problem):
         return torch.ops.pottsops.mirror_step(log_y, grad, scale, self.seed_ids, self.seeded, LOG_FLOOR)
 
 
-def _mirror(problem, y, iters, tol, step, info, sync_free=None, compiled=None):
+# The one-launch CUDA step (mirror_fused_step) is opt-in until it has been checked and timed on a GPU: no
+# GPU has run it yet (README, "GPU status").  benchmarks/gpu_suite.sh tests and times both CUDA loops.
+ONE_LAUNCH_DEFAULT = False
+
+
+def _mirror(problem, y, iters, tol, step, info, sync_free=None, compiled=None, one_launch=None):
     """Entropic mirror descent with a per-image step: the largest change of log y_ik in image b is tau_b,
     x1.25 after an accepted step, x0.5 after a rejected one (energy up: the image keeps its iterate).
     Images stop at relative change < tol.  With the fused step on the CPU (compiled=None: auto) the whole
-    loop runs in one compiled op (mirror_solve), image by image.  On CUDA with the fused step
-    (sync_free=None: auto) the loop body is sync-free and replayed from CUDA graphs of GRAPH_ITERATIONS
-    steps, the stopping test between replays; elsewhere each step copies back only the rejected images."""
+    loop runs in one compiled op (mirror_solve), image by image.  On CUDA with the fused step, either one
+    launch per step (one_launch=None: ONE_LAUNCH_DEFAULT) replayed from CUDA graphs, or (sync_free=None:
+    auto) a sync-free loop body of a few kernels replayed from CUDA graphs of GRAPH_ITERATIONS steps, the
+    stopping test between replays; elsewhere each step copies back only the rejected images."""
+    fused = isinstance(problem, _FusedProblem)
     if compiled is None:
-        compiled = isinstance(problem, _FusedProblem) and y.device.type == "cpu"
+        compiled = fused and y.device.type == "cpu"
     if compiled:
         return _mirror_compiled(problem, y, iters, tol, step, info)
+    if one_launch is None:
+        one_launch = ONE_LAUNCH_DEFAULT and fused and y.is_cuda
+    if one_launch:
+        return _mirror_one_launch(problem, y, iters, tol, step, info)
     state = _MirrorState(problem, y, step)
     info.energies.append(state.energy.clone())
     if sync_free is None:
@@ -152,6 +163,57 @@ def _mirror_compiled(problem, y, iters, tol, step, info):
 
 
 GRAPH_ITERATIONS = 10
+
+
+def _mirror_one_launch(problem, y, iters, tol, step, info):
+    """_mirror's loop on CUDA with one kernel launch per step (mirror_fused_step: the mirror step, the
+    gradient at the stepped labels and each image's step control fused), GRAPH_ITERATIONS launches per CUDA
+    graph replay, the stopping test between replays.  An image's iterate is kept as log y and its gradient,
+    in two buffers swapped on acceptance; y = exp(log y) at the end (y itself if no step was accepted)."""
+    B = y.shape[0]
+    y = y.contiguous()
+    logs = torch.empty((2, *y.shape), dtype=y.dtype, device=y.device)
+    logs[0] = torch.log(y).clamp(min=LOG_FLOOR)
+    grads = torch.empty_like(logs)
+    energy, grads[0], spread = problem.gradient(y)
+    state = torch.zeros(B, 7, dtype=torch.float64, device=y.device)  # columns: see mirror_fused_step
+    state[:, 1] = torch.tensor(step, dtype=y.dtype).double()
+    state[:, 2], state[:, 3], state[:, 4] = energy, spread, 1
+    arrived = torch.zeros(B, dtype=torch.int32, device=y.device)
+    trace = torch.empty(GRAPH_ITERATIONS, B, dtype=y.dtype, device=y.device)
+    info.energies.append(energy.clone())
+
+    def launch(row):
+        torch.ops.pottsops.mirror_fused_step(logs, grads, state, arrived, row, *problem.grid_args, problem.operand,
+                                             problem.unlabeled, problem.seeded, problem.seed_ids,
+                                             problem.unary_index, problem.eta, problem.lam, problem.eps, LOG_FLOOR,
+                                             tol)
+
+    done = 0
+    if iters > GRAPH_ITERATIONS:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the first step eagerly: it warms up the op
+            launch(trace[0])
+        torch.cuda.current_stream().wait_stream(side)
+        info.energies.append(trace[0].clone())
+        done = 1
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for j in range(GRAPH_ITERATIONS):
+                launch(trace[j])
+        while done + GRAPH_ITERATIONS <= iters and bool(state[:, 4].any()):
+            graph.replay()
+            info.energies.extend(trace.clone().unbind(0))
+            done += GRAPH_ITERATIONS
+    while done < iters and bool(state[:, 4].any()):
+        launch(trace[0])
+        info.energies.append(trace[0].clone())
+        done += 1
+    log_y = logs[state[:, 0].long(), torch.arange(B, device=y.device)]
+    moved = (state[:, 6] > 0).view(B, 1, 1, 1)
+    info.iterations = state[:, 5].long()
+    return torch.where(moved, log_y.exp(), y), state[:, 2].to(y.dtype)
 
 
 class _MirrorState:

@@ -222,6 +222,39 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
+@pytest.mark.skipif("cuda" not in FUSED, reason="no CUDA device: the one-launch CUDA step is checked by "
+                                                 "benchmarks/gpu_suite.sh")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("neighborhood", ["nn4", "win2"])
+def test_one_launch_cuda_step_gives_the_python_loop(dtype, neighborhood):
+    """mirror_fused_step (one launch per step: the mirror step, the gradient at the stepped labels and the
+    step control fused, replayed from CUDA graphs) against _mirror's loop over the two-kernel step: the
+    same iterates, energies, steps and trace (the energy is summed in another order, so to rounding),
+    with images stopping at different steps, a mask and K = 21 (a register chunk of 32)."""
+    logits, image, seeds = problem(B=3, seed=14)
+    logits = torch.randn(3, 21, 14, 17, generator=torch.Generator().manual_seed(14)) * 2
+    mask = random_mask((3, 21, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(14))
+    args = dict(logits=logits.to(dtype).cuda(), image=image.to(dtype).cuda(), seeds=seeds.cuda(), relaxation="cd",
+                unary="cce", neighborhood=pottsops.window(2, 1) if neighborhood == "win2" else "nn4", eta=0.3,
+                lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask.cuda(), weights=None, ignore_index=255,
+                dense_method="lattice", method="mirror", backend="cuda")
+    runs = []
+    for one_launch in (False, True):
+        fused = solve_module._make_problem(**args)
+        info = solve_module.SolveInfo()
+        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
+        y, energy = solve_module._mirror(fused, y0, 35, 1e-4, 1.0, info, sync_free=False, one_launch=one_launch)
+        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
+    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
+    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y2, y, **tol)
+    torch.testing.assert_close(energy2, energy, **tol)
+    assert torch.equal(iterations2.cpu(), iterations.cpu())
+    torch.testing.assert_close(trace2[:len(trace)], trace, **tol)
+    assert (trace2[len(trace):] == energy2).all()
+
+
 def test_different_one_hot_seeds_side_by_side_stay_finite():
     logits, image, _ = problem(seed=6)
     seeds = torch.zeros(2, 14, 17, dtype=torch.long)

@@ -3,15 +3,17 @@
 // One thread per pixel, threads of a block along w (coalesced reads of y in NCHW; neighbours' labels
 // come from L1/L2).  The forward pass sums w P over the pairs that start at each pixel and reduces per
 // block in a fixed order (cub::BlockReduce); the per-block partials are summed per image afterwards:
-// deterministic, no atomics.  The backward pass is a gather: each pixel visits the pairs that start and
-// that end at it, recomputes their terms and writes its own gradient once.  Channels go through a
-// register accumulator of KMAX classes (K > KMAX is done in chunks of KMAX, recomputing the pair terms).
+// deterministic, no atomics.  The backward pass is a gather (grid_device.cuh): each pixel visits the pairs
+// that start and that end at it, recomputes their terms and writes its own gradient once.  Channels go
+// through a register accumulator of KMAX classes (K > KMAX is done in chunks of KMAX, recomputing the pair
+// terms).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cub/block/block_reduce.cuh>
 #include <torch/library.h>
 
+#include "cuda/grid_device.cuh"
 #include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
@@ -19,105 +21,6 @@
 
 namespace pottsops {
 namespace {
-
-// The offsets and spatial factors, passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of
-// parameters on sm_70 and later; 512 offsets take 6 KB in double).
-template <typename acc_t>
-struct PairTable {
-  int count;
-  int16_t dy[kMaxOffsets];
-  int16_t dx[kMaxOffsets];
-  acc_t spatial[kMaxOffsets];
-};
-
-template <typename scalar_t>
-struct DeviceGrid {
-  using acc_t = at::opmath_type<scalar_t>;
-  View4<const scalar_t> y;
-  View4<const acc_t> image, weights;
-  View4<const bool> mask;
-  const acc_t* inv_two_sigma2;
-  int64_t K, H, W, C;
-  acc_t eps;
-
-  __device__ bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
-
-  __device__ bool inside(int64_t h, int64_t w) const { return h >= 0 && h < H && w >= 0 && w < W; }
-
-  // Weight of the pair (h, w) -> (h + dy_e, w + dx_e), both ends present.
-  __device__ acc_t weight(const PairTable<acc_t>& pairs, int64_t b, int e, int64_t h, int64_t w) const {
-    if (weights.data) return weights(b, e, h, w);
-    const acc_t spatial = pairs.spatial[e];
-    if (!image.data) return spatial;
-    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
-    acc_t d2 = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t d = image(b, c, h, w) - image(b, c, h2, w2);
-      d2 += d * d;
-    }
-    return spatial * potts_exp(-d2 * inv_two_sigma2[b]);
-  }
-
-  __device__ acc_t label(int64_t b, int64_t k, int64_t h, int64_t w) const {
-    return static_cast<acc_t>(y(b, k, h, w));
-  }
-
-  __device__ acc_t norm(int64_t b, int64_t h, int64_t w) const {
-    acc_t a = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t v = label(b, k, h, w);
-      a += v * v;
-    }
-    return a;
-  }
-
-  // s = p . q and |q|^2 for the pixels p = (h, w), q = (h2, w2).
-  __device__ void dot(int64_t b, int64_t h, int64_t w, int64_t h2, int64_t w2, acc_t& s, acc_t& nq) const {
-    s = 0;
-    nq = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t q = label(b, k, h2, w2);
-      s += label(b, k, h, w) * q;
-      nq += q * q;
-    }
-  }
-};
-
-template <typename scalar_t>
-DeviceGrid<scalar_t> device_grid(const GridArgs& args, const at::Tensor& like) {
-  using acc_t = at::opmath_type<scalar_t>;
-  DeviceGrid<scalar_t> g{};
-  if (args.y.defined()) g.y = const_view4<scalar_t>(args.y);
-  if (args.image.defined()) {
-    g.image = const_view4<acc_t>(args.image);
-    g.inv_two_sigma2 = args.inv_two_sigma2.data_ptr<acc_t>();
-    g.C = args.image.size(1);
-  }
-  if (args.weights.defined()) g.weights = const_view4<acc_t>(args.weights);
-  if (args.mask.defined()) {
-    g.mask = const_pixel_view<bool>(args.mask);
-  }
-  g.K = args.y.defined() ? args.y.size(1) : 0;
-  g.H = like.size(2);
-  g.W = like.size(3);
-  g.eps = static_cast<acc_t>(args.eps);
-  return g;
-}
-
-template <typename acc_t>
-PairTable<acc_t> pair_table(const GridArgs& args) {
-  PairTable<acc_t> t{};
-  t.count = static_cast<int>(args.num_offsets());
-  TORCH_CHECK(t.count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
-  for (int e = 0; e < t.count; ++e) {
-    TORCH_CHECK(args.dy[e] < 32768 && args.dx[e] < 32768 && args.dx[e] > -32768, "offsets: (", args.dy[e], ", ",
-                args.dx[e], ") too large");
-    t.dy[e] = static_cast<int16_t>(args.dy[e]);
-    t.dx[e] = static_cast<int16_t>(args.dx[e]);
-    t.spatial[e] = static_cast<acc_t>(args.spatial[e]);
-  }
-  return t;
-}
 
 template <int R, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -130,14 +33,16 @@ __global__ void __launch_bounds__(kThreads)
   if (i < g.H * g.W) {
     const int64_t h = i / g.W, w = i % g.W;
     if (g.present(b, h, w)) {
-      const acc_t a = g.norm(b, h, w);
+      const StoredLabels<scalar_t> labels = g.stored();
+      const auto p = labels.at(b, h, w);
+      const acc_t a = g.norm(labels, p);
       for (int e = 0; e < pairs.count; ++e) {
         const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
         if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
         const acc_t wt = g.weight(pairs, b, e, h, w);
         if (wt == acc_t(0)) continue;  // also where P is infinite: a zero weight removes the pair
         acc_t s, nq;
-        g.dot(b, h, w, h2, w2, s, nq);
+        g.dot(labels, p, labels.at(b, h2, w2), s, nq);
         total += wt * pair_terms<R, acc_t>(s, a, nq, g.eps).value;
       }
     }
@@ -146,45 +51,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename Reduce::TempStorage storage;
   const acc_t block_total = Reduce(storage).Sum(total);
   if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = block_total;
-}
-
-// The Potts gradient of pixel (h, w) for the classes c0 .. c0 + KMAX - 1: acc[k] gathers go w dP/ds q_k
-// over the pairs that start (direction 0) and that end (direction 1) at it, self the factor of its own
-// label (2 go w dP/da).  energy, if not null, gets go w P of the pairs that start at it (chunk 0 only);
-// grad_weights (contiguous (B, E, H, W), pre-zeroed), if not null, dE/dw of those pairs.
-template <int R, int KMAX, typename scalar_t>
-__device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const PairTable<at::opmath_type<scalar_t>>& pairs,
-                                     int64_t b, int64_t h, int64_t w, int64_t c0, at::opmath_type<scalar_t> go,
-                                     at::opmath_type<scalar_t> a, at::opmath_type<scalar_t>* acc,
-                                     at::opmath_type<scalar_t>& self, at::opmath_type<scalar_t>* energy,
-                                     at::opmath_type<scalar_t>* __restrict__ grad_weights) {
-  using acc_t = at::opmath_type<scalar_t>;
-#pragma unroll
-  for (int k = 0; k < KMAX; ++k) acc[k] = 0;
-  self = 0;
-  for (int direction = 0; direction < 2; ++direction) {
-    for (int e = 0; e < pairs.count; ++e) {
-      const int64_t sign = direction == 0 ? 1 : -1;
-      const int64_t h2 = h + sign * pairs.dy[e], w2 = w + sign * pairs.dx[e];
-      if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
-      const acc_t wt = direction == 0 ? g.weight(pairs, b, e, h, w) : g.weight(pairs, b, e, h2, w2);
-      const bool weight_grad = grad_weights && direction == 0 && c0 == 0;
-      if (wt == acc_t(0) && !weight_grad) continue;
-      acc_t s, nq;
-      g.dot(b, h, w, h2, w2, s, nq);
-      const PairTerms<acc_t> t =
-          direction == 0 ? pair_terms<R, acc_t>(s, a, nq, g.eps) : pair_terms<R, acc_t>(s, nq, a, g.eps);
-      if (weight_grad) grad_weights[((b * pairs.count + e) * g.H + h) * g.W + w] = go * t.value;
-      if (wt == acc_t(0)) continue;
-      const acc_t scale = go * wt;
-      if (energy && direction == 0 && c0 == 0) *energy += scale * t.value;
-      self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
-      const acc_t cross = scale * t.d_s;
-#pragma unroll
-      for (int k = 0; k < KMAX; ++k)
-        if (c0 + k < g.K) acc[k] += cross * g.label(b, c0 + k, h2, w2);
-    }
-  }
 }
 
 // grad_y of one pixel, KMAX channels at a time; grad_weights as in potts_gradient_chunk.
@@ -203,18 +69,20 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const acc_t go = grad_energy[b];
-  const acc_t a = g.norm(b, h, w);
+  const StoredLabels<scalar_t> labels = g.stored();
+  const auto p = labels.at(b, h, w);
+  const acc_t a = g.norm(labels, p);
   for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
     acc_t acc[KMAX], self;
-    potts_gradient_chunk<R, KMAX, scalar_t>(g, pairs, b, h, w, c0, go, a, acc, self, nullptr, grad_weights);
+    potts_gradient_chunk<R, KMAX, scalar_t>(g, labels, pairs, b, h, w, p, c0, go, a, acc, self, nullptr,
+                                            grad_weights);
 #pragma unroll
     for (int k = 0; k < KMAX; ++k)
-      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * g.label(b, c0 + k, h, w));
+      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * labels(p, c0 + k));
   }
 }
 
-// grid_solver_gradient: the gradient of eta H(y, sigma) + lam Potts(y) of one pixel (zero on seeds), the
-// pixel's share of the energy (its unary and the pairs that start at it) and its spread max_k g - min_k g,
+// grid_solver_gradient: solver_gradient_pixel (grid_device.cuh) for every pixel, the energy and spread
 // reduced per block in a fixed order.  operand, unlabeled, seeded and grad are contiguous.
 template <int R, int U, int KMAX, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -225,47 +93,18 @@ __global__ void __launch_bounds__(kThreads)
                            double* __restrict__ spread_partial) {
   const int64_t b = blockIdx.y, n = g.H * g.W;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  scalar_t energy = 0, lo = 0, hi = 0;
+  scalar_t energy = 0, spread = 0;
   if (i < n) {
-    const int64_t h = i / g.W, w = i % g.W, base = b * g.K * n + i;
-    const bool here = g.present(b, h, w), unl = unlabeled[b * n + i], seed = seeded[b * n + i];
-    scalar_t dot = 0, sum_y = 0;
-    if (unl) {
-      for (int64_t k = 0; k < g.K; ++k) {
-        const scalar_t y = g.label(b, k, h, w), o = operand[base + k * n];
-        dot += unary_dot_term<U, scalar_t>(o, y, o, unary_eps);
-        sum_y += y;
-      }
-      energy += eta * unary_value<U, scalar_t>(dot, sum_y, scalar_t(0), unary_eps);
-    }
-    const scalar_t a = here ? g.norm(b, h, w) : scalar_t(0);
-    for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
-      scalar_t acc[KMAX], self = 0;
-      if (here) {
-        potts_gradient_chunk<R, KMAX, scalar_t>(g, pairs, b, h, w, c0, lam, a, acc, self, &energy, nullptr);
-      } else {
-#pragma unroll
-        for (int k = 0; k < KMAX; ++k) acc[k] = 0;
-      }
-#pragma unroll
-      for (int k = 0; k < KMAX; ++k) {
-        if (c0 + k >= g.K) continue;
-        const scalar_t y = g.label(b, c0 + k, h, w), o = operand[base + (c0 + k) * n];
-        scalar_t gk = acc[k] + self * y;
-        if (unl) gk += eta * unary_grad_label<U, scalar_t>(o, y, o, dot, scalar_t(0), unary_eps);
-        gk = seed || !here ? scalar_t(0) : gk;
-        grad[base + (c0 + k) * n] = gk;
-        lo = c0 + k == 0 ? gk : (gk < lo ? gk : lo);
-        hi = c0 + k == 0 ? gk : (gk > hi ? gk : hi);
-      }
-    }
+    scalar_t* out = grad + b * g.K * n + i;
+    solver_gradient_pixel<R, U, KMAX, scalar_t>(
+        g, g.stored(), pairs, operand, unlabeled, seeded, eta, lam, unary_eps, b, i,
+        [&](int64_t k, scalar_t gk) { out[k * n] = gk; }, energy, spread);
   }
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
   const double total = Reduce(storage).Sum(static_cast<double>(energy));
   __syncthreads();
-  const double widest =
-      Reduce(storage).Reduce(static_cast<double>(hi - lo), [](double x, double y) { return x > y ? x : y; });
+  const double widest = Reduce(storage).Reduce(static_cast<double>(spread), [](double x, double y) { return x > y ? x : y; });
   if (threadIdx.x == 0) {
     energy_partial[b * gridDim.x + blockIdx.x] = total;
     spread_partial[b * gridDim.x + blockIdx.x] = widest;
@@ -284,20 +123,6 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
     const bool valid = here && g.inside(h2, w2) && g.present(b, h2, w2);
     out(b, e, h, w) = valid ? g.weight(pairs, b, e, h, w) : acc_t(0);
-  }
-}
-
-// Runs body with the register width KMAX (a compile-time constant) for K classes.
-template <typename Body>
-void dispatch_kmax(int64_t K, Body&& body) {
-  if (K <= 4) {
-    body(std::integral_constant<int, 4>{});
-  } else if (K <= 16) {
-    body(std::integral_constant<int, 16>{});
-  } else if (K <= 32) {
-    body(std::integral_constant<int, 32>{});
-  } else {
-    body(std::integral_constant<int, 64>{});
   }
 }
 

@@ -1,0 +1,238 @@
+// The device side of the CUDA grid/window Potts kernels, shared by the grid ops (grid_potts.cu) and the
+// fused solver step (solver.cu).
+//
+// One thread per pixel.  A pixel's gradient is a gather over the pairs that start and that end at it; the
+// labels come from a label source: StoredLabels reads y, MirroredLabels computes the labels one mirror
+// step ahead where they are read (solver.cu), so that the step and the gradient at the stepped labels are
+// one pass.  A source's at(b, h, w) returns what it needs per pixel (for MirroredLabels the log-sum-exp),
+// computed once per pixel visited.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <type_traits>
+
+#include "pottsops/cuda_launch.cuh"
+#include "pottsops/grid_args.h"
+#include "pottsops/relaxations.h"
+
+namespace pottsops {
+
+// The offsets and spatial factors, passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of
+// parameters on sm_70 and later; 512 offsets take 6 KB in double).
+template <typename acc_t>
+struct PairTable {
+  int count;
+  int16_t dy[kMaxOffsets];
+  int16_t dx[kMaxOffsets];
+  acc_t spatial[kMaxOffsets];
+};
+
+// Labels read from y (any strides).
+template <typename scalar_t>
+struct StoredLabels {
+  using acc_t = at::opmath_type<scalar_t>;
+  struct Pixel {
+    int64_t b, h, w;
+  };
+  View4<const scalar_t> y;
+
+  __device__ Pixel at(int64_t b, int64_t h, int64_t w) const { return {b, h, w}; }
+  __device__ acc_t operator()(const Pixel& p, int64_t k) const { return static_cast<acc_t>(y(p.b, k, p.h, p.w)); }
+};
+
+// The image, weights and mask of a grid problem and its edge weights.
+template <typename scalar_t>
+struct DeviceGrid {
+  using acc_t = at::opmath_type<scalar_t>;
+  View4<const scalar_t> y;
+  View4<const acc_t> image, weights;
+  View4<const bool> mask;
+  const acc_t* inv_two_sigma2;
+  int64_t K, H, W, C;
+  acc_t eps;
+
+  __device__ bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
+
+  __device__ bool inside(int64_t h, int64_t w) const { return h >= 0 && h < H && w >= 0 && w < W; }
+
+  // Weight of the pair (h, w) -> (h + dy_e, w + dx_e), both ends present.
+  __device__ acc_t weight(const PairTable<acc_t>& pairs, int64_t b, int e, int64_t h, int64_t w) const {
+    if (weights.data) return weights(b, e, h, w);
+    const acc_t spatial = pairs.spatial[e];
+    if (!image.data) return spatial;
+    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+    acc_t d2 = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t d = image(b, c, h, w) - image(b, c, h2, w2);
+      d2 += d * d;
+    }
+    return spatial * potts_exp(-d2 * inv_two_sigma2[b]);
+  }
+
+  __device__ StoredLabels<scalar_t> stored() const { return {y}; }
+
+  template <typename Labels>
+  __device__ acc_t norm(const Labels& labels, const typename Labels::Pixel& p) const {
+    acc_t a = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t v = labels(p, k);
+      a += v * v;
+    }
+    return a;
+  }
+
+  // s = p . q and |q|^2.
+  template <typename Labels>
+  __device__ void dot(const Labels& labels, const typename Labels::Pixel& p, const typename Labels::Pixel& q,
+                      acc_t& s, acc_t& nq) const {
+    s = 0;
+    nq = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t v = labels(q, k);
+      s += labels(p, k) * v;
+      nq += v * v;
+    }
+  }
+};
+
+template <typename scalar_t>
+DeviceGrid<scalar_t> device_grid(const GridArgs& args, const at::Tensor& like) {
+  using acc_t = at::opmath_type<scalar_t>;
+  DeviceGrid<scalar_t> g{};
+  if (args.y.defined()) g.y = const_view4<scalar_t>(args.y);
+  if (args.image.defined()) {
+    g.image = const_view4<acc_t>(args.image);
+    g.inv_two_sigma2 = args.inv_two_sigma2.data_ptr<acc_t>();
+    g.C = args.image.size(1);
+  }
+  if (args.weights.defined()) g.weights = const_view4<acc_t>(args.weights);
+  if (args.mask.defined()) {
+    g.mask = const_pixel_view<bool>(args.mask);
+  }
+  g.K = args.y.defined() ? args.y.size(1) : 0;
+  g.H = like.size(2);
+  g.W = like.size(3);
+  g.eps = static_cast<acc_t>(args.eps);
+  return g;
+}
+
+template <typename acc_t>
+PairTable<acc_t> pair_table(const GridArgs& args) {
+  PairTable<acc_t> t{};
+  t.count = static_cast<int>(args.num_offsets());
+  TORCH_CHECK(t.count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
+  for (int e = 0; e < t.count; ++e) {
+    TORCH_CHECK(args.dy[e] < 32768 && args.dx[e] < 32768 && args.dx[e] > -32768, "offsets: (", args.dy[e], ", ",
+                args.dx[e], ") too large");
+    t.dy[e] = static_cast<int16_t>(args.dy[e]);
+    t.dx[e] = static_cast<int16_t>(args.dx[e]);
+    t.spatial[e] = static_cast<acc_t>(args.spatial[e]);
+  }
+  return t;
+}
+
+// The Potts gradient of pixel p = (h, w) for the classes c0 .. c0 + KMAX - 1: acc[k] gathers go w dP/ds q_k
+// over the pairs that start (direction 0) and that end (direction 1) at it, self the factor of its own
+// label (2 go w dP/da); a = |p|^2.  energy, if not null, gets go w P of the pairs that start at it (chunk 0
+// only); grad_weights (contiguous (B, E, H, W), pre-zeroed), if not null, dE/dw of those pairs.
+template <int R, int KMAX, typename scalar_t, typename Labels>
+__device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels& labels,
+                                     const PairTable<at::opmath_type<scalar_t>>& pairs, int64_t b, int64_t h,
+                                     int64_t w, const typename Labels::Pixel& p, int64_t c0,
+                                     at::opmath_type<scalar_t> go, at::opmath_type<scalar_t> a,
+                                     at::opmath_type<scalar_t>* acc, at::opmath_type<scalar_t>& self,
+                                     at::opmath_type<scalar_t>* energy,
+                                     at::opmath_type<scalar_t>* __restrict__ grad_weights) {
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma unroll
+  for (int k = 0; k < KMAX; ++k) acc[k] = 0;
+  self = 0;
+  for (int direction = 0; direction < 2; ++direction) {
+    for (int e = 0; e < pairs.count; ++e) {
+      const int64_t sign = direction == 0 ? 1 : -1;
+      const int64_t h2 = h + sign * pairs.dy[e], w2 = w + sign * pairs.dx[e];
+      if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
+      const acc_t wt = direction == 0 ? g.weight(pairs, b, e, h, w) : g.weight(pairs, b, e, h2, w2);
+      const bool weight_grad = grad_weights && direction == 0 && c0 == 0;
+      if (wt == acc_t(0) && !weight_grad) continue;
+      const typename Labels::Pixel q = labels.at(b, h2, w2);
+      acc_t s, nq;
+      g.dot(labels, p, q, s, nq);
+      const PairTerms<acc_t> t =
+          direction == 0 ? pair_terms<R, acc_t>(s, a, nq, g.eps) : pair_terms<R, acc_t>(s, nq, a, g.eps);
+      if (weight_grad) grad_weights[((b * pairs.count + e) * g.H + h) * g.W + w] = go * t.value;
+      if (wt == acc_t(0)) continue;
+      const acc_t scale = go * wt;
+      if (energy && direction == 0 && c0 == 0) *energy += scale * t.value;
+      self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
+      const acc_t cross = scale * t.d_s;
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k)
+        if (c0 + k < g.K) acc[k] += cross * labels(q, c0 + k);
+    }
+  }
+}
+
+// One pixel of the fused solver gradient: g = [not seeded, present] (lam potts_grad + [unlabeled] eta
+// dH/dy), handed to store(k, g_k); adds the pixel's share of the energy (its unary and lam w P of the pairs
+// that start at it) to energy and its spread max_k g - min_k g to spread.  operand, unlabeled and seeded
+// are contiguous; i = h * W + w.
+template <int R, int U, int KMAX, typename scalar_t, typename Labels, typename Store>
+__device__ void solver_gradient_pixel(const DeviceGrid<scalar_t>& g, const Labels& labels,
+                                      const PairTable<scalar_t>& pairs, const scalar_t* __restrict__ operand,
+                                      const bool* __restrict__ unlabeled, const bool* __restrict__ seeded,
+                                      scalar_t eta, scalar_t lam, scalar_t unary_eps, int64_t b, int64_t i,
+                                      Store&& store, scalar_t& energy, scalar_t& spread) {
+  const int64_t n = g.H * g.W, h = i / g.W, w = i % g.W, base = b * g.K * n + i;
+  const bool here = g.present(b, h, w), unl = unlabeled[b * n + i], seed = seeded[b * n + i];
+  const typename Labels::Pixel p = labels.at(b, h, w);
+  scalar_t dot = 0, sum_y = 0, lo = 0, hi = 0;
+  if (unl) {
+    for (int64_t k = 0; k < g.K; ++k) {
+      const scalar_t y = labels(p, k), o = operand[base + k * n];
+      dot += unary_dot_term<U, scalar_t>(o, y, o, unary_eps);
+      sum_y += y;
+    }
+    energy += eta * unary_value<U, scalar_t>(dot, sum_y, scalar_t(0), unary_eps);
+  }
+  const scalar_t a = here ? g.norm(labels, p) : scalar_t(0);
+  for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
+    scalar_t acc[KMAX], self = 0;
+    if (here) {
+      potts_gradient_chunk<R, KMAX, scalar_t>(g, labels, pairs, b, h, w, p, c0, lam, a, acc, self, &energy, nullptr);
+    } else {
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k) acc[k] = 0;
+    }
+#pragma unroll
+    for (int k = 0; k < KMAX; ++k) {
+      if (c0 + k >= g.K) continue;
+      const scalar_t y = labels(p, c0 + k), o = operand[base + (c0 + k) * n];
+      scalar_t gk = acc[k] + self * y;
+      if (unl) gk += eta * unary_grad_label<U, scalar_t>(o, y, o, dot, scalar_t(0), unary_eps);
+      gk = seed || !here ? scalar_t(0) : gk;
+      store(c0 + k, gk);
+      lo = c0 + k == 0 ? gk : (gk < lo ? gk : lo);
+      hi = c0 + k == 0 ? gk : (gk > hi ? gk : hi);
+    }
+  }
+  spread = hi - lo;
+}
+
+// Runs body with the register width KMAX (a compile-time constant) for K classes.
+template <typename Body>
+void dispatch_kmax(int64_t K, Body&& body) {
+  if (K <= 4) {
+    body(std::integral_constant<int, 4>{});
+  } else if (K <= 16) {
+    body(std::integral_constant<int, 16>{});
+  } else if (K <= 32) {
+    body(std::integral_constant<int, 32>{});
+  } else {
+    body(std::integral_constant<int, 64>{});
+  }
+}
+
+}  // namespace pottsops
