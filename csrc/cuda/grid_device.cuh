@@ -235,4 +235,15 @@ void dispatch_kmax(int64_t K, Body&& body) {
   }
 }
 
+// Runs body(r, u, kmax) with the relaxation, the unary and the register width KMAX for K classes as
+// compile-time constants (std::integral_constant), for the solver kernels.
+template <typename Body>
+void dispatch_solver(int relaxation, int64_t kind, int64_t K, Body&& body) {
+  POTTS_DISPATCH_RELAXATION(relaxation, [&] {
+    POTTS_DISPATCH_UNARY(kind, [&] {
+      dispatch_kmax(K, [&](auto kmax) { body(std::integral_constant<int, R>{}, std::integral_constant<int, U>{}, kmax); });
+    });
+  });
+}
+
 }  // namespace pottsops

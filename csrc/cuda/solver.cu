@@ -293,18 +293,17 @@ void mirror_fused_step_cuda(const at::Tensor& log_buffers, const at::Tensor& gra
     using T = scalar_t;
     const DeviceGrid<T> g = device_grid<T>(args, log_y);
     const PairTable<T> pairs = pair_table<T>(args);
-    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
-      POTTS_DISPATCH_UNARY(kind, [&] {
-        dispatch_kmax(log_y.size(1), [&](auto kmax) {
-          mirror_fused_kernel<R, U, decltype(kmax)::value, T><<<grid, kThreads, 0, stream>>>(
-              g, pairs, log_buffers.data_ptr<T>(), grad_buffers.data_ptr<T>(), state.data_ptr<double>(),
-              reinterpret_cast<unsigned int*>(arrived.data_ptr<int32_t>()), energy.data_ptr<double>(),
-              spread.data_ptr<double>(), operand.data_ptr<T>(), unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
-              seeds.data_ptr<int64_t>(), static_cast<T>(eta), static_cast<T>(lam), static_cast<T>(unary_eps),
-              static_cast<T>(log_floor), static_cast<T>(tol), trace_row.data_ptr<T>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
+    dispatch_solver(args.relaxation, kind, log_y.size(1), [&](auto r, auto u, auto kmax) {
+      mirror_fused_kernel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, T>
+          <<<grid, kThreads, 0, stream>>>(g, pairs, log_buffers.data_ptr<T>(), grad_buffers.data_ptr<T>(),
+                                          state.data_ptr<double>(),
+                                          reinterpret_cast<unsigned int*>(arrived.data_ptr<int32_t>()),
+                                          energy.data_ptr<double>(), spread.data_ptr<double>(), operand.data_ptr<T>(),
+                                          unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
+                                          seeds.data_ptr<int64_t>(), static_cast<T>(eta), static_cast<T>(lam),
+                                          static_cast<T>(unary_eps), static_cast<T>(log_floor), static_cast<T>(tol),
+                                          trace_row.data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
