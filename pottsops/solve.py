@@ -190,7 +190,7 @@ def _mirror_one_launch(problem, y, iters, tol, step, info):
                                              tol)
 
     done = 0
-    if iters > GRAPH_ITERATIONS:
+    if y.is_cuda and iters > GRAPH_ITERATIONS:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # the first step eagerly: it warms up the op

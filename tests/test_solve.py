@@ -222,28 +222,74 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
-@pytest.mark.skipif("cuda" not in FUSED, reason="no CUDA device: the one-launch CUDA step is checked by "
-                                                 "benchmarks/gpu_suite.sh")
+def one_launch_step_reference(log_buffers, grad_buffers, state, arrived, trace_row, image, weights, mask, inv,
+                              offsets, spatial, relaxation, eps, operand, unlabeled, seeded, seeds, kind, eta, lam,
+                              unary_eps, log_floor, tol):
+    """mirror_fused_step's contract (csrc/ops.cpp) in PyTorch over the two-kernel step's CPU ops, one image
+    at a time: the CPU stand-in that lets the one-launch loop's Python side run without a GPU."""
+    dtype = log_buffers.dtype
+    for b in range(log_buffers.shape[1]):
+        row, one = state[b], slice(b, b + 1)
+        if row[4] == 0:  # stopped: keeps its iterate
+            trace_row[b] = row[2]
+            continue
+        c, tau, spread, value = int(row[0]), *(row[i].to(dtype) for i in (1, 3, 2))
+        scale = (tau / spread.clamp(min=torch.finfo(dtype).tiny)).reshape(1)
+        pick = lambda t: None if t is None else t[one]  # noqa: E731
+        trial_log, trial = torch.ops.pottsops.mirror_step(log_buffers[c, one], grad_buffers[c, one], scale, seeds[one],
+                                                          seeded[one], log_floor)
+        energy, grad, trial_spread = torch.ops.pottsops.grid_solver_gradient(
+            trial, pick(image), pick(weights), pick(mask), pick(inv), offsets, spatial, relaxation, eps, operand[one],
+            unlabeled[one], seeded[one], kind, eta, lam, unary_eps)
+        log_buffers[1 - c, b], grad_buffers[1 - c, b] = trial_log[0], grad[0]
+        accept = bool(torch.isfinite(energy[0]) & (energy[0] <= value))
+        change = (value - energy[0]).abs() / value.abs().clamp(min=1e-30)
+        tau = tau * 1.25 if accept else tau * 0.5
+        row[1], row[5] = tau, row[5] + 1
+        if accept:
+            row[0], row[2], row[3], row[6] = 1 - c, energy[0], trial_spread[0], row[6] + 1
+        row[4] = 0 if (accept and bool(change < tol)) or not bool(tau > 1e-8) else 1
+        trace_row[b] = row[2]
+
+
+@pytest.fixture
+def one_launch_on_cpu():
+    """one_launch_step_reference as mirror_fused_step's CPU kernel for the test's duration."""
+    lib = torch.library.Library("pottsops", "IMPL")
+    lib.impl("mirror_fused_step", one_launch_step_reference, "CPU")
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("neighborhood", ["nn4", "win2"])
-def test_one_launch_cuda_step_gives_the_python_loop(dtype, neighborhood):
-    """mirror_fused_step (one launch per step: the mirror step, the gradient at the stepped labels and the
-    step control fused, replayed from CUDA graphs) against _mirror's loop over the two-kernel step: the
-    same iterates, energies, steps and trace (the energy is summed in another order, so to rounding),
-    with images stopping at different steps, a mask and K = 21 (a register chunk of 32)."""
+def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood, request):
+    """The one-launch loop (_mirror_one_launch: state, two buffers per image, CUDA-graph replay) against
+    _mirror's loop over the two-kernel step: the same iterates, energies, steps and trace, with images
+    stopping at different steps, a mask and K = 21 (a register chunk of 32).  On CUDA it runs the fused
+    kernel (the energy is summed in another order: equal to rounding); on the CPU its Python side runs over
+    one_launch_step_reference, the kernel's contract written with the two-kernel step's ops."""
+    if device == "cuda" and "cuda" not in FUSED:
+        pytest.skip("no CUDA device: the one-launch CUDA kernel is checked by benchmarks/gpu_suite.sh")
+    if device == "cpu":
+        if "cpu" not in FUSED:
+            pytest.skip("the compiled CPU backend is not built")
+        request.getfixturevalue("one_launch_on_cpu")
     logits, image, seeds = problem(B=3, seed=14)
     logits = torch.randn(3, 21, 14, 17, generator=torch.Generator().manual_seed(14)) * 2
     mask = random_mask((3, 21, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(14))
-    args = dict(logits=logits.to(dtype).cuda(), image=image.to(dtype).cuda(), seeds=seeds.cuda(), relaxation="cd",
-                unary="cce", neighborhood=pottsops.window(2, 1) if neighborhood == "win2" else "nn4", eta=0.3,
-                lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask.cuda(), weights=None, ignore_index=255,
-                dense_method="lattice", method="mirror", backend="cuda")
+    args = dict(logits=logits.to(dtype).to(device), image=image.to(dtype).to(device), seeds=seeds.to(device),
+                relaxation="cd", unary="cce", neighborhood=pottsops.window(2, 1) if neighborhood == "win2" else "nn4",
+                eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask.to(device), weights=None, ignore_index=255,
+                dense_method="lattice", method="mirror", backend=device)
     runs = []
     for one_launch in (False, True):
         fused = solve_module._make_problem(**args)
         info = solve_module.SolveInfo()
         y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
-        y, energy = solve_module._mirror(fused, y0, 35, 1e-4, 1.0, info, sync_free=False, one_launch=one_launch)
+        y, energy = solve_module._mirror(fused, y0, 35, 1e-4, 1.0, info, sync_free=False, compiled=False,
+                                         one_launch=one_launch)
         runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
     (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
     assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
