@@ -89,6 +89,15 @@ GridArgs make_grid_args(const at::Tensor& y, const c10::optional<at::Tensor>& im
   return args;
 }
 
+void check_backward_args(const at::Tensor& grad_energy, const GridArgs& args, bool weights_grad) {
+  const at::Tensor& y = args.y;
+  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0), "grad_energy: expected shape (",
+              y.size(0), "), got ", grad_energy.sizes());
+  TORCH_CHECK(grad_energy.device() == y.device(), "grad_energy: expected device ", y.device(), ", got ",
+              grad_energy.device());
+  TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
+}
+
 GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
                             at::ArrayRef<double> spatial) {

@@ -269,7 +269,8 @@ def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood, requ
     _mirror's loop over the two-kernel step: the same iterates, energies, steps and trace, with images
     stopping at different steps, a mask and K = 21 (a register chunk of 32).  On CUDA it runs the fused
     kernel (the energy is summed in another order: equal to rounding); on the CPU its Python side runs over
-    one_launch_step_reference, the kernel's contract written with the two-kernel step's ops."""
+    one_launch_step_reference, the kernel's contract written with the two-kernel step's ops (and, in
+    tests/test_device_emulation.py, over the kernel's device code compiled for the host)."""
     if device == "cuda" and "cuda" not in FUSED:
         pytest.skip("no CUDA device: the one-launch CUDA kernel is checked by benchmarks/gpu_suite.sh")
     if device == "cpu":

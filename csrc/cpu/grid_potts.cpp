@@ -33,9 +33,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
     const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial,
     int64_t relaxation, double eps, bool weights_grad) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0), "grad_energy: expected shape (",
-              y.size(0), "), got ", grad_energy.sizes());
-  TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
+  check_backward_args(grad_energy, args, weights_grad);
   const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
   at::Tensor grad_y = at::empty_like(y);
   at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(

@@ -6,6 +6,9 @@
 // step ahead where they are read (solver.cu), so that the step and the gradient at the stepped labels are
 // one pass.  A source's at(b, h, w) returns what it needs per pixel (for MirroredLabels the log-sum-exp),
 // computed once per pixel visited.
+//
+// POTTS_DEVICE code here and in solver_device.cuh also compiles for the host: csrc/cpu/device_emulation.cpp
+// runs it thread by thread in the kernels' launch shape, so that CI, which has no GPU, tests it.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,9 +16,16 @@
 
 #include <type_traits>
 
-#include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+
+#if defined(__CUDACC__)
+#define POTTS_DEVICE __device__
+#define POTTS_UNROLL _Pragma("unroll")
+#else
+#define POTTS_DEVICE inline
+#define POTTS_UNROLL
+#endif
 
 namespace pottsops {
 
@@ -38,8 +48,8 @@ struct StoredLabels {
   };
   View4<const scalar_t> y;
 
-  __device__ Pixel at(int64_t b, int64_t h, int64_t w) const { return {b, h, w}; }
-  __device__ acc_t operator()(const Pixel& p, int64_t k) const { return static_cast<acc_t>(y(p.b, k, p.h, p.w)); }
+  POTTS_DEVICE Pixel at(int64_t b, int64_t h, int64_t w) const { return {b, h, w}; }
+  POTTS_DEVICE acc_t operator()(const Pixel& p, int64_t k) const { return static_cast<acc_t>(y(p.b, k, p.h, p.w)); }
 };
 
 // The image, weights and mask of a grid problem and its edge weights.
@@ -53,12 +63,12 @@ struct DeviceGrid {
   int64_t K, H, W, C;
   acc_t eps;
 
-  __device__ bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
+  POTTS_DEVICE bool present(int64_t b, int64_t h, int64_t w) const { return !mask.data || mask(b, 0, h, w); }
 
-  __device__ bool inside(int64_t h, int64_t w) const { return h >= 0 && h < H && w >= 0 && w < W; }
+  POTTS_DEVICE bool inside(int64_t h, int64_t w) const { return h >= 0 && h < H && w >= 0 && w < W; }
 
   // Weight of the pair (h, w) -> (h + dy_e, w + dx_e), both ends present.
-  __device__ acc_t weight(const PairTable<acc_t>& pairs, int64_t b, int e, int64_t h, int64_t w) const {
+  POTTS_DEVICE acc_t weight(const PairTable<acc_t>& pairs, int64_t b, int e, int64_t h, int64_t w) const {
     if (weights.data) return weights(b, e, h, w);
     const acc_t spatial = pairs.spatial[e];
     if (!image.data) return spatial;
@@ -71,10 +81,10 @@ struct DeviceGrid {
     return spatial * potts_exp(-d2 * inv_two_sigma2[b]);
   }
 
-  __device__ StoredLabels<scalar_t> stored() const { return {y}; }
+  POTTS_DEVICE StoredLabels<scalar_t> stored() const { return {y}; }
 
   template <typename Labels>
-  __device__ acc_t norm(const Labels& labels, const typename Labels::Pixel& p) const {
+  POTTS_DEVICE acc_t norm(const Labels& labels, const typename Labels::Pixel& p) const {
     acc_t a = 0;
     for (int64_t k = 0; k < K; ++k) {
       const acc_t v = labels(p, k);
@@ -85,7 +95,7 @@ struct DeviceGrid {
 
   // s = p . q and |q|^2.
   template <typename Labels>
-  __device__ void dot(const Labels& labels, const typename Labels::Pixel& p, const typename Labels::Pixel& q,
+  POTTS_DEVICE void dot(const Labels& labels, const typename Labels::Pixel& p, const typename Labels::Pixel& q,
                       acc_t& s, acc_t& nq) const {
     s = 0;
     nq = 0;
@@ -138,7 +148,7 @@ PairTable<acc_t> pair_table(const GridArgs& args) {
 // label (2 go w dP/da); a = |p|^2.  energy, if not null, gets go w P of the pairs that start at it (chunk 0
 // only); grad_weights (contiguous (B, E, H, W), pre-zeroed), if not null, dE/dw of those pairs.
 template <int R, int KMAX, typename scalar_t, typename Labels>
-__device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels& labels,
+POTTS_DEVICE void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels& labels,
                                      const PairTable<at::opmath_type<scalar_t>>& pairs, int64_t b, int64_t h,
                                      int64_t w, const typename Labels::Pixel& p, int64_t c0,
                                      at::opmath_type<scalar_t> go, at::opmath_type<scalar_t> a,
@@ -146,7 +156,7 @@ __device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels
                                      at::opmath_type<scalar_t>* energy,
                                      at::opmath_type<scalar_t>* __restrict__ grad_weights) {
   using acc_t = at::opmath_type<scalar_t>;
-#pragma unroll
+POTTS_UNROLL
   for (int k = 0; k < KMAX; ++k) acc[k] = 0;
   self = 0;
   for (int direction = 0; direction < 2; ++direction) {
@@ -168,10 +178,75 @@ __device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels
       if (energy && direction == 0 && c0 == 0) *energy += scale * t.value;
       self += 2 * scale * (direction == 0 ? t.d_a : t.d_b);
       const acc_t cross = scale * t.d_s;
-#pragma unroll
+POTTS_UNROLL
       for (int k = 0; k < KMAX; ++k)
         if (c0 + k < g.K) acc[k] += cross * labels(q, c0 + k);
     }
+  }
+}
+
+// The work of one thread of the grid kernels (grid_potts.cu, which add the block reductions): pixel
+// i = h * W + w of image b.
+
+// w P summed over the pairs that start at the pixel (grid_potts_energy).
+template <int R, typename scalar_t>
+POTTS_DEVICE at::opmath_type<scalar_t> energy_pixel(const DeviceGrid<scalar_t>& g,
+                                                    const PairTable<at::opmath_type<scalar_t>>& pairs, int64_t b,
+                                                    int64_t i) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t h = i / g.W, w = i % g.W;
+  acc_t total = 0;
+  if (!g.present(b, h, w)) return total;
+  const StoredLabels<scalar_t> labels = g.stored();
+  const auto p = labels.at(b, h, w);
+  const acc_t a = g.norm(labels, p);
+  for (int e = 0; e < pairs.count; ++e) {
+    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+    if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
+    const acc_t wt = g.weight(pairs, b, e, h, w);
+    if (wt == acc_t(0)) continue;  // also where P is infinite: a zero weight removes the pair
+    acc_t s, nq;
+    g.dot(labels, p, labels.at(b, h2, w2), s, nq);
+    total += wt * pair_terms<R, acc_t>(s, a, nq, g.eps).value;
+  }
+  return total;
+}
+
+// grad_y of the pixel, KMAX channels at a time, for the energy's gradient go; grad_weights as in
+// potts_gradient_chunk (grid_potts_energy_backward).
+template <int R, int KMAX, typename scalar_t>
+POTTS_DEVICE void backward_pixel(const DeviceGrid<scalar_t>& g, const PairTable<at::opmath_type<scalar_t>>& pairs,
+                                 at::opmath_type<scalar_t> go, const View4<scalar_t>& grad_y,
+                                 at::opmath_type<scalar_t>* __restrict__ grad_weights, int64_t b, int64_t i) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t h = i / g.W, w = i % g.W;
+  if (!g.present(b, h, w)) {
+    for (int64_t k = 0; k < g.K; ++k) grad_y(b, k, h, w) = scalar_t(0);
+    return;
+  }
+  const StoredLabels<scalar_t> labels = g.stored();
+  const auto p = labels.at(b, h, w);
+  const acc_t a = g.norm(labels, p);
+  for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
+    acc_t acc[KMAX], self;
+    potts_gradient_chunk<R, KMAX, scalar_t>(g, labels, pairs, b, h, w, p, c0, go, a, acc, self, nullptr,
+                                            grad_weights);
+POTTS_UNROLL
+    for (int k = 0; k < KMAX; ++k)
+      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * labels(p, c0 + k));
+  }
+}
+
+// The weights of the pairs that start at the pixel, 0 where an end is outside or masked (grid_affinity).
+template <typename acc_t>
+POTTS_DEVICE void affinity_pixel(const DeviceGrid<acc_t>& g, const PairTable<acc_t>& pairs, const View4<acc_t>& out,
+                                 int64_t b, int64_t i) {
+  const int64_t h = i / g.W, w = i % g.W;
+  const bool here = g.present(b, h, w);
+  for (int e = 0; e < pairs.count; ++e) {
+    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
+    const bool valid = here && g.inside(h2, w2) && g.present(b, h2, w2);
+    out(b, e, h, w) = valid ? g.weight(pairs, b, e, h, w) : acc_t(0);
   }
 }
 
@@ -180,7 +255,7 @@ __device__ void potts_gradient_chunk(const DeviceGrid<scalar_t>& g, const Labels
 // that start at it) to energy and its spread max_k g - min_k g to spread.  operand, unlabeled and seeded
 // are contiguous; i = h * W + w.
 template <int R, int U, int KMAX, typename scalar_t, typename Labels, typename Store>
-__device__ void solver_gradient_pixel(const DeviceGrid<scalar_t>& g, const Labels& labels,
+POTTS_DEVICE void solver_gradient_pixel(const DeviceGrid<scalar_t>& g, const Labels& labels,
                                       const PairTable<scalar_t>& pairs, const scalar_t* __restrict__ operand,
                                       const bool* __restrict__ unlabeled, const bool* __restrict__ seeded,
                                       scalar_t eta, scalar_t lam, scalar_t unary_eps, int64_t b, int64_t i,
@@ -203,10 +278,10 @@ __device__ void solver_gradient_pixel(const DeviceGrid<scalar_t>& g, const Label
     if (here) {
       potts_gradient_chunk<R, KMAX, scalar_t>(g, labels, pairs, b, h, w, p, c0, lam, a, acc, self, &energy, nullptr);
     } else {
-#pragma unroll
+POTTS_UNROLL
       for (int k = 0; k < KMAX; ++k) acc[k] = 0;
     }
-#pragma unroll
+POTTS_UNROLL
     for (int k = 0; k < KMAX; ++k) {
       if (c0 + k >= g.K) continue;
       const scalar_t y = labels(p, c0 + k), o = operand[base + (c0 + k) * n];

@@ -29,57 +29,21 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  acc_t total = 0;
-  if (i < g.H * g.W) {
-    const int64_t h = i / g.W, w = i % g.W;
-    if (g.present(b, h, w)) {
-      const StoredLabels<scalar_t> labels = g.stored();
-      const auto p = labels.at(b, h, w);
-      const acc_t a = g.norm(labels, p);
-      for (int e = 0; e < pairs.count; ++e) {
-        const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
-        if (!g.inside(h2, w2) || !g.present(b, h2, w2)) continue;
-        const acc_t wt = g.weight(pairs, b, e, h, w);
-        if (wt == acc_t(0)) continue;  // also where P is infinite: a zero weight removes the pair
-        acc_t s, nq;
-        g.dot(labels, p, labels.at(b, h2, w2), s, nq);
-        total += wt * pair_terms<R, acc_t>(s, a, nq, g.eps).value;
-      }
-    }
-  }
+  const acc_t total = i < g.H * g.W ? energy_pixel<R, scalar_t>(g, pairs, b, i) : acc_t(0);
   using Reduce = cub::BlockReduce<acc_t, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
   const acc_t block_total = Reduce(storage).Sum(total);
   if (threadIdx.x == 0) partial[b * gridDim.x + blockIdx.x] = block_total;
 }
 
-// grad_y of one pixel, KMAX channels at a time; grad_weights as in potts_gradient_chunk.
 template <int R, int KMAX, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const DeviceGrid<scalar_t> g, const PairTable<at::opmath_type<scalar_t>> pairs,
                     const at::opmath_type<scalar_t>* __restrict__ grad_energy, const View4<scalar_t> grad_y,
                     at::opmath_type<scalar_t>* __restrict__ grad_weights) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t b = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= g.H * g.W) return;
-  const int64_t h = i / g.W, w = i % g.W;
-  if (!g.present(b, h, w)) {
-    for (int64_t k = 0; k < g.K; ++k) grad_y(b, k, h, w) = scalar_t(0);
-    return;
-  }
-  const acc_t go = grad_energy[b];
-  const StoredLabels<scalar_t> labels = g.stored();
-  const auto p = labels.at(b, h, w);
-  const acc_t a = g.norm(labels, p);
-  for (int64_t c0 = 0; c0 < g.K; c0 += KMAX) {
-    acc_t acc[KMAX], self;
-    potts_gradient_chunk<R, KMAX, scalar_t>(g, labels, pairs, b, h, w, p, c0, go, a, acc, self, nullptr,
-                                            grad_weights);
-#pragma unroll
-    for (int k = 0; k < KMAX; ++k)
-      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * labels(p, c0 + k));
-  }
+  if (i < g.H * g.W) backward_pixel<R, KMAX, scalar_t>(g, pairs, grad_energy[b], grad_y, grad_weights, b, i);
 }
 
 // grid_solver_gradient: solver_gradient_pixel (grid_device.cuh) for every pixel, the energy and spread
@@ -116,14 +80,7 @@ __global__ void __launch_bounds__(kThreads)
     affinity_kernel(const DeviceGrid<acc_t> g, const PairTable<acc_t> pairs, const View4<acc_t> out) {
   const int64_t b = blockIdx.y;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= g.H * g.W) return;
-  const int64_t h = i / g.W, w = i % g.W;
-  const bool here = g.present(b, h, w);
-  for (int e = 0; e < pairs.count; ++e) {
-    const int64_t h2 = h + pairs.dy[e], w2 = w + pairs.dx[e];
-    const bool valid = here && g.inside(h2, w2) && g.present(b, h2, w2);
-    out(b, e, h, w) = valid ? g.weight(pairs, b, e, h, w) : acc_t(0);
-  }
+  if (i < g.H * g.W) affinity_pixel<acc_t>(g, pairs, out, b, i);
 }
 
 at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::Tensor>& image,
@@ -156,11 +113,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
     const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial,
     int64_t relaxation, double eps, bool weights_grad) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  TORCH_CHECK(grad_energy.dim() == 1 && grad_energy.size(0) == y.size(0), "grad_energy: expected shape (",
-              y.size(0), "), got ", grad_energy.sizes());
-  TORCH_CHECK(grad_energy.device() == y.device(), "grad_energy: expected device ", y.device(), ", got ",
-              grad_energy.device());
-  TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
+  check_backward_args(grad_energy, args, weights_grad);
   const c10::cuda::CUDAGuard guard(y.device());
   const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
   at::Tensor grad_y = at::empty_like(y);

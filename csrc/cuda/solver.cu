@@ -10,9 +10,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "cuda/grid_device.cuh"
+#include "cuda/solver_device.cuh"
 #include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/solver_args.h"
@@ -75,55 +74,6 @@ __global__ void __launch_bounds__(kThreads)
       });
 }
 
-// The labels one mirror step ahead of an iterate, computed where they are read instead of stored and read
-// back: on a free pixel y_k = exp(max(log y_k - s g_k - lse, log_floor)), lse the log-sum-exp over k of
-// log y - s g, on a seeded pixel the one-hot seed; mirror_pixel's result (solver_math.h).  log_y and grad
-// are the iterate's, contiguous (B, K, H, W); s is the image's step (one image per block).
-template <typename scalar_t>
-struct MirroredLabels {
-  struct Pixel {
-    int64_t base;  // index of class 0 of the pixel in log_y and grad
-    int64_t seed;  // the seed's class on seeded pixels, -1 elsewhere
-    scalar_t lse;
-  };
-  const scalar_t* __restrict__ log_y;
-  const scalar_t* __restrict__ grad;
-  const int64_t* __restrict__ seeds;
-  const bool* __restrict__ seeded;
-  int64_t K, n, W;
-  scalar_t s, log_floor;
-
-  __device__ Pixel at(int64_t b, int64_t h, int64_t w) const {
-    const int64_t i = h * W + w;
-    Pixel p{b * K * n + i, seeded[b * n + i] ? seeds[b * n + i] : int64_t(-1), scalar_t(0)};
-    if (p.seed >= 0) return p;
-    scalar_t m = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t v = log_y[p.base + k * n] - s * grad[p.base + k * n];
-      m = k == 0 ? v : (v > m ? v : m);
-    }
-    scalar_t total = 0;
-    for (int64_t k = 0; k < K; ++k) total += potts_exp(log_y[p.base + k * n] - s * grad[p.base + k * n] - m);
-    p.lse = m + potts_log(total);
-    return p;
-  }
-
-  __device__ scalar_t log_label(const Pixel& p, int64_t k) const {
-    if (p.seed >= 0) return k == p.seed ? scalar_t(0) : log_floor;
-    const scalar_t v = log_y[p.base + k * n] - s * grad[p.base + k * n] - p.lse;
-    return v < log_floor ? log_floor : v;
-  }
-
-  __device__ scalar_t operator()(const Pixel& p, int64_t k) const {
-    if (p.seed >= 0) return k == p.seed ? scalar_t(1) : scalar_t(0);
-    return potts_exp(log_label(p, k));
-  }
-};
-
-// The per-image state of the one-launch step: columns of a (B, kStateColumns) double tensor, each value a
-// scalar_t or a small integer held exactly.  kCurrent: which of the two buffers holds the iterate.
-enum StateColumn { kCurrent, kTau, kEnergy, kSpread, kActive, kSteps, kAccepted, kStateColumns };
-
 // One step of pottsops/solve.py's mirror descent for every active image, in one launch: each pixel's
 // trial log y (into the other buffer) and the gradient there (solver_gradient_pixel over MirroredLabels),
 // the trial's energy and spread reduced per block; the last block of an image to finish (a counter per
@@ -145,22 +95,14 @@ __global__ void __launch_bounds__(kThreads)
     if (blockIdx.x == 0 && threadIdx.x == 0) trace_row[b] = static_cast<scalar_t>(own[kEnergy]);
     return;
   }
-  const int c = own[kCurrent] != 0 ? 1 : 0;
-  const scalar_t tau = static_cast<scalar_t>(own[kTau]), spread_now = static_cast<scalar_t>(own[kSpread]);
-  const scalar_t tiny = std::numeric_limits<scalar_t>::min();
-  const MirroredLabels<scalar_t> labels{log_buffers + c * size, grad_buffers + c * size, seeds, seeded, g.K, n, g.W,
-                                        tau / (spread_now > tiny ? spread_now : tiny), log_floor};
+  const MirroredLabels<scalar_t> labels =
+      trial_labels<scalar_t>(g, own, log_buffers, grad_buffers, size, seeds, seeded, log_floor);
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   scalar_t energy = 0, spread = 0;
   if (i < n) {
-    const int64_t base = b * g.K * n + i;
-    scalar_t* grad_out = grad_buffers + (1 - c) * size + base;
-    scalar_t* log_out = log_buffers + (1 - c) * size + base;
-    solver_gradient_pixel<R, U, KMAX, scalar_t>(
-        g, labels, pairs, operand, unlabeled, seeded, eta, lam, unary_eps, b, i,
-        [&](int64_t k, scalar_t gk) { grad_out[k * n] = gk; }, energy, spread);
-    const auto p = labels.at(b, i / g.W, i % g.W);
-    for (int64_t k = 0; k < g.K; ++k) log_out[k * n] = labels.log_label(p, k);
+    const int64_t other = (own[kCurrent] != 0 ? 0 : 1) * size + b * g.K * n + i;
+    mirror_fused_pixel<R, U, KMAX, scalar_t>(g, labels, pairs, operand, unlabeled, seeded, eta, lam, unary_eps, b, i,
+                                             log_buffers + other, grad_buffers + other, energy, spread);
   }
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
@@ -188,21 +130,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   widest = Reduce(storage).Reduce(widest, widest_of);
   if (threadIdx.x != 0) return;
-  const scalar_t value = static_cast<scalar_t>(own[kEnergy]), trial = static_cast<scalar_t>(total);
-  const bool accept = isfinite(trial) && trial <= value;
-  const scalar_t magnitude = value < 0 ? -value : value, difference = value > trial ? value - trial : trial - value;
-  const scalar_t change = difference / (magnitude > scalar_t(1e-30) ? magnitude : scalar_t(1e-30));
-  const scalar_t next_tau = accept ? tau * scalar_t(1.25) : tau * scalar_t(0.5);
-  own[kTau] = static_cast<double>(next_tau);
-  own[kSteps] += 1;
-  if (accept) {
-    own[kCurrent] = 1 - c;
-    own[kEnergy] = static_cast<double>(trial);
-    own[kSpread] = static_cast<double>(static_cast<scalar_t>(widest));
-    own[kAccepted] += 1;
-  }
-  own[kActive] = (accept && change < tol) || !(next_tau > scalar_t(1e-8)) ? 0 : 1;
-  trace_row[b] = static_cast<scalar_t>(own[kEnergy]);
+  trace_row[b] = mirror_control<scalar_t>(own, total, widest, tol);
   arrived[b] = 0;  // ready for the next launch
 }
 
@@ -263,25 +191,9 @@ void mirror_fused_step_cuda(const at::Tensor& log_buffers, const at::Tensor& gra
                             const at::Tensor& operand, const at::Tensor& unlabeled, const at::Tensor& seeded,
                             const at::Tensor& seeds, int64_t kind, double eta, double lam, double unary_eps,
                             double log_floor, double tol) {
-  TORCH_CHECK(log_buffers.dim() == 5 && log_buffers.size(0) == 2 && log_buffers.is_contiguous(),
-              "log_buffers: expected a contiguous (2, B, K, H, W) tensor, got shape ", log_buffers.sizes());
-  const at::Tensor log_y = log_buffers[0], grad = grad_buffers[0];
-  check_solver_tensors({{"log_buffers", &log_y}, {"grad_buffers", &grad}, {"operand", &operand}},
-                       {{"unlabeled", &unlabeled}, {"seeded", &seeded}, {"seeds", &seeds}});
-  TORCH_CHECK(grad_buffers.sizes() == log_buffers.sizes() && grad_buffers.is_contiguous(),
-              "grad_buffers: expected the shape of log_buffers ", log_buffers.sizes(), ", got ", grad_buffers.sizes());
-  TORCH_CHECK(seeds.scalar_type() == at::kLong, "seeds: expected int64, got ", seeds.scalar_type());
+  check_fused_step_args(log_buffers, grad_buffers, state, arrived, trace_row, operand, unlabeled, seeded, seeds);
+  const at::Tensor log_y = log_buffers[0];
   const int64_t B = log_y.size(0), H = log_y.size(2), W = log_y.size(3);
-  TORCH_CHECK(state.scalar_type() == at::kDouble && state.is_contiguous() && state.dim() == 2 && state.size(0) == B &&
-                  state.size(1) == kStateColumns && state.device() == log_y.device(),
-              "state: expected a contiguous float64 (", B, ", ", static_cast<int>(kStateColumns), ") tensor on ",
-              log_y.device(), ", got ", state.scalar_type(), " of shape ", state.sizes());
-  TORCH_CHECK(arrived.scalar_type() == at::kInt && arrived.is_contiguous() && arrived.numel() == B &&
-                  arrived.device() == log_y.device(),
-              "arrived: expected a contiguous int32 (", B, ") tensor of zeros on ", log_y.device());
-  TORCH_CHECK(trace_row.scalar_type() == log_y.scalar_type() && trace_row.is_contiguous() && trace_row.numel() == B &&
-                  trace_row.device() == log_y.device(),
-              "trace_row: expected a contiguous ", log_y.scalar_type(), " (", B, ") tensor on ", log_y.device());
   const GridArgs args = make_grid_args(log_y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   const c10::cuda::CUDAGuard guard(log_y.device());
   if (B == 0 || H * W == 0) return;

@@ -7,9 +7,9 @@
 
 #include <cstdint>
 
-namespace pottsops {
+#include "pottsops/launch_shape.h"
 
-constexpr int kThreads = 256;
+namespace pottsops {
 
 // `arg` names the tensor whose (B, H, W) is too large, for the error message.
 inline dim3 pixel_grid(int64_t B, int64_t H, int64_t W, const char* arg) {

@@ -37,6 +37,9 @@ GridArgs make_grid_args(const at::Tensor& y, const c10::optional<at::Tensor>& im
                         const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
                         at::ArrayRef<double> spatial, int64_t relaxation, double eps);
 
+// grid_potts_energy_backward's further arguments: grad_energy (B,) on y's device; weights_grad needs weights.
+void check_backward_args(const at::Tensor& grad_energy, const GridArgs& args, bool weights_grad);
+
 // Same checks without labels, for the affinity op (y is left undefined).
 GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,

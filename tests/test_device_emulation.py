@@ -1,0 +1,168 @@
+"""The CUDA grid and solver kernels' device code run on the host (csrc/cpu/device_emulation.cpp) against
+the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
+(csrc/cuda/grid_device.cuh, solver_device.cuh), in the kernels' launch shape.  Each test puts the emulated
+kernels in place of the CPU kernels of the pottsops ops of the same names, then goes through the public
+API; what it cannot check (nvcc's code, cub's reduction order, the one-launch step's last-block hand-off)
+is left to benchmarks/gpu_suite.sh on a GPU."""
+import contextlib
+import importlib
+import warnings
+
+import pytest
+import torch
+
+import pottsops
+from conftest import random_image, random_mask, soft_labels
+from pottsops.neighborhoods import as_neighborhood
+
+solve_module = importlib.import_module("pottsops.solve")
+
+EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", "grid_solver_gradient",
+            "mirror_fused_step")
+NEIGHBORHOODS = ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=2)]
+NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
+
+if not pottsops.backends()["cpu"].available:
+    pytest.skip("the compiled CPU backend (which holds the emulation) is not built", allow_module_level=True)
+
+# The emulated ops take the schemas of the pottsops ops they stand in for.
+_SCHEMAS = torch.library.Library("pottsops_emulated", "DEF")
+for _name in EMULATED:
+    _SCHEMAS.define(str(getattr(torch.ops.pottsops, _name).default._schema).split("::", 1)[1])
+
+
+@contextlib.contextmanager
+def emulated(*names):
+    """The emulated device code as the CPU kernels of the pottsops ops `names` inside the block."""
+    lib = torch.library.Library("pottsops", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid")
+        for name in names:
+            lib.impl(name, getattr(torch.ops.pottsops_emulated, name).default, "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
+def energy_and_grads(y, backend, weights=None, **kwargs):
+    """Energies (B,) and the gradients of sum_b c_b energy_b with respect to y (and weights)."""
+    inputs = [y.detach().requires_grad_()] + ([] if weights is None else [weights.detach().requires_grad_()])
+    energy = pottsops.potts_energy(inputs[0], weights=None if weights is None else inputs[1], backend=backend,
+                                   reduction="none", **kwargs)
+    grads = torch.autograd.grad(energy, inputs, torch.linspace(0.5, 1.5, energy.numel(), dtype=energy.dtype))
+    return (energy.detach(), *grads)
+
+
+def test_the_emulation_is_what_runs():
+    """Inside emulated() the pottsops op runs the emulation (float64 only), and the CPU kernel after it."""
+    y = soft_labels((1, 3, 4, 5))
+    with emulated("grid_potts_energy"):
+        with pytest.raises(RuntimeError, match="y: the emulated device code runs float64 only"):
+            pottsops.potts_energy(y, backend="cpu")
+    assert torch.isfinite(pottsops.potts_energy(y, backend="cpu"))
+
+
+@pytest.mark.parametrize("neighborhood", NEIGHBORHOODS, ids=NB_IDS)
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+def test_energy_and_gradients_match_the_reference(relaxation, neighborhood):
+    """energy_pixel and backward_pixel (grid_potts.cu's kernels) against autograd through the reference:
+    with image weights and a mask, and with given weights (their gradient too), an image of 315 pixels
+    (two blocks, the second partly filled) in a strided layout."""
+    g = torch.Generator().manual_seed(21)
+    shape = (2, 5, 7, 45)
+    y = soft_labels(shape, torch.float64, generator=g).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    image = random_image(shape, dtype=torch.float64, generator=g)
+    mask = random_mask(shape, generator=g)
+    weights = torch.rand(2, as_neighborhood(neighborhood).num_offsets, 7, 45, dtype=torch.float64, generator=g)
+    for kwargs in (dict(image=image, mask=mask), dict(weights=weights)):
+        expected = energy_and_grads(y, "reference", relaxation=relaxation, neighborhood=neighborhood, **kwargs)
+        with emulated("grid_potts_energy", "grid_potts_energy_backward"):
+            got = energy_and_grads(y, "cpu", relaxation=relaxation, neighborhood=neighborhood, **kwargs)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("K", [2, 4, 5, 16, 17, 33, 64, 70])
+def test_classes_in_register_chunks(K):
+    """K below, at and above each register width (4, 16, 32, 64: dispatch_kmax); K = 70 takes two chunks."""
+    g = torch.Generator().manual_seed(K)
+    shape = (1, K, 6, 9)
+    y = soft_labels(shape, torch.float64, generator=g)
+    kwargs = dict(image=random_image(shape, dtype=torch.float64, generator=g), relaxation="cd", neighborhood="nn8")
+    expected = energy_and_grads(y, "reference", **kwargs)
+    with emulated("grid_potts_energy", "grid_potts_energy_backward"):
+        got = energy_and_grads(y, "cpu", **kwargs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("neighborhood", NEIGHBORHOODS, ids=NB_IDS)
+def test_affinity_matches_the_reference(neighborhood):
+    g = torch.Generator().manual_seed(22)
+    shape = (2, 1, 6, 50)
+    image = random_image(shape, dtype=torch.float64, generator=g)
+    mask = random_mask(shape, generator=g)
+    expected = pottsops.affinity(image, neighborhood, sigma_rgb=7.0, mask=mask, backend="reference")
+    with emulated("grid_affinity"):
+        got = pottsops.affinity(image, neighborhood, sigma_rgb=7.0, mask=mask, backend="cpu")
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def solve_problem(backend, relaxation="cd", unary="cce", neighborhood="nn4", K=4, B=2, H=14, W=23, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 2
+    image = torch.rand(B, 3, H, W, generator=g, dtype=torch.float64) * 255
+    seeds = torch.full((B, H, W), 255)
+    seeds[:, 2:4, 2:12] = 1
+    seeds[:, 9:11, 4:15] = K - 1
+    seeds[-1, 6, 1:5] = 0
+    mask = random_mask((B, K, H, W), keep=0.85, generator=g)
+    return solve_module._make_problem(
+        logits=logits, image=image, seeds=seeds, relaxation=relaxation, unary=unary, neighborhood=neighborhood,
+        eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask, weights=None, ignore_index=255,
+        dense_method="lattice", method="mirror", backend=backend)
+
+
+@pytest.mark.parametrize("unary", pottsops.UNARIES)
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+def test_solver_gradient_matches_the_reference(relaxation, unary):
+    """solver_gradient_pixel over stored labels (grid_solver_gradient's CUDA kernel) against autograd
+    through the reference ops: energy, gradient (zero on seeds and masked pixels) and spread, with a
+    window neighbourhood, a mask and a strided y."""
+    fused = solve_problem("cpu", relaxation, unary, pottsops.window(2, 1))
+    reference = solve_problem("reference", relaxation, unary, pottsops.window(2, 1))
+    y = torch.softmax(torch.randn(2, 23, 14, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), 3)
+    y = reference.clamp(y.permute(0, 3, 2, 1))
+    with emulated("grid_solver_gradient"):
+        got = fused.gradient(y)
+    for a, b in zip(got, reference.gradient(y)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [("cd", "cce", "nn4", 4), ("nq", "ce", "win2", 5), ("bl", "rce", "nn8", 70),
+                                  ("lq", "cce", "nn4", 21)], ids=lambda c: "-".join(map(str, c)))
+def test_one_launch_step_gives_the_python_loop(case):
+    """mirror_fused_step's device code (MirroredLabels, mirror_fused_pixel, mirror_control) stepping the
+    one-launch loop against _mirror's loop over the two-kernel CPU step: the same iterates, energies,
+    steps and trace, with images stopping at different steps and a mask."""
+    relaxation, unary, neighborhood, K = case
+    neighborhood = pottsops.window(2, 1) if neighborhood == "win2" else neighborhood
+    runs = []
+    for one_launch in (False, True):
+        fused = solve_problem("cpu", relaxation, unary, neighborhood, K=K, B=3, seed=14)
+        info = solve_module.SolveInfo()
+        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
+        with emulated("mirror_fused_step"):
+            y, energy = solve_module._mirror(fused, y0, 40, 1e-5, 1.0, info, sync_free=False, compiled=False,
+                                             one_launch=one_launch)
+        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
+    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
+    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
+    assert float(trace[-1].sum()) < float(trace[0].sum())  # the loop did descend
+    torch.testing.assert_close(y2, y, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(energy2, energy, rtol=1e-9, atol=1e-9)
+    assert torch.equal(iterations2, iterations)
+    torch.testing.assert_close(trace2[:len(trace)], trace, rtol=1e-9, atol=1e-9)
+    assert (trace2[len(trace):] == energy2).all()
