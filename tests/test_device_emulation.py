@@ -1,9 +1,10 @@
-"""The CUDA grid and solver kernels' device code run on the host (csrc/cpu/device_emulation.cpp) against
+"""The CUDA grid, unary and solver kernels' device code run on the host (csrc/cpu/device_emulation.cpp) against
 the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
-(csrc/cuda/grid_device.cuh, solver_device.cuh), in the kernels' launch shape.  Each test puts the emulated
+(csrc/cuda/grid_device.cuh, unary_device.cuh, solver_device.cuh), in the kernels' launch shape.  Each test puts the emulated
 kernels in place of the CPU kernels of the pottsops ops of the same names, then goes through the public
 API; what it cannot check (nvcc's code, cub's reduction order, the one-launch step's last-block hand-off)
-is left to benchmarks/gpu_suite.sh on a GPU."""
+is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
+the CPU lattice (permutohedral.h), tested in test_dense.py."""
 import contextlib
 import importlib
 import warnings
@@ -17,8 +18,8 @@ from pottsops.neighborhoods import as_neighborhood
 
 solve_module = importlib.import_module("pottsops.solve")
 
-EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", "grid_solver_gradient",
-            "mirror_fused_step")
+EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", "unary_loss", "unary_loss_backward",
+            "grid_solver_gradient", "mirror_fused_step")
 NEIGHBORHOODS = ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=2)]
 NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
 
@@ -108,6 +109,33 @@ def test_affinity_matches_the_reference(neighborhood):
     with emulated("grid_affinity"):
         got = pottsops.affinity(image, neighborhood, sigma_rgb=7.0, mask=mask, backend="cpu")
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", pottsops.UNARIES)
+def test_unary_matches_the_reference(kind):
+    """unary_forward_pixel and unary_backward_pixel against autograd through the reference: a strided y,
+    sharp and one-hot labels, large logits, and masked pixels holding NaN here (which must not leak: the
+    results equal the reference's on clean input, zero on those pixels)."""
+    g = torch.Generator().manual_seed(23)
+    shape = (2, 6, 9, 31)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 6
+    logits[0, :, 0, 0] = torch.tensor([80.0, -80.0, 0.0, 3.0, -3.0, 1.0], dtype=torch.float64)
+    y = soft_labels(shape, torch.float64, sharpness=4.0, generator=g)
+    y[1, :, 2, 3] = torch.nn.functional.one_hot(torch.tensor(4), 6).double()
+    mask = random_mask(shape, generator=g)
+    y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels_last
+    weights = torch.rand(2, 9, 31, generator=g, dtype=torch.float64)
+
+    def run(backend, z):
+        inputs = [z.clone().requires_grad_(), y.clone().requires_grad_()]
+        loss = pottsops.unary(*inputs, kind, mask=mask, reduction="none", backend=backend)
+        return (loss.detach(), *torch.autograd.grad(loss, inputs, weights))
+
+    expected = run("reference", logits)
+    with emulated("unary_loss", "unary_loss_backward"):
+        got = run("cpu", logits.masked_fill(~mask.unsqueeze(1), float("nan")))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def solve_problem(backend, relaxation="cd", unary="cce", neighborhood="nn4", K=4, B=2, H=14, W=23, seed=8):

@@ -1,4 +1,5 @@
-// The CUDA grid and solver kernels' device code (cuda/grid_device.cuh, cuda/solver_device.cuh) compiled
+// The CUDA grid, unary and solver kernels' device code (cuda/grid_device.cuh, unary_device.cuh,
+// solver_device.cuh) compiled
 // for the host and run in the kernels' launch shape: per image, blocks of kThreads pixels one after
 // another, a block's energy summed over its threads, then the blocks' partials summed in order; the
 // one-launch step's control runs after an image's last block, as on the device.  CI has no GPU, so this
@@ -6,8 +7,8 @@
 // against the reference ops and the CPU loop).  Not tested this way: what nvcc makes of it, the cub
 // reductions' order, the last-block hand-off and memory ordering of mirror_fused_step.
 //
-// Registered as pottsops_emulated::<op> (CPU, float64 only) with the implementations of grid_potts.cu and
-// solver.cu; tests give them the schemas of the pottsops ops of the same names.
+// Registered as pottsops_emulated::<op> (CPU, float64 only) with the implementations of grid_potts.cu,
+// unary.cu and solver.cu; tests give them the schemas of the pottsops ops of the same names.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -15,9 +16,11 @@
 
 #include "cuda/grid_device.cuh"
 #include "cuda/solver_device.cuh"
+#include "cuda/unary_device.cuh"
 #include "pottsops/grid_args.h"
-#include "pottsops/launch_shape.h"
+#include "pottsops/device_code.h"
 #include "pottsops/solver_args.h"
+#include "pottsops/unary_args.h"
 
 namespace pottsops {
 namespace {
@@ -103,6 +106,43 @@ at::Tensor grid_affinity_emulated(const at::Tensor& image, const c10::optional<a
     for (int64_t j = begin; j < end; ++j) affinity_pixel<double>(g, pairs, view, j / n, j % n);
   });
   return out;
+}
+
+at::Tensor unary_loss_emulated(const at::Tensor& logits, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
+                               int64_t kind, double eps) {
+  const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
+  check_double(logits, "logits");
+  const int64_t B = logits.size(0), n = logits.size(2) * logits.size(3);
+  at::Tensor loss = at::empty({B, logits.size(2), logits.size(3)}, logits.options());
+  const DeviceUnary<double> u = device_unary<double>(args);
+  const View4<double> out = pixel_view<double>(loss);
+  POTTS_DISPATCH_UNARY(args.kind, [&] {
+    at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) unary_forward_pixel<U, double>(u, out, j / n, j % n);
+    });
+  });
+  return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor> unary_loss_backward_emulated(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                                                const at::Tensor& y,
+                                                                const c10::optional<at::Tensor>& mask, int64_t kind,
+                                                                double eps) {
+  const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
+  check_unary_grad(grad_loss, logits);
+  check_double(logits, "logits");
+  const at::Tensor go = grad_loss.to(at::kDouble);
+  at::Tensor grad_z = at::empty_like(logits), grad_y = at::empty_like(y);
+  const int64_t B = logits.size(0), n = logits.size(2) * logits.size(3);
+  const DeviceUnary<double> u = device_unary<double>(args);
+  const View4<const double> g = const_pixel_view<double>(go);
+  const View4<double> gz = view4<double>(grad_z), gy = view4<double>(grad_y);
+  POTTS_DISPATCH_UNARY(args.kind, [&] {
+    at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) unary_backward_pixel<U, double>(u, g, gz, gy, j / n, j % n);
+    });
+  });
+  return {grad_z, grad_y};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_emulated(
@@ -195,6 +235,8 @@ TORCH_LIBRARY_IMPL(pottsops_emulated, CPU, m) {
   m.impl("grid_potts_energy", &grid_potts_energy_emulated);
   m.impl("grid_potts_energy_backward", &grid_potts_energy_backward_emulated);
   m.impl("grid_affinity", &grid_affinity_emulated);
+  m.impl("unary_loss", &unary_loss_emulated);
+  m.impl("unary_loss_backward", &unary_loss_backward_emulated);
   m.impl("grid_solver_gradient", &grid_solver_gradient_emulated);
   m.impl("mirror_fused_step", &mirror_fused_step_emulated);
 }

@@ -3,12 +3,9 @@
 //
 // One thread per pixel.  A pixel's gradient is a gather over the pairs that start and that end at it; the
 // labels come from a label source: StoredLabels reads y, MirroredLabels computes the labels one mirror
-// step ahead where they are read (solver.cu), so that the step and the gradient at the stepped labels are
+// step ahead where they are read (solver_device.cuh), so that the step and the gradient at the stepped labels are
 // one pass.  A source's at(b, h, w) returns what it needs per pixel (for MirroredLabels the log-sum-exp),
-// computed once per pixel visited.
-//
-// POTTS_DEVICE code here and in solver_device.cuh also compiles for the host: csrc/cpu/device_emulation.cpp
-// runs it thread by thread in the kernels' launch shape, so that CI, which has no GPU, tests it.
+// computed once per pixel visited.  Also compiled for the host (pottsops/device_code.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,16 +13,9 @@
 
 #include <type_traits>
 
+#include "pottsops/device_code.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
-
-#if defined(__CUDACC__)
-#define POTTS_DEVICE __device__
-#define POTTS_UNROLL _Pragma("unroll")
-#else
-#define POTTS_DEVICE inline
-#define POTTS_UNROLL
-#endif
 
 namespace pottsops {
 

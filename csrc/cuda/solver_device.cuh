@@ -1,6 +1,6 @@
 // The device side of the one-launch solver step (solver.cu's mirror_fused_step): the labels one mirror
 // step ahead, the work of one thread and the step control of the block that finishes an image.  Compiled
-// for the host too (POTTS_DEVICE, grid_device.cuh), where csrc/cpu/device_emulation.cpp runs it.
+// for the host too (pottsops/device_code.h).
 #pragma once
 
 #include <cmath>

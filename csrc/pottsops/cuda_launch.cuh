@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "pottsops/launch_shape.h"
+#include "pottsops/device_code.h"
 
 namespace pottsops {
 
