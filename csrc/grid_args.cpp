@@ -98,6 +98,11 @@ void check_backward_args(const at::Tensor& grad_energy, const GridArgs& args, bo
   TORCH_CHECK(!weights_grad || args.weights.defined(), "weights_grad: requires weights");
 }
 
+at::Tensor weights_grad_buffer(const GridArgs& args, bool weights_grad) {
+  if (!weights_grad) return at::empty({0}, args.y.options());
+  return at::zeros(args.weights.sizes(), args.weights.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
 GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
                             at::ArrayRef<double> spatial) {

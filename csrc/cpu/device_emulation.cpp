@@ -71,9 +71,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_emulated(
   check_double(y, "y");
   const at::Tensor go = grad_energy.to(at::kDouble).contiguous();
   at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(
-                                                                         at::MemoryFormat::Contiguous))
-                                   : at::empty({0}, y.options());
+  at::Tensor grad_w = weights_grad_buffer(args, weights_grad);
   const int64_t B = y.size(0), n = y.size(2) * y.size(3);
   const DeviceGrid<double> g = device_grid<double>(args, y);
   const PairTable<double> pairs = pair_table<double>(args);

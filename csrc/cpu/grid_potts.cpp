@@ -36,9 +36,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
   check_backward_args(grad_energy, args, weights_grad);
   const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
   at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(
-                                                                         at::MemoryFormat::Contiguous))
-                                   : at::empty({0}, y.options());
+  at::Tensor grad_w = weights_grad_buffer(args, weights_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const GridKernel<scalar_t> kernel(args, /*labels=*/true);

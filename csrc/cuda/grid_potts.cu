@@ -117,9 +117,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
   const c10::cuda::CUDAGuard guard(y.device());
   const at::Tensor go = grad_energy.to(accumulation_type(y.scalar_type())).contiguous();
   at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_w = weights_grad ? at::zeros(args.weights.sizes(), args.weights.options().memory_format(
-                                                                         at::MemoryFormat::Contiguous))
-                                   : at::empty({0}, y.options());
+  at::Tensor grad_w = weights_grad_buffer(args, weights_grad);
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   if (B > 0 && H * W > 0) {
     const dim3 grid = pixel_grid(B, H, W, "y");

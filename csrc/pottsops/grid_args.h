@@ -40,6 +40,10 @@ GridArgs make_grid_args(const at::Tensor& y, const c10::optional<at::Tensor>& im
 // grid_potts_energy_backward's further arguments: grad_energy (B,) on y's device; weights_grad needs weights.
 void check_backward_args(const at::Tensor& grad_energy, const GridArgs& args, bool weights_grad);
 
+// Where the backward kernels write dE/dw: zeros of the weights' shape in their accumulation type, contiguous
+// (B, E, H, W), if weights_grad; else an empty tensor.
+at::Tensor weights_grad_buffer(const GridArgs& args, bool weights_grad);
+
 // Same checks without labels, for the affinity op (y is left undefined).
 GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
