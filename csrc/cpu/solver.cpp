@@ -16,6 +16,7 @@
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
 #include "pottsops/solver_args.h"
+#include "pottsops/solver_math.h"
 #include "pottsops/solver_row.h"
 
 namespace pottsops {
@@ -162,17 +163,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mirror_solve_cpu(
                            seeds.data_ptr<int64_t>(), seeded.data_ptr<bool>(), floor, logs[1 - c].data_ptr<T>(),
                            ys[1 - c].data_ptr<T>(), b * H, (b + 1) * H);
             gradient(b, 1 - c, trial_value, trial_spread);
-            const bool accept = std::isfinite(trial_value) && trial_value <= value;
-            const T change = std::abs(value - trial_value) / std::max(std::abs(value), static_cast<T>(1e-30));
-            tau = accept ? tau * static_cast<T>(1.25) : tau * static_cast<T>(0.5);
+            const StepDecision<T> decision = step_decision<T>(value, trial_value, tau, static_cast<T>(tol));
+            tau = decision.tau;
             steps.data_ptr<int64_t>()[b] += 1;
-            if (accept) {
+            if (decision.accept) {
               c = 1 - c;
               value = trial_value;
               spread = trial_spread;
             }
             trace[b].push_back(static_cast<double>(value));
-            if ((accept && change < static_cast<T>(tol)) || !(tau > static_cast<T>(1e-8))) break;
+            if (decision.stop) break;
           }
           current[b] = c;
           energy.data_ptr<T>()[b] = value;

@@ -8,12 +8,9 @@
 
 #include "cuda/grid_device.cuh"
 #include "pottsops/solver_args.h"
+#include "pottsops/solver_math.h"
 
 namespace pottsops {
-
-#ifndef __CUDACC__
-using std::isfinite;  // a CUDA built-in on the device
-#endif
 
 // The labels one mirror step ahead of an iterate, computed where they are read instead of stored and read
 // back: on a free pixel y_k = exp(max(log y_k - s g_k - lse, log_floor)), lse the log-sum-exp over k of
@@ -96,26 +93,22 @@ POTTS_DEVICE void mirror_fused_pixel(const DeviceGrid<scalar_t>& g, const Mirror
   for (int64_t k = 0; k < g.K; ++k) log_out[k * n] = labels.log_label(p, k);
 }
 
-// pottsops/solve.py's _MirrorState._control for one image, from its trial's energy total and largest
-// spread widest: accept (swap the buffers) or reject, tau, steps, active.  Returns the energy after the step.
+// step_decision (solver_math.h) on image own's state row, from its trial's energy total and largest spread
+// widest: accept (swap the buffers) or reject, tau, steps, active.  Returns the energy after the step.
 template <typename scalar_t>
 POTTS_DEVICE scalar_t mirror_control(double* own, double total, double widest, scalar_t tol) {
-  const int c = own[kCurrent] != 0 ? 1 : 0;
-  const scalar_t tau = static_cast<scalar_t>(own[kTau]);
-  const scalar_t value = static_cast<scalar_t>(own[kEnergy]), trial = static_cast<scalar_t>(total);
-  const bool accept = isfinite(trial) && trial <= value;
-  const scalar_t magnitude = value < 0 ? -value : value, difference = value > trial ? value - trial : trial - value;
-  const scalar_t change = difference / (magnitude > scalar_t(1e-30) ? magnitude : scalar_t(1e-30));
-  const scalar_t next_tau = accept ? tau * scalar_t(1.25) : tau * scalar_t(0.5);
-  own[kTau] = static_cast<double>(next_tau);
+  const scalar_t trial = static_cast<scalar_t>(total);
+  const StepDecision<scalar_t> step = step_decision<scalar_t>(static_cast<scalar_t>(own[kEnergy]), trial,
+                                                              static_cast<scalar_t>(own[kTau]), tol);
+  own[kTau] = static_cast<double>(step.tau);
   own[kSteps] += 1;
-  if (accept) {
-    own[kCurrent] = 1 - c;
+  if (step.accept) {
+    own[kCurrent] = own[kCurrent] != 0 ? 0 : 1;
     own[kEnergy] = static_cast<double>(trial);
     own[kSpread] = static_cast<double>(static_cast<scalar_t>(widest));
     own[kAccepted] += 1;
   }
-  own[kActive] = (accept && change < tol) || !(next_tau > scalar_t(1e-8)) ? 0 : 1;
+  own[kActive] = step.stop ? 0 : 1;
   return static_cast<scalar_t>(own[kEnergy]);
 }
 

@@ -7,11 +7,20 @@
 //
 // mirror_pixel: one entropic mirror-descent step at one pixel, log y <- log_softmax(log y - scale g),
 // floored, or the one-hot seed on scribbled pixels.
+//
+// step_decision: the per-image step control of the mirror-descent loop, for the CPU loop (mirror_solve)
+// and the CUDA one-launch step.
 #pragma once
+
+#include <cmath>
 
 #include "pottsops/relaxations.h"
 
 namespace pottsops {
+
+#ifndef __CUDACC__
+using std::isfinite;  // a CUDA built-in on the device
+#endif
 
 struct SolverPixelOut {
   double value;   // eta H at this pixel (0 where the unary does not apply)
@@ -80,6 +89,24 @@ POTTS_HD void mirror_pixel(int64_t K, bool seeded, int64_t seed, T scale, T log_
     v = v < log_floor ? log_floor : v;
     store(k, v, potts_exp(v));
   }
+}
+
+// pottsops/solve.py's _MirrorState._control for one image: a trial of energy `trial` is accepted if finite
+// and not above the iterate's `value`; tau grows x1.25 after an accepted step and halves after a rejected
+// one; the image stops after an accepted step of relative change < tol, or once tau <= 1e-8.
+template <typename T>
+struct StepDecision {
+  bool accept, stop;
+  T tau;  // the next step's
+};
+
+template <typename T>
+POTTS_HD StepDecision<T> step_decision(T value, T trial, T tau, T tol) {
+  const bool accept = isfinite(trial) && trial <= value;
+  const T magnitude = value < 0 ? -value : value, difference = value > trial ? value - trial : trial - value;
+  const T change = difference / (magnitude > T(1e-30) ? magnitude : T(1e-30));
+  const T next_tau = accept ? tau * T(1.25) : tau * T(0.5);
+  return {accept, (accept && change < tol) || !(next_tau > T(1e-8)), next_tau};
 }
 
 }  // namespace pottsops
