@@ -164,6 +164,10 @@ def _mirror_compiled(problem, y, iters, tol, step, info):
 
 GRAPH_ITERATIONS = 10
 
+# The columns of mirror_fused_step's per-image state (csrc/cuda/solver_device.cuh, StateColumn): which
+# buffer holds the iterate, tau, energy, spread, active, steps run, steps accepted.
+CURRENT, TAU, ENERGY, SPREAD, ACTIVE, STEPS, ACCEPTED, STATE_COLUMNS = range(8)
+
 
 def _mirror_one_launch(problem, y, iters, tol, step, info):
     """_mirror's loop on CUDA with one kernel launch per step (mirror_fused_step: the mirror step, the
@@ -176,9 +180,9 @@ def _mirror_one_launch(problem, y, iters, tol, step, info):
     logs[0] = torch.log(y).clamp(min=LOG_FLOOR)
     grads = torch.empty_like(logs)
     energy, grads[0], spread = problem.gradient(y)
-    state = torch.zeros(B, 7, dtype=torch.float64, device=y.device)  # columns: see mirror_fused_step
-    state[:, 1] = torch.tensor(step, dtype=y.dtype).double()
-    state[:, 2], state[:, 3], state[:, 4] = energy, spread, 1
+    state = torch.zeros(B, STATE_COLUMNS, dtype=torch.float64, device=y.device)
+    state[:, TAU] = torch.tensor(step, dtype=y.dtype).double()
+    state[:, ENERGY], state[:, SPREAD], state[:, ACTIVE] = energy, spread, 1
     arrived = torch.zeros(B, dtype=torch.int32, device=y.device)
     trace = torch.empty(GRAPH_ITERATIONS, B, dtype=y.dtype, device=y.device)
     info.energies.append(energy.clone())
@@ -202,18 +206,18 @@ def _mirror_one_launch(problem, y, iters, tol, step, info):
         with torch.cuda.graph(graph):
             for j in range(GRAPH_ITERATIONS):
                 launch(trace[j])
-        while done + GRAPH_ITERATIONS <= iters and bool(state[:, 4].any()):
+        while done + GRAPH_ITERATIONS <= iters and bool(state[:, ACTIVE].any()):
             graph.replay()
             info.energies.extend(trace.clone().unbind(0))
             done += GRAPH_ITERATIONS
-    while done < iters and bool(state[:, 4].any()):
+    while done < iters and bool(state[:, ACTIVE].any()):
         launch(trace[0])
         info.energies.append(trace[0].clone())
         done += 1
-    log_y = logs[state[:, 0].long(), torch.arange(B, device=y.device)]
-    moved = (state[:, 6] > 0).view(B, 1, 1, 1)
-    info.iterations = state[:, 5].long()
-    return torch.where(moved, log_y.exp(), y), state[:, 2].to(y.dtype)
+    log_y = logs[state[:, CURRENT].long(), torch.arange(B, device=y.device)]
+    moved = (state[:, ACCEPTED] > 0).view(B, 1, 1, 1)
+    info.iterations = state[:, STEPS].long()
+    return torch.where(moved, log_y.exp(), y), state[:, ENERGY].to(y.dtype)
 
 
 class _MirrorState:

@@ -3,8 +3,11 @@
 Without a GPU, Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1, set here before
 anything imports triton).  POTTSOPS_LONG_SWEEP=N adds N random shapes to the sweeps.
 """
+import contextlib
+import importlib
 import os
 import random
+import warnings
 
 import torch
 
@@ -81,3 +84,42 @@ def random_image(shape, channels=3, dtype=torch.float32, device="cpu", scale=30.
 def random_mask(shape, device="cpu", keep=0.8, generator=None):
     B, _, H, W = shape
     return (torch.rand(B, H, W, generator=generator) < keep).to(device)
+
+
+@contextlib.contextmanager
+def cpu_kernels(**kernels):
+    """kernels[name] as the CPU kernel of the pottsops op `name` inside the block; the built-in one, if any,
+    again after it."""
+    lib = torch.library.Library("pottsops", "IMPL")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid")  # replacing a registered kernel warns
+        for name, kernel in kernels.items():
+            lib.impl(name, kernel, "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
+def compare_one_launch_loop(make_problem, iters, tol, **tolerances):
+    """The mirror loop of pottsops.solve on a fresh make_problem() twice, over the two-kernel step and with
+    one mirror_fused_step launch per step (the kernel registered for the device), asserting that the images
+    stopped at different steps, that the energy went down, and the same iterates, energies, steps and trace
+    (to tolerances; the trace of the one-launch loop may run on with the final energies)."""
+    solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
+    runs = []
+    for one_launch in (False, True):
+        fused = make_problem()
+        info = solve_module.SolveInfo()
+        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
+        y, energy = solve_module._mirror(fused, y0, iters, tol, 1.0, info, sync_free=False, compiled=False,
+                                         one_launch=one_launch)
+        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
+    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
+    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
+    assert float(trace[-1].sum()) < float(trace[0].sum())  # the loop did descend
+    torch.testing.assert_close(y2, y, **tolerances)
+    torch.testing.assert_close(energy2, energy, **tolerances)
+    assert torch.equal(iterations2.cpu(), iterations.cpu())
+    torch.testing.assert_close(trace2[:len(trace)], trace, **tolerances)
+    assert (trace2[len(trace):] == energy2).all()

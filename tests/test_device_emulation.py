@@ -5,15 +5,13 @@ kernels in place of the CPU kernels of the pottsops ops of the same names, then 
 API; what it cannot check (nvcc's code, cub's reduction order, the one-launch step's last-block hand-off)
 is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
 the CPU lattice (permutohedral.h), tested in test_dense.py."""
-import contextlib
 import importlib
-import warnings
 
 import pytest
 import torch
 
 import pottsops
-from conftest import random_image, random_mask, soft_labels
+from conftest import compare_one_launch_loop, cpu_kernels, random_image, random_mask, soft_labels
 from pottsops.neighborhoods import as_neighborhood
 
 solve_module = importlib.import_module("pottsops.solve")
@@ -32,18 +30,9 @@ for _name in EMULATED:
     _SCHEMAS.define(str(getattr(torch.ops.pottsops, _name).default._schema).split("::", 1)[1])
 
 
-@contextlib.contextmanager
 def emulated(*names):
-    """The emulated device code as the CPU kernels of the pottsops ops `names` inside the block."""
-    lib = torch.library.Library("pottsops", "IMPL")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Oo]verrid")
-        for name in names:
-            lib.impl(name, getattr(torch.ops.pottsops_emulated, name).default, "CPU")
-    try:
-        yield
-    finally:
-        lib._destroy()
+    """The emulated device code as the CPU kernels of the pottsops ops `names` inside a with-block."""
+    return cpu_kernels(**{name: getattr(torch.ops.pottsops_emulated, name).default for name in names})
 
 
 def energy_and_grads(y, backend, weights=None, **kwargs):
@@ -177,20 +166,6 @@ def test_one_launch_step_gives_the_python_loop(case):
     steps and trace, with images stopping at different steps and a mask."""
     relaxation, unary, neighborhood, K = case
     neighborhood = pottsops.window(2, 1) if neighborhood == "win2" else neighborhood
-    runs = []
-    for one_launch in (False, True):
-        fused = solve_problem("cpu", relaxation, unary, neighborhood, K=K, B=3, seed=14)
-        info = solve_module.SolveInfo()
-        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
-        with emulated("mirror_fused_step"):
-            y, energy = solve_module._mirror(fused, y0, 40, 1e-5, 1.0, info, sync_free=False, compiled=False,
-                                             one_launch=one_launch)
-        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
-    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
-    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
-    assert float(trace[-1].sum()) < float(trace[0].sum())  # the loop did descend
-    torch.testing.assert_close(y2, y, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(energy2, energy, rtol=1e-9, atol=1e-9)
-    assert torch.equal(iterations2, iterations)
-    torch.testing.assert_close(trace2[:len(trace)], trace, rtol=1e-9, atol=1e-9)
-    assert (trace2[len(trace):] == energy2).all()
+    with emulated("mirror_fused_step"):
+        compare_one_launch_loop(lambda: solve_problem("cpu", relaxation, unary, neighborhood, K=K, B=3, seed=14), 40,
+                                1e-5, rtol=1e-9, atol=1e-9)

@@ -1,12 +1,13 @@
 """pottsops.solve(): the guarantees of SPEC section 6, batch independence, backends and errors."""
+import contextlib
 import importlib
 
 import pytest
 import torch
 
 import pottsops
-from conftest import random_mask
-from pottsops.solve import SOLVE_METHODS
+from conftest import compare_one_launch_loop, cpu_kernels, random_mask
+from pottsops.solve import ACCEPTED, ACTIVE, CURRENT, ENERGY, SOLVE_METHODS, SPREAD, STEPS, TAU
 
 solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
 
@@ -230,10 +231,10 @@ def one_launch_step_reference(log_buffers, grad_buffers, state, arrived, trace_r
     dtype = log_buffers.dtype
     for b in range(log_buffers.shape[1]):
         row, one = state[b], slice(b, b + 1)
-        if row[4] == 0:  # stopped: keeps its iterate
-            trace_row[b] = row[2]
+        if row[ACTIVE] == 0:  # stopped: keeps its iterate
+            trace_row[b] = row[ENERGY]
             continue
-        c, tau, spread, value = int(row[0]), *(row[i].to(dtype) for i in (1, 3, 2))
+        c, tau, spread, value = int(row[CURRENT]), *(row[i].to(dtype) for i in (TAU, SPREAD, ENERGY))
         scale = (tau / spread.clamp(min=torch.finfo(dtype).tiny)).reshape(1)
         pick = lambda t: None if t is None else t[one]  # noqa: E731
         trial_log, trial = torch.ops.pottsops.mirror_step(log_buffers[c, one], grad_buffers[c, one], scale, seeds[one],
@@ -245,26 +246,17 @@ def one_launch_step_reference(log_buffers, grad_buffers, state, arrived, trace_r
         accept = bool(torch.isfinite(energy[0]) & (energy[0] <= value))
         change = (value - energy[0]).abs() / value.abs().clamp(min=1e-30)
         tau = tau * 1.25 if accept else tau * 0.5
-        row[1], row[5] = tau, row[5] + 1
+        row[TAU], row[STEPS] = tau, row[STEPS] + 1
         if accept:
-            row[0], row[2], row[3], row[6] = 1 - c, energy[0], trial_spread[0], row[6] + 1
-        row[4] = 0 if (accept and bool(change < tol)) or not bool(tau > 1e-8) else 1
-        trace_row[b] = row[2]
-
-
-@pytest.fixture
-def one_launch_on_cpu():
-    """one_launch_step_reference as mirror_fused_step's CPU kernel for the test's duration."""
-    lib = torch.library.Library("pottsops", "IMPL")
-    lib.impl("mirror_fused_step", one_launch_step_reference, "CPU")
-    yield
-    lib._destroy()
+            row[CURRENT], row[ENERGY], row[SPREAD], row[ACCEPTED] = 1 - c, energy[0], trial_spread[0], row[ACCEPTED] + 1
+        row[ACTIVE] = 0 if (accept and bool(change < tol)) or not bool(tau > 1e-8) else 1
+        trace_row[b] = row[ENERGY]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("neighborhood", ["nn4", "win2"])
-def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood, request):
+def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood):
     """The one-launch loop (_mirror_one_launch: state, two buffers per image, CUDA-graph replay) against
     _mirror's loop over the two-kernel step: the same iterates, energies, steps and trace, with images
     stopping at different steps, a mask and K = 21 (a register chunk of 32).  On CUDA it runs the fused
@@ -273,10 +265,8 @@ def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood, requ
     tests/test_device_emulation.py, over the kernel's device code compiled for the host)."""
     if device == "cuda" and "cuda" not in FUSED:
         pytest.skip("no CUDA device: the one-launch CUDA kernel is checked by benchmarks/gpu_suite.sh")
-    if device == "cpu":
-        if "cpu" not in FUSED:
-            pytest.skip("the compiled CPU backend is not built")
-        request.getfixturevalue("one_launch_on_cpu")
+    if device == "cpu" and "cpu" not in FUSED:
+        pytest.skip("the compiled CPU backend is not built")
     logits, image, seeds = problem(B=3, seed=14)
     logits = torch.randn(3, 21, 14, 17, generator=torch.Generator().manual_seed(14)) * 2
     mask = random_mask((3, 21, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(14))
@@ -284,22 +274,10 @@ def test_one_launch_loop_gives_the_python_loop(device, dtype, neighborhood, requ
                 relaxation="cd", unary="cce", neighborhood=pottsops.window(2, 1) if neighborhood == "win2" else "nn4",
                 eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask.to(device), weights=None, ignore_index=255,
                 dense_method="lattice", method="mirror", backend=device)
-    runs = []
-    for one_launch in (False, True):
-        fused = solve_module._make_problem(**args)
-        info = solve_module.SolveInfo()
-        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
-        y, energy = solve_module._mirror(fused, y0, 35, 1e-4, 1.0, info, sync_free=False, compiled=False,
-                                         one_launch=one_launch)
-        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
-    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
-    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(y2, y, **tol)
-    torch.testing.assert_close(energy2, energy, **tol)
-    assert torch.equal(iterations2.cpu(), iterations.cpu())
-    torch.testing.assert_close(trace2[:len(trace)], trace, **tol)
-    assert (trace2[len(trace):] == energy2).all()
+    stand_in = cpu_kernels(mirror_fused_step=one_launch_step_reference) if device == "cpu" else contextlib.nullcontext()
+    with stand_in:
+        compare_one_launch_loop(lambda: solve_module._make_problem(**args), 35, 1e-4, **tol)
 
 
 def test_different_one_hot_seeds_side_by_side_stay_finite():
