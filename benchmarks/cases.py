@@ -1,7 +1,6 @@
 """The registry of benchmark cases: each op at each configuration, with its float64 reference and its
 byte floor.  Backends: names accepted by pottsops ('cpu', 'cuda', 'triton', 'reference') plus
 'compile(reference)', torch.compile of the reference measured in the same run."""
-import importlib
 
 import torch
 import torch.nn.functional as F
@@ -233,15 +232,12 @@ def _compiled_energy(energy):
     return lambda v: _compiled["energy"](v, energy)
 
 
-ONE_LAUNCH = "cuda one-launch"
-solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
-
-
 def solver_case(shape, backends, iters=50):
-    """pottsops.solve (mirror descent, the fused step) against the reference solver (Adam on pseudo-logits
-    through autograd) and its torch.compile'd energy: nn4, cd + cce, iters iterations.  The check: y on the
+    """pottsops.solve (the fused step, full resolution only) against the reference solver (Adam on pseudo-
+    logits through autograd) and its torch.compile'd energy: nn4, cd + cce, iters steps.  The check: y on the
     simplex, seeds one-hot, energy at most that of the initialisation (the solvers differ, so no output is
-    compared with another's).  Floor: per iteration, read y, log sigma and the image, write y."""
+    compared with another's).  Floor: per step, read the rule's state (pseudo-logits and two moments) and
+    sigma, the image, and write the state (the labels and the gradient need not reach memory)."""
     B, K, H, W = shape
 
     def make_inputs(device, seed):
@@ -259,15 +255,7 @@ def solver_case(shape, backends, iters=50):
         if backend in ("reference", "compile(reference)"):
             return (reference_solver(inputs["logits"], inputs["image"], inputs["seeds"], iters,
                                      compiled=backend == "compile(reference)"),)
-        if backend == ONE_LAUNCH:  # the CUDA loop with one launch per step, opt-in until measured here
-            default = solve_module.ONE_LAUNCH_DEFAULT
-            solve_module.ONE_LAUNCH_DEFAULT = True
-            try:
-                return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0,
-                                       backend="cuda"),)
-            finally:
-                solve_module.ONE_LAUNCH_DEFAULT = default
-        return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0,
+        return (pottsops.solve(inputs["logits"], inputs["image"], inputs["seeds"], iters=iters, tol=0.0, levels=0,
                                backend=backend),)
 
     def energy(y, inputs):
@@ -287,7 +275,7 @@ def solver_case(shape, backends, iters=50):
         rise = max(0.0, energy(y, inputs) - energy(start, inputs)) / abs(energy(start, inputs))
         return simplex + (0.0 if seeds_ok else 1.0) + rise if torch.isfinite(y).all() else float("inf")
 
-    floor = iters * B * H * W * (3 * K + 3) * 4
+    floor = iters * B * H * W * (7 * K + 3) * 4
     return Case("solve", f"cd+cce/nn4 x{iters}", shape, torch.float32, "solve", make_inputs, run, None, floor,
                 backends, 1e-4, slow=("reference", "compile(reference)"), slow_reps=3, check=check,
                 throughput=("mpix_iterations_per_s", B * H * W * iters / 1e6))

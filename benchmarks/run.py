@@ -102,8 +102,6 @@ def solver_suite(quick, device, compile_baseline):
     """pottsops.solve throughput: 50 iterations, nn4, cd + cce, B = 12, K = 21 at 128x128 and 512x512."""
     fused = fast_backends(device)
     fused = [b for b in fused if b != "triton"]  # the fused step runs on the compiled ops
-    if "cuda" in fused:
-        fused.append(cases.ONE_LAUNCH)  # the one-launch step beside the default CUDA loop
     shapes = [(2, 5, 32, 32)] if quick else [(12, 21, 128, 128), (12, 21, 512, 512)]
     baselines = ["reference"] + (["compile(reference)"] if compile_baseline else [])
     return [cases.solver_case(shape, fused + baselines, iters=5 if quick else 50) for shape in shapes]

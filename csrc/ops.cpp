@@ -38,43 +38,29 @@ TORCH_LIBRARY(pottsops, m) {
   // ... and out[s] = sum of rows[offsets[s]:offsets[s+1]] in order (deterministic, no atomics);
   // rows (R, C), offsets (S + 1,) int64.
   m.def("segment_sum(Tensor rows, Tensor offsets) -> Tensor");
-  // The fused solver step (pottsops/solve.py).  solver_gradient: per image sum of eta H(y, sigma) over the
-  // unlabeled pixels (B,), the gradient lam potts_grad + eta dH/dy (zero on seeded pixels) and its
-  // largest per-pixel spread max_k g - min_k g per image (B,); operand: the one tensor the unary reads,
-  // sigma for cce and rce, log sigma for ce (fixed during a solve, so computed once).
-  m.def(
-      "solver_gradient(Tensor y, Tensor operand, Tensor potts_grad, Tensor unlabeled, Tensor seeded, int kind, "
-      "float eta, float lam, float eps) -> (Tensor, Tensor, Tensor)");
-  // grid_solver_gradient: the same outputs straight from y, the Potts energy included (energy =
-  // lam Potts + eta H per image): grid_potts_energy, its backward and solver_gradient in one pass.
+  // The fused solver (pottsops/solve.py).  grid_solver_gradient: per image eta H(y, sigma) summed over the
+  // unlabeled pixels plus lam times the Potts energy (B,), and its gradient lam potts_grad + eta dH/dy
+  // (zero on seeded pixels), in one pass; operand: the one tensor the unary reads, sigma for cce and rce,
+  // log sigma for ce (fixed during a solve, so computed once).
   m.def(
       "grid_solver_gradient(Tensor y, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, "
       "int[] offsets, float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, "
-      "Tensor seeded, int kind, float eta, float lam, float unary_eps) -> (Tensor, Tensor, Tensor)");
-  // mirror_step: log y <- max(log_softmax(log y - scale[b] grad), log_floor) and y = exp(log y), one-hot
-  // seeds on seeded pixels.
+      "Tensor seeded, int kind, float eta, float lam, float unary_eps) -> (Tensor, Tensor)");
+  // adaptive_step: one step of the adaptive rule (csrc/pottsops/solver_math.h) for the images b with
+  // scale[b] > 0 (0: stopped), theta, m, v and y updated in place from grad; steps[b] >= 1 is the image's
+  // step number, scale[b] its learning-rate factor; rule = [lr, beta1, beta2, eps, log_floor].
   m.def(
-      "mirror_step(Tensor log_y, Tensor grad, Tensor scale, Tensor seeds, Tensor seeded, float log_floor) -> "
-      "(Tensor, Tensor)");
-  // mirror_solve (CPU): the whole mirror-descent loop of pottsops/solve.py from y (log_y = max(log y,
-  // log_floor)): grid_solver_gradient's energy, mirror_step, per-image steps of largest log-change tau
-  // (x1.25 accepted, x0.5 rejected; an image stops at relative change < tol or tau <= 1e-8) ->
-  // (y, energy (B,), energy after each step (T + 1, B), steps per image (B,) int64).
+      "adaptive_step(Tensor(a!) theta, Tensor(b!) m, Tensor(c!) v, Tensor(d!) y, Tensor grad, Tensor steps, "
+      "Tensor scale, Tensor seeds, Tensor seeded, float[] rule) -> ()");
+  // adaptive_solve (CPU): the whole loop of pottsops/solve.py from y and theta: grid_solver_gradient's
+  // energy, adaptive_step, the best labels kept; every `window` steps adaptive_window_check halves an
+  // image's learning rate or stops it; at most `iters` steps -> (best y, its energy (B,), the lowest energy
+  // after each step (T + 1, B), steps per image (B,) int64).
   m.def(
-      "mirror_solve(Tensor y, Tensor log_y, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, "
+      "adaptive_solve(Tensor y, Tensor theta, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, "
       "int[] offsets, float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, Tensor seeded, "
-      "Tensor seeds, int kind, float eta, float lam, float unary_eps, float log_floor, float step, int iters, "
-      "float tol) -> (Tensor, Tensor, Tensor, Tensor)");
-  // mirror_fused_step (CUDA): one step of that loop for every active image in one launch.  log_buffers and
-  // grad_buffers (2, B, K, H, W): per image, log y and the gradient of its iterate in buffer state[b, 0]
-  // (the trial goes to the other one); state (B, 7) float64: buffer, tau, energy, spread, active, steps,
-  // accepted steps; arrived (B,) int32 zeros (a counter each launch resets); trace_row (B,) gets the
-  // energy after the step.
-  m.def(
-      "mirror_fused_step(Tensor(a!) log_buffers, Tensor(b!) grad_buffers, Tensor(c!) state, Tensor(d!) arrived, "
-      "Tensor(e!) trace_row, Tensor? image, Tensor? weights, Tensor? mask, Tensor? inv_two_sigma2, int[] offsets, "
-      "float[] spatial, int relaxation, float eps, Tensor operand, Tensor unlabeled, Tensor seeded, Tensor seeds, "
-      "int kind, float eta, float lam, float unary_eps, float log_floor, float tol) -> ()");
+      "Tensor seeds, Tensor lower, int kind, float eta, float lam, float unary_eps, float[] rule, int iters, "
+      "float tol, int window) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

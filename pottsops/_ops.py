@@ -64,31 +64,21 @@ def _register():
         return features.new_empty(B, H * W, d + 1, d, dtype=torch.int32), features.new_empty(B, H * W, d + 1,
                                                                                             dtype=dtype)
 
-    @torch.library.register_fake(lib + "solver_gradient")
-    def _(y, operand, potts_grad, unlabeled, seeded, kind, eta, lam, eps):
-        return y.new_empty(y.shape[0]), torch.empty_like(y), y.new_empty(y.shape[0])
-
     @torch.library.register_fake(lib + "grid_solver_gradient")
     def _(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled, seeded,
           kind, eta, lam, unary_eps):
-        return y.new_empty(y.shape[0]), torch.empty_like(y, memory_format=torch.contiguous_format), \
-            y.new_empty(y.shape[0])
+        return y.new_empty(y.shape[0]), torch.empty_like(y, memory_format=torch.contiguous_format)
 
-    @torch.library.register_fake(lib + "mirror_step")
-    def _(log_y, grad, scale, seeds, seeded, log_floor):
-        return torch.empty_like(log_y), torch.empty_like(log_y)
+    @torch.library.register_fake(lib + "adaptive_step")
+    def _(theta, m, v, y, grad, steps, active, seeds, seeded, rule):
+        return None
 
-    @torch.library.register_fake(lib + "mirror_solve")
-    def _(y, log_y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled,
-          seeded, seeds, kind, eta, lam, unary_eps, log_floor, step, iters, tol):
+    @torch.library.register_fake(lib + "adaptive_solve")
+    def _(y, theta, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled,
+          seeded, seeds, lower, kind, eta, lam, unary_eps, rule, iters, tol, window):
         B = y.shape[0]
         steps = torch.library.get_ctx().new_dynamic_size()  # the trace's length depends on the data
         return torch.empty_like(y), y.new_empty(B), y.new_empty(steps, B), y.new_empty(B, dtype=torch.long)
-
-    @torch.library.register_fake(lib + "mirror_fused_step")
-    def _(log_buffers, grad_buffers, state, arrived, trace_row, image, weights, mask, inv_two_sigma2, offsets,
-          spatial, relaxation, eps, operand, unlabeled, seeded, seeds, kind, eta, lam, unary_eps, log_floor, tol):
-        return None
 
     @torch.library.register_fake(lib + "segment_sum")
     def _(rows, offsets):

@@ -191,3 +191,29 @@ def dense_potts_energy(y, features, mask, relaxation, eps):
     """Exact dense Potts energy per image (B,): sum over unordered pairs i != j (both present) of
     exp(-|f_i - f_j|^2 / 2) P(y_i, y_j), features (B, d, H, W) already divided by their sigma."""
     return _DenseExact.apply(y, features, mask, relaxation, eps)
+
+
+def adaptive_step(theta, m, v, y, grad, steps, scale, seeds, seeded, rule):
+    """One step of the solver's adaptive rule (csrc/pottsops/solver_math.h), in place, for the images b with
+    scale[b] > 0: d = grad - <y, grad> per pixel, Adam's moments of d and theta -= lr m_hat / (sqrt(v_hat) + eps)
+    (step number steps[b], lr = rule's lr * scale[b]), then theta less its per-pixel maximum, floored, and
+    y = softmax(theta); seeds one-hot (theta 0 / log_floor) with zero moments.
+    rule = (lr, beta1, beta2, eps, log_floor)."""
+    lr, beta1, beta2, eps, log_floor = rule
+    t = steps.to(torch.float64).view(-1, 1, 1, 1)
+    lr_t = (lr * scale.view(-1, 1, 1, 1) / (1 - beta1 ** t)).to(y.dtype)
+    root = (1 / torch.sqrt(1 - beta2 ** t)).to(y.dtype)
+    d = grad - (y * grad).sum(1, keepdim=True)
+    new_m = beta1 * m + (1 - beta1) * d
+    new_v = beta2 * v + (1 - beta2) * d * d
+    new_theta = theta - lr_t * new_m / (torch.sqrt(new_v) * root + eps)
+    new_theta = (new_theta - new_theta.amax(1, keepdim=True)).clamp(min=log_floor)
+    new_y = torch.softmax(new_theta, 1)
+    one_hot = torch.nn.functional.one_hot(torch.where(seeded, seeds, 0), y.shape[1]).permute(0, 3, 1, 2).bool()
+    clamped = seeded[:, None]
+    new_theta = torch.where(clamped, torch.where(one_hot, 0.0, log_floor).to(y.dtype), new_theta)
+    new_y = torch.where(clamped, one_hot.to(y.dtype), new_y)
+    keep = ~(scale > 0).view(-1, 1, 1, 1)
+    for out, new in ((theta, new_theta), (m, torch.where(clamped, 0, new_m)), (v, torch.where(clamped, 0, new_v)),
+                     (y, new_y)):
+        out.copy_(torch.where(keep, out, new))

@@ -4,54 +4,77 @@ Given network logits z, an image and scribbles S, find soft labels y minimising,
 
     E(y) = eta sum_{i not in S, mask} H(y_i, sigma_i)  +  lam sum_{{i,j} in N} w_ij P(y_i, y_j)
 
-with y_i fixed to the one-hot scribble on S.  Two methods, both batched with each image optimised on its
-own (its own step sizes, its own stopping; an image that has converged is frozen, so a result never
-depends on the other images of the batch):
+with y_i fixed to the one-hot scribble on S.  The method (docs/solver.md has the measurements behind it):
 
-- "mirror": entropic mirror descent on the simplex, y <- normalise(y exp(-tau g)), with a per-image step
-  tau that grows by 1.25 after an accepted step and halves after a rejected one (a step that would raise
-  the energy is not taken), so the energy never increases;
-- "adam": Adam on pseudo-logits v with y = softmax(v) (the paper's parameterisation), keeping the best
-  iterate of each image.
+- adaptive mirror descent: pseudo-logits theta (log y up to a per-pixel constant) move against the centred
+  gradient g - <y, g> with Adam's per-coordinate steps, y = softmax(theta) (the rule: csrc/pottsops/
+  solver_math.h, reference.adaptive_step).  Per-coordinate steps let every pixel move at its own pace:
+  one step size per image, set by the stiffest pixel, left pixels far from the scribbles unmoved;
+- coarse to fine: the problem is first solved on images pooled 8x, 4x and 2x (a coarse pixel stands for
+  f^2 pixels and f pairs across each edge: eta f^2, lam f), and each solution, upsampled, starts the next
+  level, so that labels cross large regions in few steps;
+- progress checks: every WINDOW steps (from the second window on), where an image's lowest energy fell by
+  at most tol times its excess over the unary's lower bound (the energy less its constants) in those steps,
+  its learning rate halves, or, once halved MAX_HALVINGS times, the image stops;
+- the lowest-energy labels are kept, and never above the energy of the start (softmax(logits) or init).
 
-Energies and gradients come from pottsops.unary and pottsops.potts_energy on the chosen backend, so the
-same solver runs the fused kernels or, with backend="reference", plain PyTorch (the reference solver).
+Each image is solved on its own (its own steps and stopping), so a result never depends on the batch.
+The step runs fused on the cpu and cuda backends for grid and window neighbourhoods (the whole loop in one
+op on the CPU; on CUDA a gradient kernel and a step kernel, replayed from CUDA graphs); otherwise the same
+rule runs over energies and gradients from the public ops (autograd), on any backend.
 """
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from pottsops import _backend, _checks
+from pottsops import _backend, _checks, reference
 from pottsops.names import UNARIES, relaxation_index, relaxation_name, unary_index, unary_name
 from pottsops.neighborhoods import as_neighborhood
 from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy
 from pottsops.unary import unary as unary_loss
 
-SOLVE_METHODS = ("mirror", "adam")
-LOG_FLOOR = -60.0  # log y never below this (exp(-60) ~ 1e-26): no denormal floats, which are slow on CPUs
+EPS = 1e-8  # the relaxations' and unaries' epsilon
+# The step rule's constants, in the order the ops take them: lr, beta1, beta2, eps, log_floor.  Below the
+# floor (eps / e^2) a label changes no energy, and pseudo-logits that keep falling only slow a return.
+BETAS = (0.9, 0.99)
+ADAM_EPS = 1e-8
+LOG_FLOOR = math.log(EPS) - 2.0
+WINDOW = 20  # steps between progress checks (and per CUDA graph)
+MAX_HALVINGS = 3  # of an image's learning rate on a window of little progress, before it stops
+LEVEL_FACTORS = (8, 4, 2)  # the pooling of the coarse levels, coarsest first
+COARSE_TOL = 0.1  # coarse levels run to tol * COARSE_TOL: their steps are cheap and spare full-resolution ones
+COARSEST = 8  # a level whose image would have a side below this is left out
+TRANSFER_FLOOR = -6.0  # an upsampled coarse solution keeps log-ratios down to this
 
 
 @dataclass
 class SolveInfo:
-    """What solve(..., return_info=True) reports: energies[t] is the per-image energy (B,) after t
-    iterations (t = 0: the initialisation), iterations the iterations each image ran, seconds the wall
-    time, best the per-image energy of the returned y."""
+    """What solve(..., return_info=True) reports.  energies[t]: per-image energy (B,) of the best labels
+    after t steps at full resolution (t = 0: the start, softmax(logits) or init); iterations: the steps each
+    image ran there; lower: the unary's lower bound that the stopping rule measures progress against;
+    levels: (factor, steps per image, seconds) of each level solved, the coarse ones first and the full
+    resolution (factor 1) last; seconds: wall time; best: the energy of the returned y."""
     energies: list = field(default_factory=list)
     iterations: torch.Tensor = None
+    lower: torch.Tensor = None
+    levels: list = field(default_factory=list)
     seconds: float = 0.0
     best: torch.Tensor = None
 
 
 class _Problem:
-    """The energy of one solve() call: per-image values (B,) and gradients with respect to y."""
+    """The energy of one solve() call: per-image values (B,) and gradients with respect to y, from the public
+    ops through autograd (any backend and neighbourhood)."""
 
-    def __init__(self, logits, image, seeded, one_hot, unlabeled, relaxation, unary, neighborhood, eta, lam,
+    def __init__(self, logits, image, seeds, seeded, one_hot, unlabeled, relaxation, unary, neighborhood, eta, lam,
                  sigma_rgb, sigma_xy, mask, weights, dense_method, backend):
         self.logits, self.image, self.seeded, self.one_hot = logits, image, seeded, one_hot
+        self.seed_ids = torch.where(seeded, seeds, 0).long().contiguous()
         self.unlabeled, self.mask, self.weights = unlabeled, mask, weights
-        self.unary, self.eta, self.lam, self.backend, self.eps = unary, eta, lam, backend, 1e-8
+        self.unary, self.eta, self.lam, self.backend = unary, eta, lam, backend
         self.potts = dict(relaxation=relaxation, neighborhood=neighborhood, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
                           weights=weights, mask=mask, reduction="none", backend=backend)
         if isinstance(neighborhood, str) and neighborhood == "dense":
@@ -64,310 +87,228 @@ class _Problem:
     def energy(self, y):
         """Per-image energy (B,) of the clamped labels y."""
         unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
-        potts = potts_energy(y, self.image, **self.potts)
-        return self.eta * unary.sum((1, 2)) + self.lam * potts
+        return self.eta * unary.sum((1, 2)) + self.lam * potts_energy(y, self.image, **self.potts)
 
-    def energy_and_grad(self, y):
+    def gradient(self, y):
+        """(energy (B,), its gradient with respect to y, zero on the seeds)."""
         y = y.detach().requires_grad_()
         with torch.enable_grad():
             energy = self.energy(y)
             (grad,) = torch.autograd.grad(energy.sum(), y)
-        return energy.detach(), torch.where(self.seeded[:, None], 0, grad)
+        return energy.detach(), torch.where(self.seeded[:, None], 0, grad).contiguous()
 
-    def gradient(self, y):
-        """(energy (B,), gradient, per-image largest per-pixel spread max_k g - min_k g)."""
-        energy, grad = self.energy_and_grad(y)
-        spread = (grad.amax(1) - grad.amin(1)).flatten(1).amax(1)
-        return energy, grad, spread
+    def step(self, theta, m, v, y, grad, steps, scale, rule):
+        reference.adaptive_step(theta, m, v, y, grad, steps, scale, self.seed_ids, self.seeded, rule)
 
-    def mirror_step(self, log_y, grad, scale):
-        """(log y, y) after one entropic mirror step of per-image size scale (B,), seeds clamped."""
-        trial_log = torch.log_softmax(log_y - scale.view(-1, 1, 1, 1) * grad, 1).clamp(min=LOG_FLOOR)
-        return trial_log, self.clamp(trial_log.exp())
+    def lower_bound(self):
+        """Per image, eta times the sum over the unlabeled pixels of min_y H(y, sigma): the energy's constant
+        part, against which the stopping rule measures progress."""
+        log_sigma = torch.log_softmax(self.logits, 1)
+        if self.unary == "rce":
+            sigma = log_sigma.exp()
+            least = -(sigma * torch.log(sigma + EPS)).sum(1)  # at y = sigma
+        else:  # at the one-hot label of sigma's largest class
+            top = log_sigma.amax(1)
+            least = -torch.log(top.exp() + EPS) if self.unary == "cce" else -top
+        return self.eta * (least * self.unlabeled).sum((1, 2))
 
 
 class _FusedProblem(_Problem):
-    """The same energy through the compiled ops directly (no autograd, no elementwise temporaries): one
-    pass for the energy and its gradient (grid_solver_gradient: the grid Potts backward kernel with the
-    unary folded in) and one for the mirror step (mirror_step)."""
+    """The same energy through the compiled ops: one pass for the energy and its gradient
+    (grid_solver_gradient: the grid Potts backward kernel with the unary folded in), one for the step."""
 
-    def __init__(self, *args, log_sigma, seeds, grid_args, unary_index):
+    def __init__(self, *args, grid_args):
         super().__init__(*args)
         # the one tensor the unary reads: log sigma for ce, sigma for cce and rce
-        self.operand = log_sigma if unary_index == UNARIES.index("ce") else log_sigma.exp()
-        self.seed_ids, self.grid_args, self.unary_index = seeds, grid_args, unary_index
+        log_sigma = torch.log_softmax(self.logits, 1).contiguous()
+        self.operand = log_sigma if self.unary == "ce" else log_sigma.exp()
+        self.grid_args, self.unary_index = grid_args, unary_index(self.unary, "unary")
 
     def gradient(self, y):
         return torch.ops.pottsops.grid_solver_gradient(y, *self.grid_args, self.operand, self.unlabeled, self.seeded,
-                                                       self.unary_index, self.eta, self.lam, self.eps)
+                                                       self.unary_index, self.eta, self.lam, EPS)
 
-    def energy_and_grad(self, y):
-        energy, grad, _ = self.gradient(y)
-        return energy, grad
-
-    def mirror_step(self, log_y, grad, scale):
-        return torch.ops.pottsops.mirror_step(log_y, grad, scale, self.seed_ids, self.seeded, LOG_FLOOR)
+    def step(self, theta, m, v, y, grad, steps, scale, rule):
+        torch.ops.pottsops.adaptive_step(theta, m, v, y, grad, steps, scale, self.seed_ids, self.seeded, rule)
 
 
-# The one-launch CUDA step (mirror_fused_step) is opt-in until it has been checked and timed on a GPU: no
-# GPU has run it yet (README, "GPU status").  benchmarks/gpu_suite.sh tests and times both CUDA loops.
-ONE_LAUNCH_DEFAULT = False
+class _Loop:
+    """The iterate of every image (theta, moments, y, gradient), its best labels and energy, its step count
+    and learning-rate scale (0 once stopped), updated in place so that CUDA graphs can replay the steps."""
 
-
-def _mirror(problem, y, iters, tol, step, info, sync_free=None, compiled=None, one_launch=None):
-    """Entropic mirror descent with a per-image step: the largest change of log y_ik in image b is tau_b,
-    x1.25 after an accepted step, x0.5 after a rejected one (energy up: the image keeps its iterate).
-    Images stop at relative change < tol.  With the fused step on the CPU (compiled=None: auto) the whole
-    loop runs in one compiled op (mirror_solve), image by image.  On CUDA with the fused step, either one
-    launch per step (one_launch=None: ONE_LAUNCH_DEFAULT) replayed from CUDA graphs, or (sync_free=None:
-    auto) a sync-free loop body of a few kernels replayed from CUDA graphs of GRAPH_ITERATIONS steps, the
-    stopping test between replays; elsewhere each step copies back only the rejected images."""
-    fused = isinstance(problem, _FusedProblem)
-    if compiled is None:
-        compiled = fused and y.device.type == "cpu"
-    if compiled:
-        return _mirror_compiled(problem, y, iters, tol, step, info)
-    if one_launch is None:
-        one_launch = ONE_LAUNCH_DEFAULT and fused and y.is_cuda
-    if one_launch:
-        return _mirror_one_launch(problem, y, iters, tol, step, info)
-    state = _MirrorState(problem, y, step)
-    info.energies.append(state.energy.clone())
-    if sync_free is None:
-        sync_free = y.is_cuda and isinstance(problem, _FusedProblem)
-    done = 0
-    if sync_free and y.is_cuda and iters > GRAPH_ITERATIONS:
-        done = _mirror_graphed(problem, state, iters, tol, info)
-    for _ in range(iters - done):
-        if not bool(state.active.any()):
-            break
-        if sync_free:
-            state.step_sync_free(tol)
-        else:
-            state.step(tol)
-        info.energies.append(state.energy.clone())
-    info.iterations = state.iterations
-    return state.y, state.energy
-
-
-def _mirror_compiled(problem, y, iters, tol, step, info):
-    """_mirror's loop in the CPU op mirror_solve: the same arithmetic, step control and trace."""
-    y = y.contiguous()
-    log_y = torch.log(y).clamp(min=LOG_FLOOR)
-    y, energy, trace, iterations = torch.ops.pottsops.mirror_solve(
-        y, log_y, *problem.grid_args, problem.operand, problem.unlabeled, problem.seeded, problem.seed_ids,
-        problem.unary_index, problem.eta, problem.lam, problem.eps, LOG_FLOOR, step, iters, tol)
-    info.energies.extend(trace.unbind(0))
-    info.iterations = iterations
-    return y, energy
-
-
-GRAPH_ITERATIONS = 10
-
-# The columns of mirror_fused_step's per-image state (csrc/cuda/solver_device.cuh, StateColumn): which
-# buffer holds the iterate, tau, energy, spread, active, steps run, steps accepted.
-CURRENT, TAU, ENERGY, SPREAD, ACTIVE, STEPS, ACCEPTED, STATE_COLUMNS = range(8)
-
-
-def _mirror_one_launch(problem, y, iters, tol, step, info):
-    """_mirror's loop on CUDA with one kernel launch per step (mirror_fused_step: the mirror step, the
-    gradient at the stepped labels and each image's step control fused), GRAPH_ITERATIONS launches per CUDA
-    graph replay, the stopping test between replays.  An image's iterate is kept as log y and its gradient,
-    in two buffers swapped on acceptance; y = exp(log y) at the end (y itself if no step was accepted)."""
-    B = y.shape[0]
-    y = y.contiguous()
-    logs = torch.empty((2, *y.shape), dtype=y.dtype, device=y.device)
-    logs[0] = torch.log(y).clamp(min=LOG_FLOOR)
-    grads = torch.empty_like(logs)
-    energy, grads[0], spread = problem.gradient(y)
-    state = torch.zeros(B, STATE_COLUMNS, dtype=torch.float64, device=y.device)
-    state[:, TAU] = torch.tensor(step, dtype=y.dtype).double()
-    state[:, ENERGY], state[:, SPREAD], state[:, ACTIVE] = energy, spread, 1
-    arrived = torch.zeros(B, dtype=torch.int32, device=y.device)
-    trace = torch.empty(GRAPH_ITERATIONS, B, dtype=y.dtype, device=y.device)
-    info.energies.append(energy.clone())
-
-    def launch(row):
-        torch.ops.pottsops.mirror_fused_step(logs, grads, state, arrived, row, *problem.grid_args, problem.operand,
-                                             problem.unlabeled, problem.seeded, problem.seed_ids,
-                                             problem.unary_index, problem.eta, problem.lam, problem.eps, LOG_FLOOR,
-                                             tol)
-
-    done = 0
-    if y.is_cuda and iters > GRAPH_ITERATIONS:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # the first step eagerly: it warms up the op
-            launch(trace[0])
-        torch.cuda.current_stream().wait_stream(side)
-        info.energies.append(trace[0].clone())
-        done = 1
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for j in range(GRAPH_ITERATIONS):
-                launch(trace[j])
-        while done + GRAPH_ITERATIONS <= iters and bool(state[:, ACTIVE].any()):
-            graph.replay()
-            info.energies.extend(trace.clone().unbind(0))
-            done += GRAPH_ITERATIONS
-    while done < iters and bool(state[:, ACTIVE].any()):
-        launch(trace[0])
-        info.energies.append(trace[0].clone())
-        done += 1
-    log_y = logs[state[:, CURRENT].long(), torch.arange(B, device=y.device)]
-    moved = (state[:, ACCEPTED] > 0).view(B, 1, 1, 1)
-    info.iterations = state[:, STEPS].long()
-    return torch.where(moved, log_y.exp(), y), state[:, ENERGY].to(y.dtype)
-
-
-class _MirrorState:
-    """The iterate of every image (y, log y, gradient, spread, energy) and its step control (tau, active,
-    iterations), updated in place so that CUDA graphs can replay the steps."""
-
-    def __init__(self, problem, y, step):
+    def __init__(self, problem, y, theta, rule, lower, tol):
         B = y.shape[0]
-        self.problem = problem
-        self.y = y.contiguous().clone()
-        self.log_y = torch.log(self.y).clamp(min=LOG_FLOOR)
-        self.energy, self.grad, self.spread = problem.gradient(self.y)
-        self.tau = torch.full((B,), step, dtype=y.dtype, device=y.device)
-        self.active = torch.ones(B, dtype=torch.bool, device=y.device)
-        self.iterations = torch.zeros(B, dtype=torch.long, device=y.device)
+        self.problem, self.rule, self.lower, self.tol = problem, rule, lower, tol
+        self.theta, self.y = theta.contiguous().clone(), y.contiguous().clone()
+        self.m, self.v = torch.zeros_like(self.y), torch.zeros_like(self.y)
+        self.energy, self.grad = problem.gradient(self.y)
+        self.best_y, self.best = self.y.clone(), self.energy.clone()
+        self.window_start = self.best.clone()
+        self.steps = torch.zeros(B, dtype=torch.long, device=y.device)
+        self.scale = torch.ones(B, dtype=torch.float64, device=y.device)
+        self.trace = torch.empty(WINDOW, B, dtype=y.dtype, device=y.device)
 
-    def _trial(self, tol):
-        scale = torch.where(self.active, self.tau, 0) / self.spread.clamp(min=torch.finfo(self.y.dtype).tiny)
-        trial_log, trial = self.problem.mirror_step(self.log_y, self.grad, scale)
-        trial_energy, trial_grad, trial_spread = self.problem.gradient(trial)
-        accept = self.active & torch.isfinite(trial_energy) & (trial_energy <= self.energy)
-        change = (self.energy - trial_energy).abs() / self.energy.abs().clamp(min=1e-30)
-        return (trial, trial_log, trial_grad, trial_spread, trial_energy), accept, change
+    def advance(self, j):
+        """Step j of a window, without host syncs."""
+        running = self.scale > 0
+        self.steps += running.long()
+        self.problem.step(self.theta, self.m, self.v, self.y, self.grad, self.steps, self.scale, self.rule)
+        energy, grad = self.problem.gradient(self.y)
+        self.grad.copy_(grad)
+        better = running & (energy < self.best)  # false for NaN
+        torch.where(better.view(-1, 1, 1, 1), self.y, self.best_y, out=self.best_y)
+        torch.where(better, energy, self.best, out=self.best)
+        self.trace[j].copy_(self.best)
 
-    def _control(self, accept, change, tol):
-        self.tau.copy_(torch.where(accept, self.tau * 1.25, self.tau * 0.5))
-        self.iterations += self.active.long()
-        self.active &= ~(accept & (change < tol)) & (self.tau > 1e-8)
-
-    def step(self, tol):
-        """One step; the rejected images' rows are copied back (host-side indices: one sync)."""
-        trial, accept, change = self._trial(tol)
-        for b in (~accept).nonzero().flatten().tolist():  # keep the previous iterate of those images
-            for new, old in zip(trial, self._fields()):
-                new[b].copy_(old[b])  # one contiguous copy per image: advanced indexing is 10x slower
-        self.y, self.log_y, self.grad, self.spread, self.energy = trial
-        self._control(accept, change, tol)
-
-    def step_sync_free(self, tol):
-        """The same step without host syncs: every field selected per image in place."""
-        trial, accept, change = self._trial(tol)
-        for new, old in zip(trial, self._fields()):
-            keep = accept.view(-1, *([1] * (old.dim() - 1)))
-            torch.where(keep, new, old, out=old)
-        self._control(accept, change, tol)
-
-    def _fields(self):
-        return self.y, self.log_y, self.grad, self.spread, self.energy
+    def check(self):
+        """The end of a window, from the second on (adaptive_window_check): where the lowest energy fell by at
+        most tol times its excess over lower, the lr scale halves, or after MAX_HALVINGS the image stops."""
+        excess = (self.best - self.lower).clamp(min=0)
+        flat = (self.window_start - self.best <= self.tol * excess) & (self.steps >= 2 * WINDOW)
+        halved = torch.where(self.scale > 0.5 ** MAX_HALVINGS, self.scale * 0.5, 0.0)
+        torch.where(flat, halved, self.scale, out=self.scale)
+        self.window_start.copy_(self.best)
 
 
-def _mirror_graphed(problem, state, iters, tol, info):
-    """Steps replayed from a CUDA graph of GRAPH_ITERATIONS sync-free steps (the energies of each into a
-    static trace); returns the number of steps done.  The first step runs eagerly (it warms up the ops)."""
-    trace = torch.empty(GRAPH_ITERATIONS, state.energy.shape[0], dtype=state.energy.dtype, device=state.y.device)
+def _adaptive_loop(problem, y, theta, iters, tol, rule, lower, energies):
+    """At most iters steps of the rule from (y, theta); returns (best y, its energy, steps per image) and
+    appends the best energy after each step to energies.  On CUDA with the fused problem, windows of WINDOW
+    steps and their check are replayed from a CUDA graph (the stopping test, a host sync, between them)."""
+    loop = _Loop(problem, y, theta, rule, lower, tol)
+    energies.append(loop.best.clone())
+
+    def window(steps):
+        for j in range(steps):
+            loop.advance(j)
+        if steps == WINDOW:
+            loop.check()
+
+    done, graph = 0, None
+    while done < iters and bool((loop.scale > 0).any()):
+        steps = min(WINDOW, iters - done)
+        if steps == WINDOW and y.is_cuda and isinstance(problem, _FusedProblem):
+            if graph is None:
+                graph = _capture(window, loop)
+            graph.replay()
+        else:
+            window(steps)
+        energies.extend(loop.trace[:steps].clone().unbind(0))
+        done += steps
+    return loop.best_y, loop.best, loop.steps
+
+
+def _capture(window, loop):
+    """A CUDA graph of one window of steps; the window runs once eagerly on a side stream first (it warms
+    up the ops), so its effect is undone: the loop's state is saved and restored around it."""
+    saved = {name: getattr(loop, name).clone() for name in ("theta", "m", "v", "y", "grad", "best_y", "best",
+                                                            "window_start", "steps", "scale")}
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        state.step_sync_free(tol)
+        window(WINDOW)
     torch.cuda.current_stream().wait_stream(side)
-    info.energies.append(state.energy.clone())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for j in range(GRAPH_ITERATIONS):
-            state.step_sync_free(tol)
-            trace[j].copy_(state.energy)
-    done = 1
-    while done + GRAPH_ITERATIONS <= iters and bool(state.active.any()):
-        graph.replay()
-        info.energies.extend(trace.clone().unbind(0))
-        done += GRAPH_ITERATIONS
-    return done
+        window(WINDOW)
+    for name, value in saved.items():
+        getattr(loop, name).copy_(value)
+    return graph
 
 
-def _adam(problem, y, iters, tol, step, info):
-    B = y.shape[0]
-    v = torch.log(y.clamp(min=1e-12)).detach().requires_grad_()
-    optimizer = torch.optim.Adam([v], lr=step)
-    best_y, best = y, problem.energy_and_grad(y)[0]
-    info.energies.append(best)
-    previous = best
-    active = torch.ones(B, dtype=torch.bool, device=y.device)
-    iterations = torch.zeros(B, dtype=torch.long, device=y.device)
-    for _ in range(iters):
-        if not bool(active.any()):
-            break
-        before = v.detach().clone()
-        optimizer.zero_grad()
-        current = problem.clamp(torch.softmax(v, 1))
-        energy, grad_y = problem.energy_and_grad(current)
-        v.grad = current * (grad_y - (current * grad_y).sum(1, keepdim=True))  # through the softmax
-        optimizer.step()
-        with torch.no_grad():  # frozen images keep their pseudo-logits
-            v.copy_(torch.where(active.view(B, 1, 1, 1), v, before))
-        better = active & torch.isfinite(energy) & (energy < best)
-        best_y = torch.where(better.view(B, 1, 1, 1), current.detach(), best_y)
-        best = torch.where(better, energy, best)
-        iterations += active.long()
-        change = (previous - energy).abs() / previous.abs().clamp(min=1e-30)
-        active = active & ~((iterations > 1) & (change < tol))  # iteration 1 evaluates the initialisation
-        previous = torch.where(active, energy, previous)
-        info.energies.append(best)
-    final = problem.clamp(torch.softmax(v.detach(), 1))
-    final_energy = problem.energy_and_grad(final)[0]
-    better = torch.isfinite(final_energy) & (final_energy < best)
-    info.iterations = iterations
-    return torch.where(better.view(B, 1, 1, 1), final, best_y), torch.where(better, final_energy, best)
+def _compiled_loop(problem, y, theta, iters, tol, rule, lower, energies):
+    """_adaptive_loop in the CPU op adaptive_solve: the same arithmetic, stopping and trace."""
+    y, energy, trace, steps = torch.ops.pottsops.adaptive_solve(
+        y.contiguous(), theta.contiguous(), *problem.grid_args, problem.operand, problem.unlabeled, problem.seeded,
+        problem.seed_ids, lower, problem.unary_index, problem.eta, problem.lam, EPS, rule, iters, tol, WINDOW)
+    energies.extend(trace.unbind(0))
+    return y, energy, steps
 
 
-def _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask, weights,
-                 method, backend):
-    """Arguments of _FusedProblem when the compiled ops can run the whole step (mirror descent, grid or
-    window neighbourhood, the cpu or cuda backend), else None."""
-    if method != "mirror" or (isinstance(neighborhood, str) and neighborhood == "dense"):
+def _solve_level(problem, y, theta, iters, tol, rule, energies, compiled=None):
+    """One level: the loop from (y, theta); compiled=None picks the CPU op where it can run."""
+    lower = problem.lower_bound()
+    if compiled is None:
+        compiled = isinstance(problem, _FusedProblem) and y.device.type == "cpu"
+    loop = _compiled_loop if compiled else _adaptive_loop
+    return loop(problem, y, theta, iters, tol, rule, lower, energies) + (lower,)
+
+
+def _block_sum(x, f):
+    """Sums over f x f blocks of (B, C, H, W), zero-padded at the bottom and right."""
+    B, C, H, W = x.shape
+    x = F.pad(x, (0, -W % f, 0, -H % f))
+    return x.view(B, C, x.shape[2] // f, f, x.shape[3] // f, f).sum((3, 5))
+
+
+def _coarse(logits, image, seeds, mask, weights, ignore_index, f):
+    """The inputs pooled f x f over the pixels that exist: image, weights and softmax(logits) averaged, the
+    seeds' most frequent class (where a block holds seeds), the mask where a block holds a pixel."""
+    present = torch.ones_like(seeds, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
+    present = present[:, None]
+    count = _block_sum(present, f)
+    mean = lambda x: _block_sum(x * present, f) / count.clamp(min=1)  # noqa: E731
+    sigma = mean(torch.softmax(logits, 1))
+    K = logits.shape[1]
+    seeded = (seeds != ignore_index) & (present[:, 0] > 0)
+    votes = _block_sum(F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(logits.dtype)
+                       * seeded[:, None], f)
+    coarse_seeds = torch.where(votes.amax(1) > 0, votes.argmax(1), ignore_index)
+    return (torch.log(sigma.clamp(min=torch.finfo(sigma.dtype).tiny)), None if image is None else mean(image.to(logits.dtype)),
+            coarse_seeds, None if mask is None else count[:, 0] > 0, None if weights is None else mean(weights))
+
+
+def _upsample(theta, f, H, W):
+    """Coarse pseudo-logits as the start of the level f times finer: each block takes its coarse pixel's,
+    normalised (largest 0) and floored at TRANSFER_FLOOR, so that no label is ruled out at the start."""
+    theta = theta.repeat_interleave(f, 2).repeat_interleave(f, 3)[:, :, :H, :W]
+    return (theta - theta.amax(1, keepdim=True)).clamp(min=TRANSFER_FLOOR)
+
+
+def _fused_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, mask, weights, backend):
+    """grid_solver_gradient's grid arguments when the compiled ops can run the step (grid or window
+    neighbourhood, the cpu or cuda backend), else None."""
+    if isinstance(neighborhood, str) and neighborhood == "dense":
         return None
-    impl = _backend.resolve(backend, logits.device, GRID_BACKENDS, "solve")
-    if impl not in ("cpu", "cuda"):
+    if _backend.resolve(backend, logits.device, GRID_BACKENDS, "solve") not in ("cpu", "cuda"):
         return None
     neighborhood = as_neighborhood(neighborhood)
-    image = None if image is None else image.detach()
     if weights is not None:
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
-    use_image = image if weights is None else None
-    inv = inv_two_sigma2(use_image, sigma_rgb, mask) if use_image is not None else None
-    grid_args = (use_image, None if weights is None else weights.detach().to(logits.dtype), mask, inv,
-                 neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy), relaxation_index(relaxation), 1e-8)
-    return dict(log_sigma=torch.log_softmax(logits, 1).contiguous(), seeds=torch.where(seeded, seeds, 0).long(),
-                grid_args=grid_args, unary_index=unary_index(unary, "unary"))
+        return (None, weights.detach().to(logits.dtype).contiguous(), mask, None, neighborhood.flat_offsets(),
+                neighborhood.spatial(sigma_xy), relaxation_index(relaxation), EPS)
+    inv = None if image is None else inv_two_sigma2(image, sigma_rgb, mask)
+    return (image, None, mask, inv, neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy),
+            relaxation_index(relaxation), EPS)
 
 
 def _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights,
-                  ignore_index, dense_method, method, backend):
-    """The _FusedProblem where the compiled ops can run the whole step, else the _Problem (checked args)."""
+                  ignore_index, dense_method, backend):
+    """The _FusedProblem where the compiled ops can run the step, else the _Problem."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     logits = logits.detach().to(dtype).contiguous()
+    image = None if image is None else image.detach()
     seeded = (seeds != ignore_index).contiguous()
     if mask is not None:
         seeded = seeded & mask
     one_hot = F.one_hot(torch.where(seeded, seeds, 0).long(), logits.shape[1]).permute(0, 3, 1, 2).to(dtype)
     unlabeled = (~seeded if mask is None else mask & ~seeded).contiguous()
-    args = (logits, None if image is None else image.detach(), seeded, one_hot, unlabeled, relaxation, unary,
-            neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
-    fused = _fused_setup(logits, image, seeds, seeded, neighborhood, relaxation, unary, sigma_rgb, sigma_xy, mask,
-                         weights, method, backend)
-    return _FusedProblem(*args, **fused) if fused else _Problem(*args)
+    args = (logits, image, seeds, seeded, one_hot, unlabeled, relaxation, unary_name(unary, "unary"), neighborhood, eta,
+            lam, sigma_rgb, sigma_xy, mask, weights, dense_method, backend)
+    grid_args = _fused_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, mask, weights, backend)
+    return _FusedProblem(*args, grid_args=grid_args) if grid_args else _Problem(*args)
+
+
+def _levels(shape, levels):
+    """The pooling factors of the coarse levels to solve first, coarsest first."""
+    H, W = shape[2:]
+    factors = LEVEL_FACTORS[len(LEVEL_FACTORS) - levels:] if levels else ()
+    return [f for f in factors if min(H, W) // f >= COARSEST]
 
 
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
-          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=200, method="mirror", tol=1e-6,
-          step=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
+          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=300, tol=1e-3, step=0.1,
+          levels=3, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
     """Soft pseudo-labels y (B, K, H, W) minimising eta H(y, softmax(logits)) + lam Potts(y), scribbles fixed.
 
     logits: (B, K, H, W) network outputs (no gradient flows back).
@@ -377,11 +318,13 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     relaxation, unary, neighborhood, sigma_rgb, sigma_xy, weights, mask: as in potts_energy / unary;
         dense_method: 'lattice' or 'exact' for neighborhood='dense'.
     init: (B, K, H, W) starting labels (default softmax(logits)); the returned energy never exceeds its.
-    iters, tol: at most iters iterations; an image stops when its relative energy change is below tol.
-    method: 'mirror' (entropic mirror descent, default) or 'adam' (Adam on pseudo-logits, y = softmax(v));
-        step: mirror's initial largest log-change per iteration (default 1.0) or Adam's learning rate
-        (default 0.1).
-    return_info: also return a SolveInfo (energy per iteration, iterations, seconds).
+        A given init is the start of the full-resolution solve (no coarse levels).
+    iters, tol: at most iters steps per level; every 20 steps (from step 40 on), where an image's lowest
+        energy fell by at most tol times its excess over the unary's lower bound (info.lower) in those steps,
+        its learning rate halves, or, after 3 halvings, it stops (coarse levels: tol / 10).
+    step: the learning rate of the per-coordinate steps (about the largest change of a pseudo-logit per step).
+    levels: how many coarse levels (pooled 2x, 4x, 8x; up to 3) are solved first, each starting the next.
+    return_info: also return a SolveInfo (energy per step, steps, timings).
 
     >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
     """
@@ -395,20 +338,24 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         _checks.check_finite("image", image)
     relaxation_name(relaxation)
     unary_name(unary, "unary")
-    _checks.check_choice("method", method, SOLVE_METHODS)
     for name, value in (("eta", eta), ("lam", lam)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
-        raise ValueError(f"iters: expected an integer >= 0, got {iters!r}")
-    if not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol: expected a number >= 0, got {tol!r}")
-    if step is not None:
-        _checks.check_positive("step", step)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    problem = _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask,
-                            weights, ignore_index, dense_method, method, backend)
-    logits = problem.logits
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    for name, value in (("iters", iters), ("levels", levels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    if levels > len(LEVEL_FACTORS):
+        raise ValueError(f"levels: expected at most {len(LEVEL_FACTORS)}, got {levels}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
+        raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+    _checks.check_positive("step", step)
+    if not math.isfinite(step):
+        raise ValueError(f"step: expected a finite number > 0, got {step!r}")
+    rule = [float(step), *BETAS, ADAM_EPS, LOG_FLOOR]
+    settings = dict(relaxation=relaxation, unary=unary, neighborhood=neighborhood, sigma_rgb=sigma_rgb,
+                    sigma_xy=sigma_xy, ignore_index=ignore_index, dense_method=dense_method, backend=backend)
+    problem = _make_problem(logits, image, seeds, eta=eta, lam=lam, mask=mask, weights=weights, **settings)
+    dtype = problem.logits.dtype
     if init is not None:
         _checks.check_like("init", init, logits.shape, "the shape of logits")
         _checks.check_device("init", init, "logits", logits)
@@ -416,14 +363,39 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         y0 = init.detach().to(dtype).clamp(min=0)
         y0 = y0 / y0.sum(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
     else:
-        y0 = torch.softmax(logits, 1)
+        y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()
     info = SolveInfo()
-    if method == "mirror":
-        y, best = _mirror(problem, y0, iters, tol, 1.0 if step is None else step, info)
+    theta = None
+    for f in _levels(logits.shape, 0 if init is not None else levels):
+        coarse_logits, coarse_image, coarse_seeds, coarse_mask, coarse_weights = _coarse(
+            problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
+        coarse = _make_problem(coarse_logits, coarse_image, coarse_seeds, eta=eta * f * f, lam=lam * f,
+                               mask=coarse_mask, weights=coarse_weights,
+                               **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
+        if theta is None:
+            y = coarse.clamp(torch.softmax(coarse.logits, 1))
+            theta = torch.log(y.clamp(min=math.exp(LOG_FLOOR)))
+        else:
+            theta = _upsample(theta, previous // f, *coarse.logits.shape[2:])
+            y = coarse.clamp(torch.softmax(theta, 1))
+        level_start = time.perf_counter()
+        y, _, steps, _ = _solve_level(coarse, y.contiguous(), theta, iters, tol * COARSE_TOL, rule, [])
+        theta, previous = torch.log(y.clamp(min=math.exp(LOG_FLOOR))), f
+        info.levels.append((f, steps, time.perf_counter() - level_start))
+    if theta is None:
+        theta, y = torch.log(y0.clamp(min=math.exp(LOG_FLOOR))), y0
     else:
-        y, best = _adam(problem, y0, iters, tol, 0.1 if step is None else step, info)
-    y = problem.clamp(y)
-    info.best = best
+        theta = _upsample(theta, previous, *logits.shape[2:])
+        y = problem.clamp(torch.softmax(theta, 1)).contiguous()
+    start_energy = problem.gradient(y0)[0]
+    info.energies.append(start_energy)
+    trace, level_start = [], time.perf_counter()
+    y, best, info.iterations, info.lower = _solve_level(problem, y, theta, iters, tol, rule, trace)
+    info.levels.append((1, info.iterations, time.perf_counter() - level_start))
+    info.energies.extend(torch.minimum(e, start_energy) for e in trace[1:])
+    worse = ~(best <= start_energy)  # the start is kept where the solve did not go below it
+    y = problem.clamp(torch.where(worse.view(-1, 1, 1, 1), y0, y))
+    info.best = torch.where(worse, start_energy, best)
     info.seconds = time.perf_counter() - start
     return (y, info) if return_info else y

@@ -4,7 +4,6 @@ Without a GPU, Triton kernels run under the Triton interpreter (TRITON_INTERPRET
 anything imports triton).  POTTSOPS_LONG_SWEEP=N adds N random shapes to the sweeps.
 """
 import contextlib
-import importlib
 import os
 import random
 import warnings
@@ -101,25 +100,24 @@ def cpu_kernels(**kernels):
         lib._destroy()
 
 
-def compare_one_launch_loop(make_problem, iters, tol, **tolerances):
-    """The mirror loop of pottsops.solve on a fresh make_problem() twice, over the two-kernel step and with
-    one mirror_fused_step launch per step (the kernel registered for the device), asserting that the images
-    stopped at different steps, that the energy went down, and the same iterates, energies, steps and trace
-    (to tolerances; the trace of the one-launch loop may run on with the final energies)."""
-    solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
-    runs = []
-    for one_launch in (False, True):
-        fused = make_problem()
-        info = solve_module.SolveInfo()
-        y0 = fused.clamp(torch.softmax(fused.logits, 1)).contiguous()
-        y, energy = solve_module._mirror(fused, y0, iters, tol, 1.0, info, sync_free=False, compiled=False,
-                                         one_launch=one_launch)
-        runs.append((fused.clamp(y), energy, info.iterations, torch.stack(info.energies)))
-    (y, energy, iterations, trace), (y2, energy2, iterations2, trace2) = runs
-    assert int(iterations.min()) < int(iterations.max())  # images stopped at different steps
-    assert float(trace[-1].sum()) < float(trace[0].sum())  # the loop did descend
-    torch.testing.assert_close(y2, y, **tolerances)
-    torch.testing.assert_close(energy2, energy, **tolerances)
-    assert torch.equal(iterations2.cpu(), iterations.cpu())
-    torch.testing.assert_close(trace2[:len(trace)], trace, **tolerances)
-    assert (trace2[len(trace):] == energy2).all()
+def adaptive_step_inputs(K, dtype=torch.float64, device="cpu"):
+    """(theta, m, v, y, grad, steps, scale, seeds, seeded) and rule for one adaptive step: three images at
+    steps 1, 7 and 30 with lr scales 1, 0.5 and 0 (stopped), seeds, moments from earlier steps, and a pixel at
+    the floor."""
+    g = torch.Generator().manual_seed(K)
+    B, H, W = 3, 5, 7
+    log_floor = -20.0
+    theta = torch.log_softmax(torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 3, 1)
+    theta[:, 1:, 0, 0] = log_floor  # a pixel at the floor: its other classes stay there
+    theta[:, 0, 0, 0] = 0.0
+    y = torch.softmax(theta, 1)
+    m = torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 0.1
+    v = torch.rand(B, K, H, W, generator=g, dtype=torch.float64) * 0.05
+    grad = torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 4
+    seeded = torch.rand(B, H, W, generator=g) < 0.2
+    seeds = torch.randint(0, K, (B, H, W), generator=g)
+    grad = torch.where(seeded[:, None], 0, grad)
+    steps = torch.tensor([1, 7, 30])
+    scale = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    tensors = [t.to(dtype).contiguous() for t in (theta, m, v, y, grad)] + [steps, scale, seeds, seeded]
+    return [t.to(device) for t in tensors], [0.1, 0.9, 0.99, 1e-8, log_floor]

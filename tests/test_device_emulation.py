@@ -1,9 +1,9 @@
 """The CUDA grid, unary and solver kernels' device code run on the host (csrc/cpu/device_emulation.cpp) against
 the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
-(csrc/cuda/grid_device.cuh, unary_device.cuh, solver_device.cuh), in the kernels' launch shape.  Each test puts the emulated
-kernels in place of the CPU kernels of the pottsops ops of the same names, then goes through the public
-API; what it cannot check (nvcc's code, cub's reduction order, the one-launch step's last-block hand-off)
-is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
+(csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
+the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
+ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
+reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
 the CPU lattice (permutohedral.h), tested in test_dense.py."""
 import importlib
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import pottsops
-from conftest import compare_one_launch_loop, cpu_kernels, random_image, random_mask, soft_labels
+from conftest import adaptive_step_inputs, cpu_kernels, random_image, random_mask, soft_labels
 from pottsops.neighborhoods import as_neighborhood
 
 solve_module = importlib.import_module("pottsops.solve")
 
 EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", "unary_loss", "unary_loss_backward",
-            "grid_solver_gradient", "mirror_fused_step")
+            "grid_solver_gradient", "adaptive_step")
 NEIGHBORHOODS = ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=2)]
 NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
 
@@ -139,15 +139,15 @@ def solve_problem(backend, relaxation="cd", unary="cce", neighborhood="nn4", K=4
     return solve_module._make_problem(
         logits=logits, image=image, seeds=seeds, relaxation=relaxation, unary=unary, neighborhood=neighborhood,
         eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask, weights=None, ignore_index=255,
-        dense_method="lattice", method="mirror", backend=backend)
+        dense_method="lattice", backend=backend)
 
 
 @pytest.mark.parametrize("unary", pottsops.UNARIES)
 @pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
 def test_solver_gradient_matches_the_reference(relaxation, unary):
     """solver_gradient_pixel over stored labels (grid_solver_gradient's CUDA kernel) against autograd
-    through the reference ops: energy, gradient (zero on seeds and masked pixels) and spread, with a
-    window neighbourhood, a mask and a strided y."""
+    through the reference ops: energy and gradient (zero on seeds and masked pixels), with a window
+    neighbourhood, a mask and a strided y."""
     fused = solve_problem("cpu", relaxation, unary, pottsops.window(2, 1))
     reference = solve_problem("reference", relaxation, unary, pottsops.window(2, 1))
     y = torch.softmax(torch.randn(2, 23, 14, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), 3)
@@ -158,14 +158,14 @@ def test_solver_gradient_matches_the_reference(relaxation, unary):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", [("cd", "cce", "nn4", 4), ("nq", "ce", "win2", 5), ("bl", "rce", "nn8", 70),
-                                  ("lq", "cce", "nn4", 21)], ids=lambda c: "-".join(map(str, c)))
-def test_one_launch_step_gives_the_python_loop(case):
-    """mirror_fused_step's device code (MirroredLabels, mirror_fused_pixel, mirror_control) stepping the
-    one-launch loop against _mirror's loop over the two-kernel CPU step: the same iterates, energies,
-    steps and trace, with images stopping at different steps and a mask."""
-    relaxation, unary, neighborhood, K = case
-    neighborhood = pottsops.window(2, 1) if neighborhood == "win2" else neighborhood
-    with emulated("mirror_fused_step"):
-        compare_one_launch_loop(lambda: solve_problem("cpu", relaxation, unary, neighborhood, K=K, B=3, seed=14), 40,
-                                1e-5, rtol=1e-9, atol=1e-9)
+@pytest.mark.parametrize("K", [2, 5, 70])
+def test_adaptive_step_matches_the_reference(K):
+    """adaptive_pixel (adaptive_step's CUDA kernel) against reference.adaptive_step: three images at
+    different step numbers, one of them stopped, seeds and a pixel whose pseudo-logits sit at the floor."""
+    inputs, rule = adaptive_step_inputs(K)
+    expected = [t.clone() for t in inputs]
+    pottsops.reference.adaptive_step(*expected, rule)
+    with emulated("adaptive_step"):
+        torch.ops.pottsops.adaptive_step(*inputs, rule)
+    for got, want in zip(inputs[:4], expected[:4]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

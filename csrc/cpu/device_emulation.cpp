@@ -1,11 +1,9 @@
-// The CUDA grid, unary and solver kernels' device code (cuda/grid_device.cuh, unary_device.cuh,
-// solver_device.cuh) compiled
-// for the host and run in the kernels' launch shape: per image, blocks of kThreads pixels one after
-// another, a block's energy summed over its threads, then the blocks' partials summed in order; the
-// one-launch step's control runs after an image's last block, as on the device.  CI has no GPU, so this
-// is how the code every CUDA kernel runs per pixel gets tested there (tests/test_device_emulation.py:
-// against the reference ops and the CPU loop).  Not tested this way: what nvcc makes of it, the cub
-// reductions' order, the last-block hand-off and memory ordering of mirror_fused_step.
+// The CUDA grid, unary and solver kernels' device code (cuda/grid_device.cuh, unary_device.cuh and the
+// step rule's adaptive_pixel in pottsops/solver_math.h) compiled for the host and run in the kernels'
+// launch shape: per image, blocks of kThreads pixels one after another, a block's energy summed over its
+// threads, then the blocks' partials summed in order.  CI has no GPU, so this is how the code every CUDA
+// kernel runs per pixel gets tested there (tests/test_device_emulation.py: against the reference ops and
+// the CPU loop).  Not tested this way: what nvcc makes of it and the cub reductions' order.
 //
 // Registered as pottsops_emulated::<op> (CPU, float64 only) with the implementations of grid_potts.cu,
 // unary.cu and solver.cu; tests give them the schemas of the pottsops ops of the same names.
@@ -15,11 +13,11 @@
 #include <vector>
 
 #include "cuda/grid_device.cuh"
-#include "cuda/solver_device.cuh"
 #include "cuda/unary_device.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/device_code.h"
 #include "pottsops/solver_args.h"
+#include "pottsops/solver_math.h"
 #include "pottsops/unary_args.h"
 
 namespace pottsops {
@@ -143,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor> unary_loss_backward_emulated(const at::Tensor
   return {grad_z, grad_y};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_emulated(
+std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_emulated(
     const at::Tensor& y, const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
     const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
     at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
@@ -153,77 +151,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_emulated(
   check_double(y, "y");
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3), blocks = block_count(n);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
-  at::Tensor energy = at::zeros({B, blocks}, y.options()), spread = at::zeros({B, blocks}, y.options());
+  at::Tensor energy = at::zeros({B, blocks}, y.options());
   const DeviceGrid<double> g = device_grid<double>(args, y);
   const PairTable<double> pairs = pair_table<double>(args);
   double *grad_data = grad.data_ptr<double>(), *energy_data = energy.data_ptr<double>();
-  double* spread_data = spread.data_ptr<double>();
   dispatch_solver(args.relaxation, kind, K, [&](auto r, auto u, auto kmax) {
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        double widest = 0;
         energy_data[j] = run_block(j / blocks, j % blocks, n, [&](int64_t b, int64_t i) {
-          double pixel_energy = 0, pixel_spread = 0;
+          double pixel_energy = 0;
           double* out = grad_data + b * K * n + i;
           solver_gradient_pixel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, double>(
               g, g.stored(), pairs, operand.data_ptr<double>(), unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
-              eta, lam, unary_eps, b, i, [&](int64_t k, double gk) { out[k * n] = gk; }, pixel_energy,
-              pixel_spread);
-          widest = pixel_spread > widest ? pixel_spread : widest;
+              eta, lam, unary_eps, b, i, [&](int64_t k, double gk) { out[k * n] = gk; }, pixel_energy);
           return pixel_energy;
         });
-        spread_data[j] = widest;
       }
     });
   });
-  return {energy.sum(1), grad, std::get<0>(spread.max(1))};
+  return {energy.sum(1), grad};
 }
 
-void mirror_fused_step_emulated(const at::Tensor& log_buffers, const at::Tensor& grad_buffers, const at::Tensor& state,
-                                const at::Tensor& arrived, const at::Tensor& trace_row,
-                                const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
-                                const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2,
-                                at::IntArrayRef offsets, at::ArrayRef<double> spatial, int64_t relaxation, double eps,
-                                const at::Tensor& operand, const at::Tensor& unlabeled, const at::Tensor& seeded,
-                                const at::Tensor& seeds, int64_t kind, double eta, double lam, double unary_eps,
-                                double log_floor, double tol) {
-  check_fused_step_args(log_buffers, grad_buffers, state, arrived, trace_row, operand, unlabeled, seeded, seeds);
-  const at::Tensor log_y = log_buffers[0];
-  check_double(log_y, "log_buffers");
-  const GridArgs args = make_grid_args(log_y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  const int64_t B = log_y.size(0), K = log_y.size(1), n = log_y.size(2) * log_y.size(3), size = B * K * n;
-  const int64_t blocks = block_count(n);
-  const DeviceGrid<double> g = device_grid<double>(args, log_y);
-  const PairTable<double> pairs = pair_table<double>(args);
-  double *logs = log_buffers.data_ptr<double>(), *grads = grad_buffers.data_ptr<double>();
-  double *state_data = state.data_ptr<double>(), *trace = trace_row.data_ptr<double>();
-  dispatch_solver(args.relaxation, kind, K, [&](auto r, auto u, auto kmax) {
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {  // an image's blocks, then its control
-      for (int64_t b = begin; b < end; ++b) {
-        double* own = state_data + b * kStateColumns;
-        if (own[kActive] == 0) {
-          trace[b] = own[kEnergy];
-          continue;
-        }
-        const MirroredLabels<double> labels = trial_labels<double>(g, own, logs, grads, size, seeds.data_ptr<int64_t>(),
-                                                                   seeded.data_ptr<bool>(), log_floor);
-        const int64_t other = (own[kCurrent] != 0 ? 0 : 1) * size + b * K * n;
-        double total = 0, widest = 0;
-        for (int64_t block = 0; block < blocks; ++block) {
-          double block_widest = 0;
-          total += run_block(b, block, n, [&](int64_t, int64_t i) {
-            double pixel_energy = 0, pixel_spread = 0;
-            mirror_fused_pixel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, double>(
-                g, labels, pairs, operand.data_ptr<double>(), unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
-                eta, lam, unary_eps, b, i, logs + other + i, grads + other + i, pixel_energy, pixel_spread);
-            block_widest = pixel_spread > block_widest ? pixel_spread : block_widest;
-            return pixel_energy;
+// solver.cu's adaptive_step_kernel: adaptive_pixel for every pixel of the images still running, the constants
+// from the image's step number and lr scale.
+void adaptive_step_emulated(const at::Tensor& theta, const at::Tensor& m, const at::Tensor& v, const at::Tensor& y,
+                            const at::Tensor& grad, const at::Tensor& steps, const at::Tensor& scale,
+                            const at::Tensor& seeds, const at::Tensor& seeded, at::ArrayRef<double> rule) {
+  check_adaptive_step_args(theta, m, v, y, grad, steps, scale, seeds, seeded, rule);
+  check_double(y, "y");
+  const AdaptiveRule r(rule);
+  const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3);
+  double *pt = theta.data_ptr<double>(), *pm = m.data_ptr<double>(), *pv = v.data_ptr<double>();
+  double* py = y.data_ptr<double>();
+  const double* pg = grad.data_ptr<double>();
+  at::parallel_for(0, B * n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t b = j / n, base = b * K * n + j % n;
+      const double lr_scale = scale.data_ptr<double>()[b];
+      if (!(lr_scale > 0)) continue;
+      adaptive_pixel<double>(
+          K, seeded.data_ptr<bool>()[j], seeds.data_ptr<int64_t>()[j],
+          r.constants<double>(steps.data_ptr<int64_t>()[b], lr_scale),
+          [&](int64_t k, double& t, double& yk, double& gk, double& mk, double& vk) {
+            const int64_t at = base + k * n;
+            t = pt[at], yk = py[at], gk = pg[at], mk = pm[at], vk = pv[at];
+          },
+          [&](int64_t k, double t, double mk, double vk, double yk) {
+            const int64_t at = base + k * n;
+            pt[at] = t, pm[at] = mk, pv[at] = vk, py[at] = yk;
           });
-          widest = block_widest > widest ? block_widest : widest;
-        }
-        trace[b] = mirror_control<double>(own, total, widest, tol);
-      }
-    });
+    }
   });
 }
 
@@ -236,7 +213,7 @@ TORCH_LIBRARY_IMPL(pottsops_emulated, CPU, m) {
   m.impl("unary_loss", &unary_loss_emulated);
   m.impl("unary_loss_backward", &unary_loss_backward_emulated);
   m.impl("grid_solver_gradient", &grid_solver_gradient_emulated);
-  m.impl("mirror_fused_step", &mirror_fused_step_emulated);
+  m.impl("adaptive_step", &adaptive_step_emulated);
 }
 
 }  // namespace pottsops

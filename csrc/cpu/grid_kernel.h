@@ -345,24 +345,18 @@ struct GridKernel {
 };
 
 // Per-row outputs of the fused solver gradient, for row r = b * H + h: lam times the Potts energy of the
-// pairs that start in it (in T, as the kernel accumulates; zeroed before), eta H over its unlabeled pixels
-// and its largest per-pixel spread max_k g - min_k g.
+// pairs that start in it (in T, as the kernel accumulates; zeroed before) and eta H over its unlabeled
+// pixels.
 template <typename T>
 struct SolverRows {
   T* potts;
   double* unary;
-  double* spread;
 
-  // Image b's energy and spread from its H rows, summed in row order: deterministic for any thread count.
+  // Image b's energy from its H rows, summed in row order: deterministic for any thread count.
   T energy(int64_t b, int64_t H) const {
     double total = 0;
     for (int64_t h = 0; h < H; ++h) total += static_cast<double>(potts[b * H + h]) + unary[b * H + h];
     return static_cast<T>(total);
-  }
-  T widest(int64_t b, int64_t H) const {
-    double most = 0;
-    for (int64_t h = 0; h < H; ++h) most = std::max(most, spread[b * H + h]);
-    return static_cast<T>(most);
   }
 };
 
@@ -379,14 +373,12 @@ void solver_gradient_rows(const GridKernel<T>& kernel, const T* lam, const T* op
       lam, nullptr, rows.potts, first_row, last_row,
       [&](int64_t b, int64_t h, const T* acc, const typename GridKernel<T>::Row& own) {
         thread_local std::vector<T> scratch;
-        scratch.resize(6 * W);
+        scratch.resize(4 * W);
         const int64_t first = b * K * n + h * W, pixels = b * n + h * W;
         // y from the row cache (masked pixels zeroed: they are neither unlabeled nor pulled by pairs)
-        const SolverRowOut r = solver_row<U, T>(K, W, {own.labels.data(), W}, {operand + first, n}, {acc, W},
-                                                unlabeled + pixels, seeded + pixels, eta, T(1), unary_eps,
-                                                {grad + first, n}, scratch.data());
-        rows.unary[b * H + h] = r.value;
-        rows.spread[b * H + h] = r.spread;
+        rows.unary[b * H + h] = solver_row<U, T>(K, W, {own.labels.data(), W}, {operand + first, n}, {acc, W},
+                                                 unlabeled + pixels, seeded + pixels, eta, T(1), unary_eps,
+                                                 {grad + first, n}, scratch.data());
       });
 }
 

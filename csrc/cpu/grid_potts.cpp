@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
   return {grad_y, grad_w};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cpu(
+std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_cpu(
     const at::Tensor& y, const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
     const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
     at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
@@ -59,13 +59,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cpu(
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
   at::Tensor potts_rows = at::zeros({B, H}, y.options());
   at::Tensor unary_rows = at::zeros({B, H}, y.options().dtype(at::kDouble));
-  at::Tensor spread_rows = at::zeros({B, H}, y.options().dtype(at::kDouble));
-  at::Tensor energy = at::empty({B}, y.options()), spread = at::empty({B}, y.options());
+  at::Tensor energy = at::empty({B}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_cpu", [&] {
     using T = scalar_t;
     const GridKernel<T> kernel(args, /*labels=*/true);
     const std::vector<T> go(B, static_cast<T>(lam));  // the Potts gradient and energy come scaled by lam
-    const SolverRows<T> rows{potts_rows.data_ptr<T>(), unary_rows.data_ptr<double>(), spread_rows.data_ptr<double>()};
+    const SolverRows<T> rows{potts_rows.data_ptr<T>(), unary_rows.data_ptr<double>()};
     POTTS_DISPATCH_UNARY(kind, [&] {
       POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
         solver_gradient_rows<R, U, T>(kernel, go.data(), operand.data_ptr<T>(), unlabeled.data_ptr<bool>(),
@@ -73,12 +72,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cpu(
                                       grad.data_ptr<T>(), rows, 0, B * H);
       });
     });
-    for (int64_t b = 0; b < B; ++b) {
-      energy.data_ptr<T>()[b] = rows.energy(b, H);
-      spread.data_ptr<T>()[b] = rows.widest(b, H);
-    }
+    for (int64_t b = 0; b < B; ++b) energy.data_ptr<T>()[b] = rows.energy(b, H);
   });
-  return {energy, grad, spread};
+  return {energy, grad};
 }
 
 at::Tensor grid_affinity_cpu(const at::Tensor& image, const c10::optional<at::Tensor>& mask,

@@ -2,10 +2,8 @@
 // fused solver step (solver.cu).
 //
 // One thread per pixel.  A pixel's gradient is a gather over the pairs that start and that end at it; the
-// labels come from a label source: StoredLabels reads y, MirroredLabels computes the labels one mirror
-// step ahead where they are read (solver_device.cuh), so that the step and the gradient at the stepped labels are
-// one pass.  A source's at(b, h, w) returns what it needs per pixel (for MirroredLabels the log-sum-exp),
-// computed once per pixel visited.  Also compiled for the host (pottsops/device_code.h).
+// labels come through a label source (StoredLabels reads y; at(b, h, w) returns what a source needs per
+// pixel visited).  Also compiled for the host (pottsops/device_code.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -242,18 +240,17 @@ POTTS_DEVICE void affinity_pixel(const DeviceGrid<acc_t>& g, const PairTable<acc
 
 // One pixel of the fused solver gradient: g = [not seeded, present] (lam potts_grad + [unlabeled] eta
 // dH/dy), handed to store(k, g_k); adds the pixel's share of the energy (its unary and lam w P of the pairs
-// that start at it) to energy and its spread max_k g - min_k g to spread.  operand, unlabeled and seeded
-// are contiguous; i = h * W + w.
+// that start at it) to energy.  operand, unlabeled and seeded are contiguous; i = h * W + w.
 template <int R, int U, int KMAX, typename scalar_t, typename Labels, typename Store>
 POTTS_DEVICE void solver_gradient_pixel(const DeviceGrid<scalar_t>& g, const Labels& labels,
                                       const PairTable<scalar_t>& pairs, const scalar_t* __restrict__ operand,
                                       const bool* __restrict__ unlabeled, const bool* __restrict__ seeded,
                                       scalar_t eta, scalar_t lam, scalar_t unary_eps, int64_t b, int64_t i,
-                                      Store&& store, scalar_t& energy, scalar_t& spread) {
+                                      Store&& store, scalar_t& energy) {
   const int64_t n = g.H * g.W, h = i / g.W, w = i % g.W, base = b * g.K * n + i;
   const bool here = g.present(b, h, w), unl = unlabeled[b * n + i], seed = seeded[b * n + i];
   const typename Labels::Pixel p = labels.at(b, h, w);
-  scalar_t dot = 0, sum_y = 0, lo = 0, hi = 0;
+  scalar_t dot = 0, sum_y = 0;
   if (unl) {
     for (int64_t k = 0; k < g.K; ++k) {
       const scalar_t y = labels(p, k), o = operand[base + k * n];
@@ -277,13 +274,9 @@ POTTS_UNROLL
       const scalar_t y = labels(p, c0 + k), o = operand[base + (c0 + k) * n];
       scalar_t gk = acc[k] + self * y;
       if (unl) gk += eta * unary_grad_label<U, scalar_t>(o, y, o, dot, scalar_t(0), unary_eps);
-      gk = seed || !here ? scalar_t(0) : gk;
-      store(c0 + k, gk);
-      lo = c0 + k == 0 ? gk : (gk < lo ? gk : lo);
-      hi = c0 + k == 0 ? gk : (gk > hi ? gk : hi);
+      store(c0 + k, seed || !here ? scalar_t(0) : gk);
     }
   }
-  spread = hi - lo;
 }
 
 // Runs body with the register width KMAX (a compile-time constant) for K classes.

@@ -46,33 +46,27 @@ __global__ void __launch_bounds__(kThreads)
   if (i < g.H * g.W) backward_pixel<R, KMAX, scalar_t>(g, pairs, grad_energy[b], grad_y, grad_weights, b, i);
 }
 
-// grid_solver_gradient: solver_gradient_pixel (grid_device.cuh) for every pixel, the energy and spread
-// reduced per block in a fixed order.  operand, unlabeled, seeded and grad are contiguous.
+// grid_solver_gradient: solver_gradient_pixel (grid_device.cuh) for every pixel, the energy reduced per
+// block in a fixed order.  operand, unlabeled, seeded and grad are contiguous.
 template <int R, int U, int KMAX, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     solver_gradient_kernel(const DeviceGrid<scalar_t> g, const PairTable<scalar_t> pairs,
                            const scalar_t* __restrict__ operand, const bool* __restrict__ unlabeled,
                            const bool* __restrict__ seeded, scalar_t eta, scalar_t lam, scalar_t unary_eps,
-                           scalar_t* __restrict__ grad, double* __restrict__ energy_partial,
-                           double* __restrict__ spread_partial) {
+                           scalar_t* __restrict__ grad, double* __restrict__ energy_partial) {
   const int64_t b = blockIdx.y, n = g.H * g.W;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  scalar_t energy = 0, spread = 0;
+  scalar_t energy = 0;
   if (i < n) {
     scalar_t* out = grad + b * g.K * n + i;
     solver_gradient_pixel<R, U, KMAX, scalar_t>(
         g, g.stored(), pairs, operand, unlabeled, seeded, eta, lam, unary_eps, b, i,
-        [&](int64_t k, scalar_t gk) { out[k * n] = gk; }, energy, spread);
+        [&](int64_t k, scalar_t gk) { out[k * n] = gk; }, energy);
   }
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
   const double total = Reduce(storage).Sum(static_cast<double>(energy));
-  __syncthreads();
-  const double widest = Reduce(storage).Reduce(static_cast<double>(spread), [](double x, double y) { return x > y ? x : y; });
-  if (threadIdx.x == 0) {
-    energy_partial[b * gridDim.x + blockIdx.x] = total;
-    spread_partial[b * gridDim.x + blockIdx.x] = widest;
-  }
+  if (threadIdx.x == 0) energy_partial[b * gridDim.x + blockIdx.x] = total;
 }
 
 template <typename acc_t>
@@ -158,7 +152,7 @@ at::Tensor grid_affinity_cuda(const at::Tensor& image, const c10::optional<at::T
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cuda(
+std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_cuda(
     const at::Tensor& y, const c10::optional<at::Tensor>& image, const c10::optional<at::Tensor>& weights,
     const c10::optional<at::Tensor>& mask, const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
     at::ArrayRef<double> spatial, int64_t relaxation, double eps, const at::Tensor& operand,
@@ -168,10 +162,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cuda(
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
-  if (B == 0 || H * W == 0) return {at::zeros({B}, y.options()), grad, at::zeros({B}, y.options())};
+  if (B == 0 || H * W == 0) return {at::zeros({B}, y.options()), grad};
   const dim3 grid = pixel_grid(B, H, W, "y");
   at::Tensor energy = at::empty({B, static_cast<int64_t>(grid.x)}, y.options().dtype(at::kDouble));
-  at::Tensor spread = at::empty_like(energy);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_cuda", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
@@ -181,12 +174,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grid_solver_gradient_cuda(
           <<<grid, kThreads, 0, stream>>>(g, pairs, operand.data_ptr<scalar_t>(), unlabeled.data_ptr<bool>(),
                                           seeded.data_ptr<bool>(), static_cast<scalar_t>(eta),
                                           static_cast<scalar_t>(lam), static_cast<scalar_t>(unary_eps),
-                                          grad.data_ptr<scalar_t>(), energy.data_ptr<double>(),
-                                          spread.data_ptr<double>());
+                                          grad.data_ptr<scalar_t>(), energy.data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {energy.sum(1).to(y.scalar_type()), grad, std::get<0>(spread.max(1)).to(y.scalar_type())};
+  return {energy.sum(1).to(y.scalar_type()), grad};
 }
 
 }  // namespace

@@ -3,6 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
+#include "pottsops/solver_math.h"
+
 namespace pottsops {
 
 // All (B, K, H, W) tensors contiguous in the same floating dtype; masks (B, H, W) bool; on one device.
@@ -34,11 +38,62 @@ inline void check_grid_solver_args(const at::Tensor& y, const at::Tensor& operan
               operand.device(), ", got ", y.sizes(), " ", y.scalar_type(), " ", y.device());
 }
 
-inline void check_mirror_args(const at::Tensor& log_y, const at::Tensor& scale, const at::Tensor& seeds) {
+// The constants of the adaptive step rule (solver_math.h) as the ops take them: rule = [lr, beta1, beta2,
+// eps, log_floor] (pottsops/solve.py's ADAPTIVE_RULE order).
+struct AdaptiveRule {
+  double lr, beta1, beta2, eps, log_floor;
+
+  explicit AdaptiveRule(at::ArrayRef<double> rule) {
+    TORCH_CHECK(rule.size() == 5, "rule: expected [lr, beta1, beta2, eps, log_floor], got ", rule.size(), " values");
+    lr = rule[0], beta1 = rule[1], beta2 = rule[2], eps = rule[3], log_floor = rule[4];
+    TORCH_CHECK(std::isfinite(lr) && lr > 0, "rule: expected lr > 0, got ", lr);
+    TORCH_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "rule: expected betas in [0, 1), got ", beta1,
+                ", ", beta2);
+    TORCH_CHECK(std::isfinite(eps) && eps > 0, "rule: expected eps > 0, got ", eps);
+    TORCH_CHECK(std::isfinite(log_floor) && log_floor < 0, "rule: expected log_floor < 0, got ", log_floor);
+  }
+
+  // Image constants at step t with the image's lr scale.
+  template <typename T>
+  AdaptiveStep<T> constants(int64_t t, double scale) const {
+    return adaptive_step_constants<T>(static_cast<double>(t), lr * scale, beta1, beta2, eps, log_floor);
+  }
+};
+
+// adaptive_step: theta, m, v, y and grad contiguous (B, K, H, W) of one dtype; steps (B,) int64 and scale
+// (B,) float64 on y's device; seeds int64 where seeded.
+inline void check_adaptive_step_args(const at::Tensor& theta, const at::Tensor& m, const at::Tensor& v,
+                                     const at::Tensor& y, const at::Tensor& grad, const at::Tensor& steps,
+                                     const at::Tensor& scale, const at::Tensor& seeds, const at::Tensor& seeded,
+                                     at::ArrayRef<double> rule) {
+  check_solver_tensors({{"y", &y}, {"theta", &theta}, {"m", &m}, {"v", &v}, {"grad", &grad}},
+                       {{"seeds", &seeds}, {"seeded", &seeded}});
+  (void)AdaptiveRule(rule);
+  const int64_t B = y.size(0);
   TORCH_CHECK(seeds.scalar_type() == at::kLong, "seeds: expected int64, got ", seeds.scalar_type());
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == log_y.size(0) && scale.device() == log_y.device(),
-              "scale: expected shape (", log_y.size(0), ") on ", log_y.device(), ", got ", scale.sizes(), " on ",
-              scale.device());
+  TORCH_CHECK(seeded.scalar_type() == at::kBool, "seeded: expected bool, got ", seeded.scalar_type());
+  TORCH_CHECK(steps.scalar_type() == at::kLong && steps.dim() == 1 && steps.size(0) == B &&
+                  steps.device() == y.device(),
+              "steps: expected an int64 (", B, ") tensor on ", y.device(), ", got ", steps.scalar_type(), " ",
+              steps.sizes(), " on ", steps.device());
+  TORCH_CHECK(scale.scalar_type() == at::kDouble && scale.dim() == 1 && scale.size(0) == B &&
+                  scale.device() == y.device(),
+              "scale: expected a float64 (", B, ") tensor on ", y.device(), ", got ", scale.scalar_type(), " ",
+              scale.sizes(), " on ", scale.device());
+}
+
+// adaptive_solve's other arguments.
+inline void check_adaptive_solve_args(const at::Tensor& y, const at::Tensor& seeds, const at::Tensor& lower,
+                                      at::ArrayRef<double> rule, int64_t iters, double tol, int64_t window) {
+  (void)AdaptiveRule(rule);
+  TORCH_CHECK(seeds.scalar_type() == at::kLong, "seeds: expected int64, got ", seeds.scalar_type());
+  TORCH_CHECK(lower.dim() == 1 && lower.size(0) == y.size(0) && lower.device() == y.device() &&
+                  at::isFloatingType(lower.scalar_type()),
+              "lower: expected a floating (", y.size(0), ") tensor on ", y.device(), ", got ", lower.scalar_type(),
+              " ", lower.sizes());
+  TORCH_CHECK(iters >= 0, "iters: expected an integer >= 0, got ", iters);
+  TORCH_CHECK(std::isfinite(tol) && tol >= 0, "tol: expected a number >= 0, got ", tol);
+  TORCH_CHECK(window >= 1, "window: expected an integer >= 1, got ", window);
 }
 
 }  // namespace pottsops

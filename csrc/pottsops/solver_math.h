@@ -1,15 +1,12 @@
-// Per-pixel work of the fused solver step (pottsops/solve.py), shared by the CPU and CUDA kernels.
+// The step rule of the solver (pottsops/solve.py), shared by the CPU loop (solver_row.h, cpu/solver.cpp)
+// and the CUDA step kernel (cuda/solver.cu).
 //
-// solver_pixel: the gradient of eta H(y, sigma) + lam Potts(y) at one pixel, from the Potts gradient
-// (computed by the grid backward kernel) and the unary's derivative.  Each unary needs one operand per
-// class: sigma for cce and rce, log sigma for ce (the formulas of relaxations.h with z = log sigma, lse = 0);
-// it is passed as both z and sigma, and each formula reads the one it uses.
-//
-// mirror_pixel: one entropic mirror-descent step at one pixel, log y <- log_softmax(log y - scale g),
-// floored, or the one-hot seed on scribbled pixels.
-//
-// step_decision: the per-image step control of the mirror-descent loop, for the CPU loop (mirror_solve)
-// and the CUDA one-launch step.
+// Adaptive mirror descent: per pixel i and class k, the pseudo-logit theta (log y up to a per-pixel
+// constant) moves against the centred gradient d = g - <y, g> (the gradient of the mirror step, which is
+// the same for every class of a pixel up to that constant) with Adam's per-coordinate step: moments
+// m, v of d, bias-corrected, theta -= lr m_hat / (sqrt(v_hat) + eps).  Each pixel's theta is then shifted
+// so that its largest value is 0 and floored at log_floor, and y = softmax(theta).  Seeds keep their
+// one-hot labels (theta 0 on the seed's class, log_floor elsewhere) and zero moments.
 #pragma once
 
 #include <cmath>
@@ -18,95 +15,87 @@
 
 namespace pottsops {
 
-#ifndef __CUDACC__
-using std::isfinite;  // a CUDA built-in on the device
-#endif
-
-struct SolverPixelOut {
-  double value;   // eta H at this pixel (0 where the unary does not apply)
-  double spread;  // max_k g_k - min_k g_k (0 on seeds)
+// The constants of one step of one image: its step number t (1, 2, ...) folds Adam's bias corrections
+// into lr_t = lr / (1 - beta1^t) and root = 1 / sqrt(1 - beta2^t), so that
+// lr m_hat / (sqrt(v_hat) + eps) = lr_t m / (sqrt(v) root + eps); lr is the rule's times the image's scale
+// (adaptive_window_check).
+template <typename T>
+struct AdaptiveStep {
+  T lr_t, root, beta1, beta2, eps, log_floor;
 };
 
-// The K values of one pixel come through load and go out through store.
-template <int U, typename T, typename Load, typename Store>
-POTTS_HD SolverPixelOut solver_pixel(int64_t K, bool unlabeled, bool seeded, T eta, T lam, T eps, Load&& load,
-                                     Store&& store) {
-  // load(k) -> (y_k, operand_k, potts_grad_k); store(k, g_k)
-  SolverPixelOut out{0.0, 0.0};
-  if (seeded) {
-    for (int64_t k = 0; k < K; ++k) store(k, T(0));
-    return out;
-  }
-  T dot = 0, sum_y = 0;
-  if (unlabeled) {
-    for (int64_t k = 0; k < K; ++k) {
-      T y, operand, pg;
-      load(k, y, operand, pg);
-      dot += unary_dot_term<U, T>(operand, y, operand, eps);
-      sum_y += y;
-    }
-    out.value = static_cast<double>(eta * unary_value<U, T>(dot, sum_y, T(0), eps));
-  }
-  T lo = 0, hi = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    T y, operand, pg;
-    load(k, y, operand, pg);
-    T g = lam * pg;
-    if (unlabeled) g += eta * unary_grad_label<U, T>(operand, y, operand, dot, T(0), eps);
-    store(k, g);
-    lo = k == 0 ? g : (g < lo ? g : lo);
-    hi = k == 0 ? g : (g > hi ? g : hi);
-  }
-  out.spread = static_cast<double>(hi - lo);
-  return out;
+template <typename T>
+POTTS_HD AdaptiveStep<T> adaptive_step_constants(double t, double lr, double beta1, double beta2, double eps,
+                                                 double log_floor) {
+  return {static_cast<T>(lr / (1.0 - pow(beta1, t))), static_cast<T>(1.0 / sqrt(1.0 - pow(beta2, t))),
+          static_cast<T>(beta1), static_cast<T>(beta2), static_cast<T>(eps), static_cast<T>(log_floor)};
 }
 
-// One mirror step at one pixel: load(k) -> (log y_k, g_k); store(k, new log y_k, new y_k).
+// The moments and the pseudo-logit of one class after a step with centred gradient d.
+template <typename T>
+POTTS_HD T adaptive_theta(T theta, T d, T& m, T& v, const AdaptiveStep<T>& s) {
+  m = s.beta1 * m + (T(1) - s.beta1) * d;
+  v = s.beta2 * v + (T(1) - s.beta2) * d * d;
+  return theta - s.lr_t * m / (potts_sqrt(v) * s.root + s.eps);
+}
+
+// The normalised pseudo-logit: shifted by the pixel's largest value top, floored.
+template <typename T>
+POTTS_HD T adaptive_normalised(T theta, T top, T log_floor) {
+  const T shifted = theta - top;
+  return shifted > log_floor ? shifted : log_floor;
+}
+
+// One step at one pixel, the form the CUDA kernel runs: load(k, theta, y, g, m, v) gives class k's values,
+// store(k, theta, m, v, y) takes the new ones.  Three passes over k: the centred gradient's mean, the
+// moments and theta (largest theta on the way), then theta normalised and y.
 template <typename T, typename Load, typename Store>
-POTTS_HD void mirror_pixel(int64_t K, bool seeded, int64_t seed, T scale, T log_floor, Load&& load, Store&& store) {
+POTTS_HD void adaptive_pixel(int64_t K, bool seeded, int64_t seed, const AdaptiveStep<T>& s, Load&& load,
+                             Store&& store) {
   if (seeded) {
-    for (int64_t k = 0; k < K; ++k) store(k, k == seed ? T(0) : log_floor, k == seed ? T(1) : T(0));
+    for (int64_t k = 0; k < K; ++k) store(k, k == seed ? T(0) : s.log_floor, T(0), T(0), k == seed ? T(1) : T(0));
     return;
   }
-  T m = 0;
+  T mean = 0;
   for (int64_t k = 0; k < K; ++k) {
-    T log_y, g;
-    load(k, log_y, g);
-    const T v = log_y - scale * g;
-    m = k == 0 ? v : (v > m ? v : m);
+    T theta, y, g, m, v;
+    load(k, theta, y, g, m, v);
+    mean += y * g;
+  }
+  T top = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    T theta, y, g, m, v;
+    load(k, theta, y, g, m, v);
+    theta = adaptive_theta<T>(theta, g - mean, m, v, s);
+    top = k == 0 || theta > top ? theta : top;
+    store(k, theta, m, v, y);
   }
   T total = 0;
   for (int64_t k = 0; k < K; ++k) {
-    T log_y, g;
-    load(k, log_y, g);
-    total += potts_exp(log_y - scale * g - m);
+    T theta, y, g, m, v;
+    load(k, theta, y, g, m, v);
+    total += potts_exp(adaptive_normalised<T>(theta, top, s.log_floor));
   }
-  const T lse = m + potts_log(total);
+  const T inv_total = T(1) / total;
   for (int64_t k = 0; k < K; ++k) {
-    T log_y, g;
-    load(k, log_y, g);
-    T v = log_y - scale * g - lse;
-    v = v < log_floor ? log_floor : v;
-    store(k, v, potts_exp(v));
+    T theta, y, g, m, v;
+    load(k, theta, y, g, m, v);
+    theta = adaptive_normalised<T>(theta, top, s.log_floor);
+    store(k, theta, m, v, potts_exp(theta) * inv_total);
   }
 }
 
-// pottsops/solve.py's _MirrorState._control for one image: a trial of energy `trial` is accepted if finite
-// and not above the iterate's `value`; tau grows x1.25 after an accepted step and halves after a rejected
-// one; the image stops after an accepted step of relative change < tol, or once tau <= 1e-8.
-template <typename T>
-struct StepDecision {
-  bool accept, stop;
-  T tau;  // the next step's
-};
+// The check at the end of each window of steps, from the second window on (the first steps from a good
+// start may not descend yet): when an image's lowest energy fell by at most tol times its excess over the
+// unary's lower bound (the energy less its constants) during the window, its learning rate is halved, or,
+// once it has been halved kMaxHalvings times, the image stops.  Returns the new lr scale; 0: stop.
+constexpr int kMaxHalvings = 3;
 
 template <typename T>
-POTTS_HD StepDecision<T> step_decision(T value, T trial, T tau, T tol) {
-  const bool accept = isfinite(trial) && trial <= value;
-  const T magnitude = value < 0 ? -value : value, difference = value > trial ? value - trial : trial - value;
-  const T change = difference / (magnitude > T(1e-30) ? magnitude : T(1e-30));
-  const T next_tau = accept ? tau * T(1.25) : tau * T(0.5);
-  return {accept, (accept && change < tol) || !(next_tau > T(1e-8)), next_tau};
+POTTS_HD T adaptive_window_check(T best_window_ago, T best, T lower, T tol, T lr_scale) {
+  const T excess = best > lower ? best - lower : T(0);
+  if (best_window_ago - best > tol * excess) return lr_scale;
+  return lr_scale > T(1) / T(1 << kMaxHalvings) ? lr_scale * T(0.5) : T(0);
 }
 
 }  // namespace pottsops

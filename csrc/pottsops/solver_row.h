@@ -1,5 +1,5 @@
-// One image row of the fused solver step on the CPU, w innermost so that the loops vectorise: the row
-// forms of solver_pixel and mirror_pixel (solver_math.h), shared by the CPU solver ops.
+// One image row of the fused solver on the CPU, w innermost so that the loops vectorise: the unary part of
+// the gradient (solver_row) and the row form of the step rule (adaptive_row, solver_math.h).
 #pragma once
 
 #include <algorithm>
@@ -7,13 +7,9 @@
 #include <limits>
 
 #include "pottsops/relaxations.h"
+#include "pottsops/solver_math.h"
 
 namespace pottsops {
-
-struct SolverRowOut {
-  double value;   // eta H summed over the row's unlabeled pixels
-  double spread;  // the row's largest max_k g - min_k g
-};
 
 // Class k of a row starts at base + k * stride.
 template <typename T>
@@ -49,96 +45,99 @@ inline void solver_row_factors(int64_t W, const T* __restrict__ dot, const uint8
   }
 }
 
-// Class k's gradient g = pull potts_grad + factor unary_label_term, and the running per-pixel min and max.
+// Class k's gradient g = pull potts_grad + factor unary_label_term.
 template <int U, typename T>
 inline void solver_row_class(int64_t W, const T* __restrict__ y, const T* __restrict__ operand,
                              const T* __restrict__ potts_grad, const T* __restrict__ pull,
-                             const T* __restrict__ factor, T eps, T* __restrict__ grad, T* __restrict__ lo,
-                             T* __restrict__ hi) {
-  for (int64_t w = 0; w < W; ++w) {
-    const T g = pull[w] * potts_grad[w] + factor[w] * unary_label_term<U, T>(operand[w], y[w], operand[w], T(0), eps);
-    grad[w] = g;
-    lo[w] = g < lo[w] ? g : lo[w];
-    hi[w] = g > hi[w] ? g : hi[w];
-  }
+                             const T* __restrict__ factor, T eps, T* __restrict__ grad) {
+  for (int64_t w = 0; w < W; ++w)
+    grad[w] = pull[w] * potts_grad[w] + factor[w] * unary_label_term<U, T>(operand[w], y[w], operand[w], T(0), eps);
 }
 
-// g = [not seeded] (lam potts_grad + [unlabeled] eta dH/dy) for the W pixels of one row; scratch holds 6 * W.
+// g = [not seeded] (lam potts_grad + [unlabeled] eta dH/dy) for the W pixels of one row; returns eta H
+// summed over the row's unlabeled pixels.  scratch holds 4 * W.
 template <int U, typename T>
-SolverRowOut solver_row(int64_t K, int64_t W, RowPlanes<const T> y, RowPlanes<const T> operand,
-                        RowPlanes<const T> potts_grad, const bool* unlabeled, const bool* seeded, T eta, T lam,
-                        T eps, RowPlanes<T> grad, T* scratch) {
-  T *dot = scratch, *sum_y = dot + W, *pull = dot + 2 * W, *factor = dot + 3 * W, *lo = dot + 4 * W,
-    *hi = dot + 5 * W;
+double solver_row(int64_t K, int64_t W, RowPlanes<const T> y, RowPlanes<const T> operand,
+                  RowPlanes<const T> potts_grad, const bool* unlabeled, const bool* seeded, T eta, T lam, T eps,
+                  RowPlanes<T> grad, T* scratch) {
+  T *dot = scratch, *sum_y = dot + W, *pull = dot + 2 * W, *factor = dot + 3 * W;
   std::fill(dot, dot + 2 * W, T(0));
-  std::fill(lo, lo + W, std::numeric_limits<T>::infinity());
-  std::fill(hi, hi + W, -std::numeric_limits<T>::infinity());
   for (int64_t k = 0; k < K; ++k) solver_row_dot<U, T>(W, y[k], operand[k], eps, dot, sum_y);
   solver_row_factors<U, T>(W, dot, reinterpret_cast<const uint8_t*>(unlabeled),
                            reinterpret_cast<const uint8_t*>(seeded), eta, lam, eps, sum_y, pull, factor);
-  SolverRowOut out{0.0, 0.0};
-  for (int64_t w = 0; w < W; ++w) out.value += static_cast<double>(sum_y[w]);  // eta H, summed in double
-  for (int64_t k = 0; k < K; ++k)
-    solver_row_class<U, T>(W, y[k], operand[k], potts_grad[k], pull, factor, eps, grad[k], lo, hi);
-  for (int64_t w = 0; w < W; ++w) out.spread = std::max(out.spread, static_cast<double>(hi[w] - lo[w]));
-  return out;
+  double value = 0;
+  for (int64_t w = 0; w < W; ++w) value += static_cast<double>(sum_y[w]);  // eta H, summed in double
+  for (int64_t k = 0; k < K; ++k) solver_row_class<U, T>(W, y[k], operand[k], potts_grad[k], pull, factor, eps, grad[k]);
+  return value;
 }
 
-// One entropic mirror step for the W pixels of one row (the row form of mirror_pixel, solver_math.h):
-// new log y = max(log y - s g - lse, log_floor) with lse the log-sum-exp over k, y = exp(new log y)
-// computed as exp(log y - s g - m) / sum (one exponential per element; exp(log_floor) where floored, so
-// never a denormal), and the seeds' one-hot labels.  scratch holds 3 * W.
+// One step of the adaptive rule (solver_math.h) for the W pixels of one row: the row form of
+// adaptive_pixel, w innermost.  theta, m and v are updated in place; y_in holds the iterate's labels and
+// y_out gets the new ones (they may be the same planes).  scratch holds 3 * W.
 template <typename T>
-inline void mirror_row_max(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
-                           T* __restrict__ m) {
-  for (int64_t w = 0; w < W; ++w) m[w] = std::max(m[w], log_y[w] - s * grad[w]);
+inline void adaptive_row_mean(int64_t W, const T* __restrict__ y, const T* __restrict__ grad, T* __restrict__ mean) {
+  for (int64_t w = 0; w < W; ++w) mean[w] += y[w] * grad[w];
 }
 
 template <typename T>
-inline void mirror_row_exp(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
-                           const T* __restrict__ m, T* __restrict__ total, T* __restrict__ y) {
+inline void adaptive_row_theta(int64_t W, const T* __restrict__ grad, const T* __restrict__ mean,
+                               const AdaptiveStep<T>& s, T* __restrict__ theta, T* __restrict__ m,
+                               T* __restrict__ v, T* __restrict__ top) {
+  const AdaptiveStep<T> c = s;  // a local copy: the loop reads no memory it writes through
   for (int64_t w = 0; w < W; ++w) {
-    const T e = potts_exp(log_y[w] - s * grad[w] - m[w]);
-    y[w] = e;
-    total[w] += e;
+    T mw = m[w], vw = v[w];
+    const T t = adaptive_theta<T>(theta[w], grad[w] - mean[w], mw, vw, c);
+    m[w] = mw;
+    v[w] = vw;
+    theta[w] = t;
+    top[w] = t > top[w] ? t : top[w];
   }
 }
 
-// Class k: seed holds the seed's class on seeded pixels and -1 elsewhere (as T, so that the loop has one
-// element width and vectorises).
 template <typename T>
-inline void mirror_row_normalise(int64_t W, const T* __restrict__ log_y, const T* __restrict__ grad, T s,
-                                 const T* __restrict__ lse, const T* __restrict__ inv_total,
-                                 const T* __restrict__ seed, T k, T log_floor, T* __restrict__ new_log_y,
-                                 T* __restrict__ y) {
-  const T floor_y = potts_exp(log_floor);
+inline void adaptive_row_exp(int64_t W, const T* __restrict__ top, T log_floor, T* __restrict__ theta,
+                             T* __restrict__ y, T* __restrict__ total) {
   for (int64_t w = 0; w < W; ++w) {
-    const T v = log_y[w] - s * grad[w] - lse[w];
-    const T free_log = v > log_floor ? v : log_floor, free_y = v > log_floor ? y[w] * inv_total[w] : floor_y;
+    const T t = adaptive_normalised<T>(theta[w], top[w], log_floor);
+    theta[w] = t;
+    y[w] = potts_exp(t);
+    total[w] += y[w];
+  }
+}
+
+// Class k of the seeded pixels (seed holds the seed's class there and -1 elsewhere, as T so that the loop
+// has one element width) and y of the others divided by the pixel's total.
+template <typename T>
+inline void adaptive_row_finish(int64_t W, const T* __restrict__ inv_total, const T* __restrict__ seed, T k,
+                                T log_floor, T* __restrict__ theta, T* __restrict__ m, T* __restrict__ v,
+                                T* __restrict__ y) {
+  for (int64_t w = 0; w < W; ++w) {
     const bool clamped = seed[w] >= T(0), on = seed[w] == k;
-    new_log_y[w] = clamped ? (on ? T(0) : log_floor) : free_log;
-    y[w] = clamped ? (on ? T(1) : T(0)) : free_y;
+    theta[w] = clamped ? (on ? T(0) : log_floor) : theta[w];
+    m[w] = clamped ? T(0) : m[w];
+    v[w] = clamped ? T(0) : v[w];
+    y[w] = clamped ? (on ? T(1) : T(0)) : y[w] * inv_total[w];
   }
 }
 
 template <typename T>
-void mirror_row(int64_t K, int64_t W, RowPlanes<const T> log_y, RowPlanes<const T> grad, T s, const int64_t* seeds,
-                const bool* seeded, T log_floor, RowPlanes<T> new_log_y, RowPlanes<T> y, T* scratch) {
-  T *m = scratch, *total = m + W, *seed = m + 2 * W;
+void adaptive_row(int64_t K, int64_t W, RowPlanes<T> theta, RowPlanes<T> m, RowPlanes<T> v, RowPlanes<const T> y_in,
+                  RowPlanes<T> y_out, RowPlanes<const T> grad, const int64_t* seeds, const bool* seeded, const AdaptiveStep<T>& s,
+                  T* scratch) {
+  T *mean = scratch, *top = mean + W, *seed = mean + 2 * W;
   for (int64_t w = 0; w < W; ++w) {
-    m[w] = -std::numeric_limits<T>::infinity();
-    total[w] = T(0);
+    mean[w] = T(0);
+    top[w] = -std::numeric_limits<T>::infinity();
     seed[w] = seeded[w] ? static_cast<T>(seeds[w]) : T(-1);
   }
-  for (int64_t k = 0; k < K; ++k) mirror_row_max<T>(W, log_y[k], grad[k], s, m);
-  for (int64_t k = 0; k < K; ++k) mirror_row_exp<T>(W, log_y[k], grad[k], s, m, total, y[k]);
-  for (int64_t w = 0; w < W; ++w) {  // m becomes the log-sum-exp, total its inverse
-    m[w] += potts_log(total[w]);
-    total[w] = T(1) / total[w];
-  }
+  for (int64_t k = 0; k < K; ++k) adaptive_row_mean<T>(W, y_in[k], grad[k], mean);
+  for (int64_t k = 0; k < K; ++k) adaptive_row_theta<T>(W, grad[k], mean, s, theta[k], m[k], v[k], top);
+  T* total = mean;  // the mean is spent
+  std::fill(total, total + W, T(0));
+  for (int64_t k = 0; k < K; ++k) adaptive_row_exp<T>(W, top, s.log_floor, theta[k], y_out[k], total);
+  for (int64_t w = 0; w < W; ++w) total[w] = T(1) / total[w];
   for (int64_t k = 0; k < K; ++k)
-    mirror_row_normalise<T>(W, log_y[k], grad[k], s, m, total, seed, static_cast<T>(k), log_floor, new_log_y[k],
-                            y[k]);
+    adaptive_row_finish<T>(W, total, seed, static_cast<T>(k), s.log_floor, theta[k], m[k], v[k], y_out[k]);
 }
 
 }  // namespace pottsops

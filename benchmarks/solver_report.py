@@ -1,0 +1,152 @@
+"""report.md and curves.png of the solver benchmark from its CSVs (benchmarks/solver_quality.py).
+
+    python -m benchmarks.solver_report --out benchmarks/results/solver-quality
+"""
+import argparse
+import csv
+import math
+import os
+import statistics
+from collections import defaultdict
+
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.solver_quality import CONFIGS, PLAIN_ADAM, WALKER
+
+AIM = 1e-2
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def quality(rows, dataset):
+    """mIoU over the classes present (CamVid) or mean Dice of RV, Myo and LV (ACDC), pooled over images."""
+    matrix = sum(np.array(r["confusion"].split(), dtype=np.int64) for r in rows)
+    classes = int(round(math.sqrt(matrix.size)))
+    matrix = matrix.reshape(classes, classes)
+    tp, fp, fn = np.diag(matrix), matrix.sum(0) - np.diag(matrix), matrix.sum(1) - np.diag(matrix)
+    if dataset == "acdc":
+        return float(np.mean(2 * tp[1:] / np.maximum(2 * tp[1:] + fp[1:] + fn[1:], 1)))
+    present = matrix.sum(1) > 0
+    return float(np.mean((tp / np.maximum(tp + fp + fn, 1))[present]))
+
+
+def median(values, fmt="{:.2g}"):
+    values = [v for v in values if not math.isnan(v)]
+    return fmt.format(statistics.median(values)) if values else "–"
+
+
+def floats(rows, field):
+    return [float(r[field]) if r[field] != "" else math.nan for r in rows]
+
+
+def budget_seconds(rows):
+    """A tenth of the plain Adam loop's median time per image, per (dataset, neighbourhood)."""
+    times = defaultdict(list)
+    for r in rows:
+        if r["method"] == PLAIN_ADAM:
+            times[r["dataset"], r["neighborhood"]].append(float(r["seconds"]))
+    return {key: statistics.median(t) / 10 for key, t in times.items()}
+
+
+def method_cells(rows, dataset, budget):
+    if not rows:
+        return ["–"] * 6
+    gap = floats(rows, "gap")
+    seconds = floats(rows, "seconds")
+    met = sum(g <= AIM and (budget is None or s <= budget) for g, s in zip(gap, seconds))
+    return [median(seconds, "{:.3f}"), median(gap), f"{max(gap):.2g}", f"{met}/{len(rows)}",
+            median(floats(rows, "seconds_to_1e-2"), "{:.3f}"), f"{quality(rows, dataset):.3f}"]
+
+
+def tables(rows, budgets):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"], r["method"], r["label"]].append(r)
+    labels = list(dict.fromkeys(r["label"] for r in rows if r["method"] == "solve"))
+    lines = []
+    for dataset, neighborhood in dict.fromkeys((r["dataset"], r["neighborhood"]) for r in rows):
+        budget = budgets.get((dataset, neighborhood))
+        metric = "Dice" if dataset == "acdc" else "mIoU"
+        images = len({r["image"] for r in rows if r["dataset"] == dataset})
+        lines += [f"### {dataset}, {neighborhood} ({images} images; budget {'–' if budget is None else f'{budget:.3f} s'}"
+                  " = a tenth of the plain Adam loop's median time)", "",
+                  "| start | relaxation + unary | method | median s | median gap | max gap | gap ≤ 1e-2 within budget "
+                  f"| median s to 1e-2 | {metric} |", "|---|---|---|---|---|---|---|---|---|"]
+        for start in ("zero", "noisy"):
+            for relaxation, unary in CONFIGS:
+                for label in labels:
+                    for method in ("solve", "levels=0", PLAIN_ADAM):
+                        chosen = groups.get((dataset, neighborhood, start, relaxation, unary, method, label), [])
+                        if chosen and (method == "solve" or label == labels[-1]):
+                            name = method if len(labels) == 1 or method != "solve" else f"solve @{label}"
+                            cells = method_cells(chosen, dataset, budget if method != PLAIN_ADAM else None)
+                            lines.append(f"| {start} | {relaxation}+{unary} | {name} | " + " | ".join(cells) + " |")
+            walker = [r for r in rows if r["dataset"] == dataset and r["method"] == WALKER and r["start"] == start]
+            if walker:
+                lines.append(f"| {start} | – | {WALKER} | {median(floats(walker, 'seconds'), '{:.3f}')} | – | – | – | – "
+                             f"| {quality(walker, dataset):.3f} |")
+        lines.append("")
+    return lines
+
+
+def plot(curves, rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = list(dict.fromkeys((c["dataset"], c["neighborhood"]) for c in curves))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.2 * len(panels)), squeeze=False)
+    colours = dict(zip(CONFIGS, plt.cm.tab10.colors))
+    for (dataset, neighborhood), row in zip(panels, axes):
+        for ax, start in zip(row, ("zero", "noisy")):
+            for relaxation, unary in CONFIGS:
+                points = [(float(c["x"]), float(c["median_gap"])) for c in curves
+                          if (c["dataset"], c["neighborhood"], c["start"], c["relaxation"], c["unary"], c["method"],
+                              c["axis"]) == (dataset, neighborhood, start, relaxation, unary, "solve", "seconds")]
+                if points:
+                    x, y = zip(*points)
+                    ax.plot(x, np.maximum(y, 1e-6), color=colours[relaxation, unary], label=f"{relaxation}+{unary}")
+                adam = [r for r in rows if (r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"],
+                                            r["method"]) == (dataset, neighborhood, start, relaxation, unary, PLAIN_ADAM)]
+                if adam:
+                    ax.scatter([statistics.median(floats(adam, "seconds"))],
+                               [max(statistics.median(floats(adam, "gap")), 1e-6)], marker="x",
+                               color=colours[relaxation, unary])
+            ax.axhline(AIM, color="grey", linestyle=":", linewidth=1)
+            ax.set(xscale="log", yscale="log", xlabel="seconds per image (2 threads)", ylabel="median gap",
+                   title=f"{dataset}, {neighborhood}, {start} start")
+        row[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("solve(): median gap to the lowest known energy against time (x: plain Adam loop, 300 steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/solver-quality")
+    args = parser.parse_args(argv)
+    rows = read(os.path.join(args.out, "runs.csv"))
+    curves = read(os.path.join(args.out, "curves.csv"))
+    bad = [r for r in rows if r["check"]]
+    env = harness.environment(__import__("torch").device("cpu"))
+    lines = ["# solve(): time to quality on CamVid and ACDC", "",
+             f"`python -m benchmarks.solver_quality` then `python -m benchmarks.solver_report`, {env['device']}, "
+             f"torch {env['torch']}; code: {', '.join(dict.fromkeys(r['label'] for r in rows))}.", "",
+             "Gap: (E - E*) / (E* - L), E* the lowest energy known for the image (best_energies.csv: long runs, the "
+             "exact minimiser where one exists, every run here), L the unary's lower bound (the energy's constant "
+             "part); a thousandth of the start's excess where E* - L is smaller.  Medians over images; the quality "
+             "column pools argmax(y) over the images.", "",
+             f"Runs that failed the check (finite, simplex, seeds, energy not above the start's): {len(bad)}.", ""]
+    lines += tables(rows, budget_seconds(rows))
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(curves, rows, os.path.join(args.out, "curves.png"))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
