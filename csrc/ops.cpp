@@ -48,7 +48,8 @@ TORCH_LIBRARY(pottsops, m) {
       "Tensor seeded, int kind, float eta, float lam, float unary_eps) -> (Tensor, Tensor)");
   // adaptive_step: one step of the adaptive rule (csrc/pottsops/solver_math.h) for the images b with
   // scale[b] > 0 (0: stopped), theta, m, v and y updated in place from grad; steps[b] >= 1 is the image's
-  // step number, scale[b] its learning-rate factor; rule = [lr, beta1, beta2, eps, log_floor].
+  // step number, scale[b] its learning-rate factor; rule = [lr, beta1, beta2, eps, log_floor].  On seeded
+  // pixels y becomes one-hot; theta (0 / log_floor), m, v and grad (0) are expected to be the seed's.
   m.def(
       "adaptive_step(Tensor(a!) theta, Tensor(b!) m, Tensor(c!) v, Tensor(d!) y, Tensor grad, Tensor steps, "
       "Tensor scale, Tensor seeds, Tensor seeded, float[] rule) -> ()");

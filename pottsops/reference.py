@@ -197,8 +197,8 @@ def adaptive_step(theta, m, v, y, grad, steps, scale, seeds, seeded, rule):
     """One step of the solver's adaptive rule (csrc/pottsops/solver_math.h), in place, for the images b with
     scale[b] > 0: d = grad - <y, grad> per pixel, Adam's moments of d and theta -= lr m_hat / (sqrt(v_hat) + eps)
     (step number steps[b], lr = rule's lr * scale[b]), then theta less its per-pixel maximum, floored, and
-    y = softmax(theta); seeds one-hot (theta 0 / log_floor) with zero moments.
-    rule = (lr, beta1, beta2, eps, log_floor)."""
+    y = softmax(theta); seeds one-hot (theta 0 / log_floor) with zero moments, which the fused step expects
+    them to hold already.  rule = (lr, beta1, beta2, eps, log_floor)."""
     lr, beta1, beta2, eps, log_floor = rule
     t = steps.to(torch.float64).view(-1, 1, 1, 1)
     lr_t = (lr * scale.view(-1, 1, 1, 1) / (1 - beta1 ** t)).to(y.dtype)

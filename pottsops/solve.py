@@ -84,6 +84,10 @@ class _Problem:
         """y with the scribbled pixels set to their one-hot labels."""
         return torch.where(self.seeded[:, None], self.one_hot, y)
 
+    def clamp_theta(self, theta):
+        """Pseudo-logits with the scribbled pixels' set to their labels' (0 and LOG_FLOOR), as the step expects."""
+        return torch.where(self.seeded[:, None], (1 - self.one_hot) * LOG_FLOOR, theta).contiguous()
+
     def energy(self, y):
         """Per-image energy (B,) of the clamped labels y."""
         unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
@@ -227,6 +231,7 @@ def _compiled_loop(problem, y, theta, iters, tol, rule, lower, energies):
 def _solve_level(problem, y, theta, iters, tol, rule, energies, compiled=None):
     """One level: the loop from (y, theta); compiled=None picks the CPU op where it can run."""
     lower = problem.lower_bound()
+    theta = problem.clamp_theta(theta)
     if compiled is None:
         compiled = isinstance(problem, _FusedProblem) and y.device.type == "cpu"
     loop = _compiled_loop if compiled else _adaptive_loop

@@ -116,7 +116,12 @@ def adaptive_step_inputs(K, dtype=torch.float64, device="cpu"):
     grad = torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 4
     seeded = torch.rand(B, H, W, generator=g) < 0.2
     seeds = torch.randint(0, K, (B, H, W), generator=g)
-    grad = torch.where(seeded[:, None], 0, grad)
+    # on seeds: zero gradient and moments, theta 0 on the seed's class and log_floor elsewhere (the step's
+    # precondition)
+    grad, m, v = (torch.where(seeded[:, None], 0, t) for t in (grad, m, v))
+    one_hot = torch.nn.functional.one_hot(seeds, K).permute(0, 3, 1, 2).bool()
+    theta = torch.where(seeded[:, None], torch.where(one_hot, 0.0, log_floor), theta)
+    y = torch.where(seeded[:, None], one_hot.double(), y)
     steps = torch.tensor([1, 7, 30])
     scale = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
     tensors = [t.to(dtype).contiguous() for t in (theta, m, v, y, grad)] + [steps, scale, seeds, seeded]

@@ -5,8 +5,9 @@
 // constant) moves against the centred gradient d = g - <y, g> (the gradient of the mirror step, which is
 // the same for every class of a pixel up to that constant) with Adam's per-coordinate step: moments
 // m, v of d, bias-corrected, theta -= lr m_hat / (sqrt(v_hat) + eps).  Each pixel's theta is then shifted
-// so that its largest value is 0 and floored at log_floor, and y = softmax(theta).  Seeds keep their
-// one-hot labels (theta 0 on the seed's class, log_floor elsewhere) and zero moments.
+// so that its largest value is 0 and floored at log_floor, and y = softmax(theta).  Seeds get their
+// one-hot labels; their theta (0 on the seed's class, log_floor elsewhere), zero moments and zero gradient
+// are the caller's (then the step leaves them as they are).
 #pragma once
 
 #include <cmath>
@@ -53,7 +54,11 @@ template <typename T, typename Load, typename Store>
 POTTS_HD void adaptive_pixel(int64_t K, bool seeded, int64_t seed, const AdaptiveStep<T>& s, Load&& load,
                              Store&& store) {
   if (seeded) {
-    for (int64_t k = 0; k < K; ++k) store(k, k == seed ? T(0) : s.log_floor, T(0), T(0), k == seed ? T(1) : T(0));
+    for (int64_t k = 0; k < K; ++k) {
+      T theta, y, g, m, v;
+      load(k, theta, y, g, m, v);
+      store(k, theta, m, v, k == seed ? T(1) : T(0));
+    }
     return;
   }
   T mean = 0;

@@ -105,17 +105,14 @@ inline void adaptive_row_exp(int64_t W, const T* __restrict__ top, T log_floor, 
   }
 }
 
-// Class k of the seeded pixels (seed holds the seed's class there and -1 elsewhere, as T so that the loop
-// has one element width) and y of the others divided by the pixel's total.
+// Class k of y: one-hot on the seeded pixels (seed holds the seed's class there and -1 elsewhere, as T so
+// that the loop has one element width), elsewhere divided by the pixel's total.  A seed's theta, m and v
+// are left as they are: they hold the seed's values already (adaptive_step's precondition).
 template <typename T>
 inline void adaptive_row_finish(int64_t W, const T* __restrict__ inv_total, const T* __restrict__ seed, T k,
-                                T log_floor, T* __restrict__ theta, T* __restrict__ m, T* __restrict__ v,
                                 T* __restrict__ y) {
   for (int64_t w = 0; w < W; ++w) {
     const bool clamped = seed[w] >= T(0), on = seed[w] == k;
-    theta[w] = clamped ? (on ? T(0) : log_floor) : theta[w];
-    m[w] = clamped ? T(0) : m[w];
-    v[w] = clamped ? T(0) : v[w];
     y[w] = clamped ? (on ? T(1) : T(0)) : y[w] * inv_total[w];
   }
 }
@@ -137,7 +134,7 @@ void adaptive_row(int64_t K, int64_t W, RowPlanes<T> theta, RowPlanes<T> m, RowP
   for (int64_t k = 0; k < K; ++k) adaptive_row_exp<T>(W, top, s.log_floor, theta[k], y_out[k], total);
   for (int64_t w = 0; w < W; ++w) total[w] = T(1) / total[w];
   for (int64_t k = 0; k < K; ++k)
-    adaptive_row_finish<T>(W, total, seed, static_cast<T>(k), s.log_floor, theta[k], m[k], v[k], y_out[k]);
+    adaptive_row_finish<T>(W, total, seed, static_cast<T>(k), y_out[k]);
 }
 
 }  // namespace pottsops
