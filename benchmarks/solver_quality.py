@@ -8,7 +8,7 @@ and how good argmax(y) is (benchmarks/solver_problems.py defines the problems, s
 For every image, start (zero, noisy), relaxation with cce (and cd with ce and rce) and neighbourhood:
 
 1. E*, the lowest energy known (best_energies.csv, kept between runs with how it was found): two long runs
-   of solve() (iters 3000, tol 0, with and without coarse levels), the exact minimiser where one exists
+   of solve() (iters 2000 per level, tol 0, with and without coarse levels), the exact minimiser where one exists
    (quadratic, zero logits: a harmonic labelling), and every run below; all energies through the
    reference ops in float64.
 2. Each method (solve() with its defaults, and variants) is run once per image with 2 threads, checked
@@ -41,14 +41,14 @@ from benchmarks.solver_problems import (DATASETS, STARTS, Problem, exact_quadrat
 CONFIGS = [("bl", "cce"), ("q", "cce"), ("nq", "cce"), ("cce", "cce"), ("lq", "cce"), ("cd", "cce"), ("cd", "ce"),
            ("cd", "rce")]
 METHODS = {"solve": {}, "levels=0": {"levels": 0}}
-LONG_RUNS = {"long solve": dict(iters=3000, tol=0.0), "long levels=0": dict(iters=3000, tol=0.0, levels=0)}
+LONG_RUNS = {"long solve": dict(iters=2000, tol=0.0), "long levels=0": dict(iters=2000, tol=0.0, levels=0)}
 PLAIN_ADAM = "plain adam x300"
 WALKER = "random walker"
 THRESHOLDS = (1e-2, 1e-3)
 ITERATION_GRID = list(range(0, 3001, 10))
 TIME_GRID = [round(10 ** (e / 10), 4) for e in range(-30, 11)]  # 1 ms .. 10 s
 RUN_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood", "method", "label", "seconds",
-              "iterations", "energy", "lower", "best", "gap", "seconds_to_1e-2", "seconds_to_1e-3", "steps_to_1e-2",
+              "iterations", "energy", "lower", "start_energy", "best", "gap", "seconds_to_1e-2", "seconds_to_1e-3", "steps_to_1e-2",
               "steps_to_1e-3", "check", "confusion"]
 
 
@@ -142,7 +142,7 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
         if problem.key not in best:
             for method, kwargs in LONG_RUNS.items():
                 y, _, _ = timed_solve(problem, **kwargs)
-                improve_best(best, problem, problem.energy(y), method)
+                improve_best(best, problem, problem.energy(y), f"{method} @{args.label}")
             exact = exact_quadratic(problem)
             if exact is not None:
                 improve_best(best, problem, problem.energy(exact), "exact harmonic")
@@ -150,7 +150,7 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
         if index < args.baseline_images:
             results[PLAIN_ADAM] = plain_adam(problem)
         for method, (y, _, _) in results.items():
-            improve_best(best, problem, problem.energy(y), method)
+            improve_best(best, problem, problem.energy(y), f"{method} @{args.label}")
         lowest = float(best[problem.key]["energy"])
         classes = DATASETS[dataset]["classes"]
         for method, (y, seconds, curve) in results.items():
@@ -159,14 +159,15 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
             reached = [first_reached(points, threshold) for threshold in THRESHOLDS]
             curves.setdefault(method, []).append(points)
             rows.append(dict(zip(RUN_FIELDS, (*problem.key, method, args.label, f"{seconds:.4f}", len(curve) - 1,
-                                              repr(energy), repr(problem.lower), repr(lowest),
+                                              repr(energy), repr(problem.lower), repr(problem.start_energy),
+                                              repr(lowest),
                                               f"{problem.gap(energy, lowest):.3e}",
                                               *(f"{r[0]:.4f}" if r else "" for r in reached),
                                               *(str(r[1]) if r else "" for r in reached), problem.check(y),
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
         if start == "zero" and (relaxation, unary) == CONFIGS[0] and neighborhood == args.neighborhoods[0]:
             y, seconds = random_walker(problem)
-            rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 10,
+            rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 11,
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
     return rows, curves
 
