@@ -27,7 +27,8 @@ void adaptive_rows(int64_t K, int64_t H, int64_t W, T* theta, T* m, T* v, const 
                    const int64_t* seeds, const bool* seeded, const AdaptiveStep<T>* steps, int64_t first_row,
                    int64_t last_row) {
   const int64_t n = H * W;
-  at::parallel_for(first_row, last_row, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K * W));  // small images: one thread
+  at::parallel_for(first_row, last_row, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(3 * W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H, first = b * K * n + (row % H) * W, pixels = b * n + (row % H) * W;
