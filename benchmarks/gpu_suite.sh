@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/gpu_suite.sh                      # every step
 #   bash benchmarks/gpu_suite.sh build test           # some steps, in order
+#   bash benchmarks/gpu_suite.sh first-light          # a first look in a few minutes: build, the GPU tests
+#                                                     # of the kernels and the solver, the solver benchmark
 #
 # Steps: build, test, bench-potts, bench-unary, bench-window, bench-dense, bench-solver, and the training
 # comparisons train-acdc, train-camvid, train-camvid-0.3 (pce, gd, hard, soft, full with the same seed and
@@ -21,6 +23,7 @@ unset TRITON_INTERPRET
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(build test bench-potts bench-unary bench-window bench-dense bench-solver)
+[ "${steps[*]}" = first-light ] && steps=(build test-kernels bench-solver)
 failed=()
 for step in "${steps[@]}"; do
   echo "=== $step ($(date +%T))"
@@ -37,6 +40,11 @@ for step in "${steps[@]}"; do
       ;;
     test)
       $PY -m pytest -q -ra -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1 || failed+=(test)
+      grep -E "passed|failed|error" "$OUT/pytest.log" | tail -n 40
+      ;;
+    test-kernels)
+      $PY -m pytest -q -ra -p no:cacheprovider tests/test_gpu_large.py tests/test_solve.py tests/test_potts_energy.py \
+        tests/test_unary.py > "$OUT/pytest.log" 2>&1 || failed+=(test-kernels)
       grep -E "passed|failed|error" "$OUT/pytest.log" | tail -n 40
       ;;
     bench-potts | bench-unary | bench-window | bench-dense | bench-solver)

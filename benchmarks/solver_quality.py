@@ -87,8 +87,8 @@ def plain_adam(problem, iters=300, lr=0.1):
     for t in range(iters + 1):
         optimizer.zero_grad()
         value, y = energy(v)
-        if float(value) < best:
-            best, best_y = float(value), y.detach()
+        if value.item() < best:
+            best, best_y = value.item(), y.detach()
         curve.append((time.perf_counter() - start, t, best))
         if t < iters:
             value.backward()
@@ -167,7 +167,7 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
         if start == "zero" and (relaxation, unary) == CONFIGS[0] and neighborhood == args.neighborhoods[0]:
             y, seconds = random_walker(problem)
-            rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 11,
+            rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 10,
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
     return rows, curves
 

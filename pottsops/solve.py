@@ -46,6 +46,7 @@ WINDOW = 20  # steps between progress checks (and per CUDA graph)
 MAX_HALVINGS = 3  # of an image's learning rate on a window of little progress, before it stops
 LEVEL_FACTORS = (8, 4, 2)  # the pooling of the coarse levels, coarsest first
 COARSE_TOL = 0.1  # coarse levels run to tol * COARSE_TOL: their steps are cheap and spare full-resolution ones
+UNSURE = 0.05  # below this mean confidence of softmax(logits), levels=None solves coarse levels first
 COARSEST = 8  # a level whose image would have a side below this is left out
 TRANSFER_FLOOR = -6.0  # an upsampled coarse solution keeps log-ratios down to this
 
@@ -56,11 +57,13 @@ class SolveInfo:
     after t steps at full resolution (t = 0: the start, softmax(logits) or init); iterations: the steps each
     image ran there; lower: the unary's lower bound that the stopping rule measures progress against;
     levels: (factor, steps per image, seconds) of each level solved, the coarse ones first and the full
-    resolution (factor 1) last; seconds: wall time; best: the energy of the returned y."""
+    resolution (factor 1) last; coarse: (B,) whether an image's full-resolution solve started from the
+    coarse solution; seconds: wall time; best: the energy of the returned y."""
     energies: list = field(default_factory=list)
     iterations: torch.Tensor = None
     lower: torch.Tensor = None
     levels: list = field(default_factory=list)
+    coarse: torch.Tensor = None
     seconds: float = 0.0
     best: torch.Tensor = None
 
@@ -282,9 +285,13 @@ def _fused_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, ma
                            f"one channel per offset of {neighborhood}")
         return (None, weights.detach().to(logits.dtype).contiguous(), mask, None, neighborhood.flat_offsets(),
                 neighborhood.spatial(sigma_xy), relaxation_index(relaxation), EPS)
-    inv = None if image is None else inv_two_sigma2(image, sigma_rgb, mask)
-    return (image, None, mask, inv, neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy),
-            relaxation_index(relaxation), EPS)
+    offsets, spatial = neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy)
+    if image is None:
+        return (None, None, mask, None, offsets, spatial, relaxation_index(relaxation), EPS)
+    # the edge weights once per solve rather than from the image at every step (about 10 % of a step)
+    weights = torch.ops.pottsops.grid_affinity(image, mask, inv_two_sigma2(image, sigma_rgb, mask), offsets, spatial)
+    return (None, weights.to(logits.dtype).contiguous(), mask, None, offsets, spatial, relaxation_index(relaxation),
+            EPS)
 
 
 def _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights,
@@ -311,9 +318,22 @@ def _levels(shape, levels):
     return [f for f in factors if min(H, W) // f >= COARSEST]
 
 
+def _wants_coarse(problem):
+    """Per image, whether coarse levels pay off (levels=None): where softmax(logits) says little (its mean
+    confidence (max_k sigma_k - 1/K) / (1 - 1/K) over the unlabeled pixels below UNSURE), so that labels
+    must travel far from the scribbles; and always for the relaxations with many local minima at hard
+    labellings (bl, cce), which the coarse solution steers past (docs/solver.md has the measurements)."""
+    B, K = problem.logits.shape[:2]
+    if relaxation_name(problem.potts["relaxation"]) in ("bilinear", "collision_ce"):
+        return torch.ones(B, dtype=torch.bool, device=problem.logits.device)
+    confidence = (torch.softmax(problem.logits, 1).amax(1) - 1 / K) / (1 - 1 / K)
+    count = problem.unlabeled.sum((1, 2)).clamp(min=1)
+    return (confidence * problem.unlabeled).sum((1, 2)) / count < UNSURE
+
+
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
           sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=300, tol=1e-3, step=0.1,
-          levels=3, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
+          levels=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
     """Soft pseudo-labels y (B, K, H, W) minimising eta H(y, softmax(logits)) + lam Potts(y), scribbles fixed.
 
     logits: (B, K, H, W) network outputs (no gradient flows back).
@@ -328,7 +348,9 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         energy fell by at most tol times its excess over the unary's lower bound (info.lower) in those steps,
         its learning rate halves, or, after 3 halvings, it stops (coarse levels: tol / 10).
     step: the learning rate of the per-coordinate steps (about the largest change of a pseudo-logit per step).
-    levels: how many coarse levels (pooled 2x, 4x, 8x; up to 3) are solved first, each starting the next.
+    levels: how many coarse levels (pooled 2x, 4x, 8x; up to 3) are solved first, each starting the next;
+        None (default): 3 for the images where softmax(logits) says little (mean confidence below 0.05, e.g.
+        zero logits: the scribbles alone) and for bl and cce, else 0 (info.coarse says which).
     return_info: also return a SolveInfo (energy per step, steps, timings).
 
     >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
@@ -346,11 +368,11 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     for name, value in (("eta", eta), ("lam", lam)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    for name, value in (("iters", iters), ("levels", levels)):
+    for name, value in (("iters", iters), ("levels", 0 if levels is None else levels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-    if levels > len(LEVEL_FACTORS):
-        raise ValueError(f"levels: expected at most {len(LEVEL_FACTORS)}, got {levels}")
+    if levels is not None and levels > len(LEVEL_FACTORS):
+        raise ValueError(f"levels: expected at most {len(LEVEL_FACTORS)} or None, got {levels}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
         raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
     _checks.check_positive("step", step)
@@ -371,8 +393,14 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()
     info = SolveInfo()
+    if init is not None:
+        info.coarse = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    elif levels is None:
+        info.coarse = _wants_coarse(problem)
+    else:
+        info.coarse = torch.full((logits.shape[0],), levels > 0, device=logits.device)
     theta = None
-    for f in _levels(logits.shape, 0 if init is not None else levels):
+    for f in _levels(logits.shape, len(LEVEL_FACTORS) if levels is None else levels) if info.coarse.any() else ():
         coarse_logits, coarse_image, coarse_seeds, coarse_mask, coarse_weights = _coarse(
             problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
         coarse = _make_problem(coarse_logits, coarse_image, coarse_seeds, eta=eta * f * f, lam=lam * f,
@@ -388,11 +416,13 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         y, _, steps, _ = _solve_level(coarse, y.contiguous(), theta, iters, tol * COARSE_TOL, rule, [])
         theta, previous = torch.log(y.clamp(min=math.exp(LOG_FLOOR))), f
         info.levels.append((f, steps, time.perf_counter() - level_start))
+    own = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
     if theta is None:
-        theta, y = torch.log(y0.clamp(min=math.exp(LOG_FLOOR))), y0
+        info.coarse[:] = False  # the image was too small for a coarse level
+        theta = own
     else:
-        theta = _upsample(theta, previous, *logits.shape[2:])
-        y = problem.clamp(torch.softmax(theta, 1)).contiguous()
+        theta = torch.where(info.coarse.view(-1, 1, 1, 1), _upsample(theta, previous, *logits.shape[2:]), own)
+    y = problem.clamp(torch.softmax(theta, 1)).contiguous()
     start_energy = problem.gradient(y0)[0]
     info.energies.append(start_energy)
     trace, level_start = [], time.perf_counter()
