@@ -40,8 +40,8 @@ from benchmarks.solver_problems import (DATASETS, STARTS, Problem, exact_quadrat
 
 CONFIGS = [("bl", "cce"), ("q", "cce"), ("nq", "cce"), ("cce", "cce"), ("lq", "cce"), ("cd", "cce"), ("cd", "ce"),
            ("cd", "rce")]
-METHODS = {"solve": {}, "levels=0": {"levels": 0}}
-LONG_RUNS = {"long solve": dict(iters=2000, tol=0.0), "long levels=0": dict(iters=2000, tol=0.0, levels=0)}
+METHODS = {"solve": {}, "levels=0": {"levels": 0}, "levels=3": {"levels": 3}}
+LONG_RUNS = {"long levels=3": dict(iters=2000, tol=0.0, levels=3), "long levels=0": dict(iters=2000, tol=0.0, levels=0)}
 PLAIN_ADAM = "plain adam x300"
 WALKER = "random walker"
 THRESHOLDS = (1e-2, 1e-3)
