@@ -87,7 +87,7 @@ def tables(rows, budgets, best):
         for start in ("zero", "noisy"):
             for relaxation, unary in CONFIGS:
                 for label in labels:
-                    for method in ("solve", "levels=0", PLAIN_ADAM):
+                    for method in ("solve", "levels=0", "levels=3", PLAIN_ADAM):
                         chosen = groups.get((dataset, neighborhood, start, relaxation, unary, method, label), [])
                         if chosen and (method == "solve" or label == labels[-1]):
                             name = method if len(labels) == 1 or method != "solve" else f"solve @{label}"

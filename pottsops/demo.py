@@ -3,8 +3,9 @@
 Without arguments it generates an image (flat-coloured shapes with noise) and scribbles inside each
 shape; with IMAGE (any RGB image) and SCRIBBLES (a PNG of class ids, 255 = unlabelled, e.g. CamVid's
 scribbles in ../shared/data) it uses those.  pottsops.solve() finds y from the scribbles alone (uniform
-network prediction) for two relaxations, and the PNG shows the image, the scribbles, each soft labelling
-(every pixel the y-weighted mix of the class colours) and the energy against iterations.
+network prediction: solve() starts on coarse levels, 8x to 2x smaller) for two relaxations, and the PNG
+shows the image, the scribbles, each soft labelling (every pixel the y-weighted mix of the class colours)
+and the energy against full-resolution steps.
 """
 import argparse
 import time
@@ -80,8 +81,10 @@ def main(argv=None):
                                  iters=args.iters, return_info=True)
         seconds = time.perf_counter() - start
         results[relaxation] = (y, info)
+        steps = " + ".join(f"{int(s.max())} at 1/{f}" if f > 1 else f"{int(s.max())} at full size"
+                           for f, s, _ in info.levels)
         line = (f"{relaxation:22s} energy {float(info.energies[0].sum()):10.1f} -> {float(info.best.sum()):10.1f} "
-                f"in {int(info.iterations.max())} iterations, {seconds:.2f} s")
+                f"in {steps} steps, {seconds:.2f} s")
         if labels is not None:
             line += f", pixel accuracy of argmax(y) {float((y.argmax(1) == labels).float().mean()) * 100:.1f} %"
         print(line)
@@ -106,7 +109,7 @@ def plot(image, scribbles, results, path):
         ax.set_title(f"soft y, {relaxation}")
     for relaxation, (_, info) in results.items():
         axes[-1].plot([float(e.sum()) for e in info.energies], label=relaxation)
-    axes[-1].set_xlabel("iteration")
+    axes[-1].set_xlabel("full-resolution step")
     axes[-1].set_ylabel("energy")
     axes[-1].legend()
     for ax in axes[:-1]:
