@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pottsops import _backend, _checks, reference
-from pottsops.names import UNARIES, relaxation_index, relaxation_name, unary_index, unary_name
+from pottsops.names import relaxation_index, relaxation_name, unary_index, unary_name
 from pottsops.neighborhoods import as_neighborhood
 from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy
 from pottsops.unary import unary as unary_loss
@@ -231,10 +231,12 @@ def _compiled_loop(problem, y, theta, iters, tol, rule, lower, energies):
     return y, energy, steps
 
 
-def _solve_level(problem, y, theta, iters, tol, rule, energies, compiled=None):
-    """One level: the loop from (y, theta); compiled=None picks the CPU op where it can run."""
+def _solve_level(problem, theta, iters, tol, rule, energies, compiled=None):
+    """One level: the loop from y = softmax(theta) (seeds clamped); compiled=None picks the CPU op where it
+    can run.  Returns (best y, its energy, steps per image, the unary's lower bound)."""
     lower = problem.lower_bound()
     theta = problem.clamp_theta(theta)
+    y = problem.clamp(torch.softmax(theta, 1)).contiguous()
     if compiled is None:
         compiled = isinstance(problem, _FusedProblem) and y.device.type == "cpu"
     loop = _compiled_loop if compiled else _adaptive_loop
@@ -283,18 +285,14 @@ def _fused_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, ma
     if _backend.resolve(backend, logits.device, GRID_BACKENDS, "solve") not in ("cpu", "cuda"):
         return None
     neighborhood = as_neighborhood(neighborhood)
+    offsets, spatial = neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy)
     if weights is not None:
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
-        return (None, weights.detach().to(logits.dtype).contiguous(), mask, None, neighborhood.flat_offsets(),
-                neighborhood.spatial(sigma_xy), relaxation_index(relaxation), EPS)
-    offsets, spatial = neighborhood.flat_offsets(), neighborhood.spatial(sigma_xy)
-    if image is None:
-        return (None, None, mask, None, offsets, spatial, relaxation_index(relaxation), EPS)
-    # the edge weights once per solve rather than from the image at every step (about 10 % of a step)
-    weights = torch.ops.pottsops.grid_affinity(image, mask, inv_two_sigma2(image, sigma_rgb, mask), offsets, spatial)
-    return (None, weights.to(logits.dtype).contiguous(), mask, None, offsets, spatial, relaxation_index(relaxation),
-            EPS)
+    elif image is not None:  # the edge weights once per solve, not at every step (about 10 % of a step)
+        weights = torch.ops.pottsops.grid_affinity(image, mask, inv_two_sigma2(image, sigma_rgb, mask), offsets, spatial)
+    weights = None if weights is None else weights.detach().to(logits.dtype).contiguous()
+    return (None, weights, mask, None, offsets, spatial, relaxation_index(relaxation), EPS)
 
 
 def _make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights,
@@ -368,19 +366,13 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         _checks.check_finite("image", image)
     relaxation_name(relaxation)
     unary_name(unary, "unary")
-    for name, value in (("eta", eta), ("lam", lam)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    for name, value in (("iters", iters), ("levels", 0 if levels is None else levels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-    if levels is not None and levels > len(LEVEL_FACTORS):
-        raise ValueError(f"levels: expected at most {len(LEVEL_FACTORS)} or None, got {levels}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < math.inf:
-        raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
-    _checks.check_positive("step", step)
-    if not math.isfinite(step):
-        raise ValueError(f"step: expected a finite number > 0, got {step!r}")
+    for name, value, least in (("eta", eta, 0), ("lam", lam, 0), ("tol", tol, 0), ("step", step, math.ulp(0))):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
+            raise ValueError(f"{name}: expected a finite number {'>' if least else '>='} 0, got {value!r}")
+    for name, value, most in (("iters", iters, math.inf), ("levels", levels or 0, len(LEVEL_FACTORS))):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+            raise ValueError(f"{name}: expected an integer in [0, {most}]{' or None' * (name == 'levels')}, "
+                             f"got {value!r}")
     rule = [float(step), *BETAS, ADAM_EPS, LOG_FLOOR]
     settings = dict(relaxation=relaxation, unary=unary, neighborhood=neighborhood, sigma_rgb=sigma_rgb,
                     sigma_xy=sigma_xy, ignore_index=ignore_index, dense_method=dense_method, backend=backend)
@@ -395,41 +387,29 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     else:
         y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()
-    info = SolveInfo()
-    if init is not None:
-        info.coarse = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    elif levels is None:
-        info.coarse = _wants_coarse(problem)
-    else:
-        info.coarse = torch.full((logits.shape[0],), levels > 0, device=logits.device)
-    theta = None
-    for f in _levels(logits.shape, len(LEVEL_FACTORS) if levels is None else levels) if info.coarse.any() else ():
+    info = SolveInfo(coarse=_wants_coarse(problem) if levels is None else torch.full(
+        (logits.shape[0],), levels > 0, device=logits.device))
+    factors = _levels(logits.shape, len(LEVEL_FACTORS) if levels is None else levels)
+    theta = own = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
+    for f in factors if init is None and info.coarse.any() else ():
         coarse_logits, coarse_image, coarse_seeds, coarse_mask, coarse_weights = _coarse(
             problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
         coarse = _make_problem(coarse_logits, coarse_image, coarse_seeds, eta=eta * f * f, lam=lam * f,
                                mask=coarse_mask, weights=coarse_weights,
                                **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
-        if theta is None:
-            y = coarse.clamp(torch.softmax(coarse.logits, 1))
-            theta = torch.log(y.clamp(min=math.exp(LOG_FLOOR)))
-        else:
-            theta = _upsample(theta, previous // f, *coarse.logits.shape[2:])
-            y = coarse.clamp(torch.softmax(theta, 1))
         level_start = time.perf_counter()
-        y, _, steps, _ = _solve_level(coarse, y.contiguous(), theta, iters, tol * COARSE_TOL, rule, [])
+        theta = torch.log_softmax(coarse.logits, 1) if f == factors[0] else _upsample(theta, previous // f,
+                                                                                     *coarse.logits.shape[2:])
+        y, _, steps, _ = _solve_level(coarse, theta, iters, tol * COARSE_TOL, rule, [])
         theta, previous = torch.log(y.clamp(min=math.exp(LOG_FLOOR))), f
         info.levels.append((f, steps, time.perf_counter() - level_start))
-    own = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
-    if theta is None:
-        info.coarse[:] = False  # the image was too small for a coarse level
-        theta = own
-    else:
+    info.coarse &= bool(info.levels)  # not where a given init or the image's size leaves no coarse level
+    if info.levels:
         theta = torch.where(info.coarse.view(-1, 1, 1, 1), _upsample(theta, previous, *logits.shape[2:]), own)
-    y = problem.clamp(torch.softmax(theta, 1)).contiguous()
     start_energy = problem.gradient(y0)[0]
     info.energies.append(start_energy)
     trace, level_start = [], time.perf_counter()
-    y, best, info.iterations, info.lower = _solve_level(problem, y, theta, iters, tol, rule, trace)
+    y, best, info.iterations, info.lower = _solve_level(problem, theta, iters, tol, rule, trace)
     info.levels.append((1, info.iterations, time.perf_counter() - level_start))
     info.energies.extend(torch.minimum(e, start_energy) for e in trace[1:])
     worse = ~(best <= start_energy)  # the start is kept where the solve did not go below it
