@@ -209,14 +209,18 @@ CSV_FIELDS = ["op", "variant", "shape", "dtype", "direction", "backend", "metric
               "triton", "sha"]
 
 
-def append_csv(path, rows, env):
+def append_rows(path, fields, rows):
+    """Appends rows (dicts) to a CSV file, with the header when the file is new."""
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, **env})
+        writer.writerows(rows)
+
+
+def append_csv(path, rows, env):
+    append_rows(path, CSV_FIELDS, [{**row, **env} for row in rows])
 
 
 def markdown_table(rows, env, bandwidth, backends):

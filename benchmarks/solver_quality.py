@@ -189,15 +189,6 @@ def curve_rows(key, curves):
 CURVE_FIELDS = ["dataset", "start", "relaxation", "unary", "neighborhood", "method", "axis", "x", "median_gap"]
 
 
-def append(path, fields, rows):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/solver-quality")
@@ -233,8 +224,8 @@ def main(argv=None):
                     began = time.perf_counter()
                     rows, curves = run_config(images, dataset, start, relaxation, unary, neighborhood, args, best)
                     write_best(best_path, best)
-                    append(runs_path, RUN_FIELDS, rows)
-                    append(os.path.join(args.out, "curves.csv"), CURVE_FIELDS, curve_rows(key, curves))
+                    harness.append_rows(runs_path, RUN_FIELDS, rows)
+                    harness.append_rows(os.path.join(args.out, "curves.csv"), CURVE_FIELDS, curve_rows(key, curves))
                     solved = [r for r in rows if r["method"] == "solve"]
                     print(f"{' '.join(key)}: {time.perf_counter() - began:.0f} s; solve: median gap "
                           f"{statistics.median(float(r['gap']) for r in solved):.1e}, median "
