@@ -18,7 +18,8 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    step, as measured per level).
 3. Baselines: on the first --baseline-images images, the plain loop a user would write (Adam, lr 0.1, on
    pseudo-logits, 300 steps, energy through autograd over the reference ops, best iterate kept); on every
-   image (once per dataset), scikit-image's random walker (beta 130, mode cg_j) for the labels' quality.
+   image (once per dataset), scikit-image's random walker (beta 130, mode cg_j) for the labels' quality
+   (--baseline-images 0: no baselines, e.g. to measure another version of pottsops beside these rows).
 
 Writes runs.csv (one row per image and method), curves.csv (median gap against steps and seconds per
 configuration and method), best_energies.csv, report.md and curves.png under --out.  Needs scikit-image.
@@ -165,7 +166,8 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
                                               *(f"{r[0]:.4f}" if r else "" for r in reached),
                                               *(str(r[1]) if r else "" for r in reached), problem.check(y),
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
-        if start == "zero" and (relaxation, unary) == CONFIGS[0] and neighborhood == args.neighborhoods[0]:
+        walker = args.baseline_images > 0 and neighborhood == args.neighborhoods[0]
+        if walker and start == "zero" and (relaxation, unary) == CONFIGS[0]:
             y, seconds = random_walker(problem)
             rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 10,
                                               " ".join(map(str, confusion(y, labels, classes).tolist()))))))
