@@ -62,12 +62,13 @@ def final_gap(row, best):
 
 def method_cells(rows, dataset, budget, best):
     if not rows:
-        return ["–"] * 6
+        return ["–"] * 7
     gap = [final_gap(r, best) for r in rows]
-    seconds = floats(rows, "seconds")
-    met = sum(g <= AIM and (budget is None or s <= budget) for g, s in zip(gap, seconds))
-    return [median(seconds, "{:.3f}"), median(gap), f"{max(gap):.2g}", f"{met}/{len(rows)}",
-            median(floats(rows, "seconds_to_1e-2"), "{:.3f}"), f"{quality(rows, dataset):.3f}"]
+    reached = floats(rows, "seconds_to_1e-2")
+    met = sum(s <= budget for s in reached if not math.isnan(s)) if budget else None
+    return [median(floats(rows, "seconds"), "{:.3f}"), median(gap), f"{max(gap):.2g}",
+            f"{sum(g <= AIM for g in gap)}/{len(rows)}", "–" if met is None else f"{met}/{len(rows)}",
+            median(reached, "{:.3f}"), f"{quality(rows, dataset):.3f}"]
 
 
 def tables(rows, budgets, best):
@@ -82,8 +83,8 @@ def tables(rows, budgets, best):
         images = len({r["image"] for r in rows if r["dataset"] == dataset})
         lines += [f"### {dataset}, {neighborhood} ({images} images; budget {'–' if budget is None else f'{budget:.3f} s'}"
                   " = a tenth of the plain Adam loop's median time)", "",
-                  "| start | relaxation + unary | method | median s | median gap | max gap | gap ≤ 1e-2 within budget "
-                  f"| median s to 1e-2 | {metric} |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| start | relaxation + unary | method | median s | median gap | max gap | gap ≤ 1e-2 at the end "
+                  f"| 1e-2 within budget | median s to 1e-2 | {metric} |", "|---|---|---|---|---|---|---|---|---|---|"]
         for start in ("zero", "noisy"):
             for relaxation, unary in CONFIGS:
                 for label in labels:
@@ -96,7 +97,7 @@ def tables(rows, budgets, best):
             walker = [r for r in rows if r["dataset"] == dataset and r["method"] == WALKER and r["start"] == start]
             if walker:
                 lines.append(f"| {start} | – | {WALKER} | {median(floats(walker, 'seconds'), '{:.3f}')} | – | – | – | – "
-                             f"| {quality(walker, dataset):.3f} |")
+                             f"| – | {quality(walker, dataset):.3f} |")
         lines.append("")
     return lines
 
@@ -146,8 +147,9 @@ def main(argv=None):
              f"torch {env['torch']}; code: {', '.join(dict.fromkeys(r['label'] for r in rows))}.", "",
              "Gap: (E - E*) / (E* - L), E* the lowest energy known for the image (best_energies.csv: long runs, the "
              "exact minimiser where one exists, every run here), L the unary's lower bound (the energy's constant "
-             "part); a thousandth of the start's excess where E* - L is smaller.  Medians over images; the quality "
-             "column pools argmax(y) over the images.", "",
+             "part); a thousandth of the start's excess where E* - L is smaller.  Medians over images; \"1e-2 within "
+             "budget\": images whose run got within 1e-2 in at most the budget; the quality column pools argmax(y) "
+             "over the images (CamVid: mIoU, ACDC: mean Dice of RV, Myo, LV over the pooled slices).", "",
              f"Runs that failed the check (finite, simplex, seeds, energy not above the start's): {len(bad)}.", ""]
     lines += tables(rows, budget_seconds(rows), read_best(os.path.join(args.out, "best_energies.csv")))
     with open(os.path.join(args.out, "report.md"), "w") as f:
