@@ -49,7 +49,8 @@ THRESHOLDS = (1e-2, 1e-3)
 ITERATION_GRID = list(range(0, 3001, 10))
 TIME_GRID = [round(10 ** (e / 10), 4) for e in range(-30, 11)]  # 1 ms .. 10 s
 RUN_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood", "method", "label", "seconds",
-              "iterations", "energy", "lower", "start_energy", "best", "gap", "seconds_to_1e-2", "seconds_to_1e-3", "steps_to_1e-2",
+              "iterations", "energy", "lower", "start_energy", "best", "gap", "seconds_to_1e-2", "seconds_to_1e-3",
+              "steps_to_1e-2",
               "steps_to_1e-3", "check", "confusion"]
 
 

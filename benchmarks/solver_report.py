@@ -74,15 +74,17 @@ def method_cells(rows, dataset, budget, best):
 def tables(rows, budgets, best):
     groups = defaultdict(list)
     for r in rows:
-        groups[r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"], r["method"], r["label"]].append(r)
+        key = (r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"], r["method"], r["label"])
+        groups[key].append(r)
     labels = list(dict.fromkeys(r["label"] for r in rows if r["method"] == "solve"))
     lines = []
     for dataset, neighborhood in dict.fromkeys((r["dataset"], r["neighborhood"]) for r in rows):
         budget = budgets.get((dataset, neighborhood))
         metric = "Dice" if dataset == "acdc" else "mIoU"
         images = len({r["image"] for r in rows if r["dataset"] == dataset})
-        lines += [f"### {dataset}, {neighborhood} ({images} images; budget {'–' if budget is None else f'{budget:.3f} s'}"
-                  " = a tenth of the plain Adam loop's median time)", "",
+        shown = "–" if budget is None else f"{budget:.3f} s"
+        lines += [f"### {dataset}, {neighborhood} ({images} images; budget {shown} = a tenth of the plain Adam "
+                  "loop's median time)", "",
                   "| start | relaxation + unary | method | median s | median gap | max gap | gap ≤ 1e-2 at the end "
                   f"| 1e-2 within budget | median s to 1e-2 | {metric} |", "|---|---|---|---|---|---|---|---|---|---|"]
         for start in ("zero", "noisy"):
@@ -96,8 +98,8 @@ def tables(rows, budgets, best):
                             lines.append(f"| {start} | {relaxation}+{unary} | {name} | " + " | ".join(cells) + " |")
             walker = [r for r in rows if r["dataset"] == dataset and r["method"] == WALKER and r["start"] == start]
             if walker:
-                lines.append(f"| {start} | – | {WALKER} | {median(floats(walker, 'seconds'), '{:.3f}')} | – | – | – | – "
-                             f"| – | {quality(walker, dataset):.3f} |")
+                seconds = median(floats(walker, "seconds"), "{:.3f}")
+                lines.append(f"| {start} | – | {WALKER} | {seconds} | – | – | – | – | – | {quality(walker, dataset):.3f} |")
         lines.append("")
     return lines
 
@@ -118,8 +120,9 @@ def plot(curves, rows, path):
                 if points:
                     x, y = zip(*points)
                     ax.plot(x, np.maximum(y, 1e-6), color=colours[relaxation, unary], label=f"{relaxation}+{unary}")
+                wanted = (dataset, neighborhood, start, relaxation, unary, PLAIN_ADAM)
                 adam = [r for r in rows if (r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"],
-                                            r["method"]) == (dataset, neighborhood, start, relaxation, unary, PLAIN_ADAM)]
+                                            r["method"]) == wanted]
                 if adam:
                     ax.scatter([statistics.median(floats(adam, "seconds"))],
                                [max(statistics.median(floats(adam, "gap")), 1e-6)], marker="x",

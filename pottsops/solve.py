@@ -263,8 +263,9 @@ def _coarse(logits, image, seeds, mask, weights, ignore_index, f):
     votes = _block_sum(F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(logits.dtype)
                        * seeded[:, None], f)
     coarse_seeds = torch.where(votes.amax(1) > 0, votes.argmax(1), ignore_index)
-    return (torch.log(sigma.clamp(min=torch.finfo(sigma.dtype).tiny)), None if image is None else mean(image.to(logits.dtype)),
-            coarse_seeds, None if mask is None else count[:, 0] > 0, None if weights is None else mean(weights))
+    return (torch.log(sigma.clamp(min=torch.finfo(sigma.dtype).tiny)),
+            None if image is None else mean(image.to(logits.dtype)), coarse_seeds,
+            None if mask is None else count[:, 0] > 0, None if weights is None else mean(weights))
 
 
 def _upsample(theta, f, H, W):
@@ -290,7 +291,8 @@ def _fused_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, ma
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
     elif image is not None:  # the edge weights once per solve, not at every step (about 10 % of a step)
-        weights = torch.ops.pottsops.grid_affinity(image, mask, inv_two_sigma2(image, sigma_rgb, mask), offsets, spatial)
+        inv = inv_two_sigma2(image, sigma_rgb, mask)
+        weights = torch.ops.pottsops.grid_affinity(image, mask, inv, offsets, spatial)
     weights = None if weights is None else weights.detach().to(logits.dtype).contiguous()
     return (None, weights, mask, None, offsets, spatial, relaxation_index(relaxation), EPS)
 
@@ -369,7 +371,8 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     for name, value, least in (("eta", eta, 0), ("lam", lam, 0), ("tol", tol, 0), ("step", step, math.ulp(0))):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
             raise ValueError(f"{name}: expected a finite number {'>' if least else '>='} 0, got {value!r}")
-    for name, value, most in (("iters", iters, math.inf), ("levels", levels or 0, len(LEVEL_FACTORS))):
+    counts = (("iters", iters, math.inf), ("levels", 0 if levels is None else levels, len(LEVEL_FACTORS)))
+    for name, value, most in counts:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
             raise ValueError(f"{name}: expected an integer in [0, {most}]{' or None' * (name == 'levels')}, "
                              f"got {value!r}")

@@ -144,7 +144,8 @@ def test_fused_ops_opcheck_and_errors(backend):
     y = torch.softmax(torch.randn(2, 4, 5, 6, dtype=torch.float64, device=device), 1)
     torch.library.opcheck(torch.ops.pottsops.grid_solver_gradient.default,
                           (y, *fused.grid_args, fused.operand, fused.unlabeled, fused.seeded, 0, 0.3, 6.0, 1e-8))
-    for at, value, pattern in ((5, inputs[5].int(), "steps: expected an int64"), (6, inputs[6].float(), "scale: expected a float64"),
+    for at, value, pattern in ((5, inputs[5].int(), "steps: expected an int64"),
+                               (6, inputs[6].float(), "scale: expected a float64"),
                                (7, inputs[7].int(), "seeds: expected int64"), (1, inputs[1][:, :2], "m: expected")):
         with pytest.raises(RuntimeError, match=pattern):
             torch.ops.pottsops.adaptive_step(*inputs[:at], value, *inputs[at + 1:], rule)
