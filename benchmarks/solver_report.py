@@ -76,9 +76,10 @@ def tables(rows, budgets, best):
     for r in rows:
         key = (r["dataset"], r["neighborhood"], r["start"], r["relaxation"], r["unary"], r["method"], r["label"])
         groups[key].append(r)
-    labels = list(dict.fromkeys(r["label"] for r in rows if r["method"] == "solve"))
     lines = []
     for dataset, neighborhood in dict.fromkeys((r["dataset"], r["neighborhood"]) for r in rows):
+        labels = list(dict.fromkeys(r["label"] for r in rows if r["method"] == "solve" and r["dataset"] == dataset
+                                    and r["neighborhood"] == neighborhood))  # code versions measured here
         budget = budgets.get((dataset, neighborhood))
         metric = "Dice" if dataset == "acdc" else "mIoU"
         images = len({r["image"] for r in rows if r["dataset"] == dataset})
