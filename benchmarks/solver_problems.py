@@ -105,7 +105,7 @@ class Problem:
         self.labels = labels
         self.logits = start_logits(start, labels, classes, index)[None]
         self.image, self.seeds = image[None], seeds[None]
-        self.kwargs = dict(relaxation=relaxation, unary=unary, neighborhood=neighborhood,
+        self.kwargs = dict(relaxation=relaxation, unary=unary, neighborhood=self.neighborhood,
                            sigma_rgb=DATASETS[dataset]["sigma_rgb"], **SETTINGS)
         self.seeded = self.seeds != 255
         self.lower = self._lower()

@@ -49,6 +49,7 @@ COARSE_TOL = 0.1  # coarse levels run to tol * COARSE_TOL: their steps are cheap
 UNSURE = 0.05  # below this mean confidence of softmax(logits), levels=None solves coarse levels first
 COARSEST = 8  # a level whose image would have a side below this is left out
 TRANSFER_FLOOR = -6.0  # an upsampled coarse solution keeps log-ratios down to this
+MAX_SWEEPS = 20  # of the polish (bilinear relaxation), which usually settles in 3 to 10
 
 
 @dataclass
@@ -57,10 +58,13 @@ class SolveInfo:
     after t steps at full resolution (t = 0: the start, softmax(logits) or init); iterations: the steps each
     image ran there; lower: the unary's lower bound that the stopping rule measures progress against;
     levels: (factor, steps per image, seconds) of each level solved, the coarse ones first and the full
-    resolution (factor 1) last; coarse: (B,) whether an image's full-resolution solve started from the
-    coarse solution; seconds: wall time; best: the energy of the returned y."""
+    resolution (factor 1, its polish included) last; coarse: (B,) whether an image's full-resolution solve
+    started from the coarse solution; sweeps: (B,) the polish's sweeps that moved a pixel (bilinear with
+    cce or ce on a grid or window; its energy is the last entry of energies), else zeros; seconds: wall
+    time; best: the energy of the returned y."""
     energies: list = field(default_factory=list)
     iterations: torch.Tensor = None
+    sweeps: torch.Tensor = None
     lower: torch.Tensor = None
     levels: list = field(default_factory=list)
     coarse: torch.Tensor = None
@@ -334,6 +338,76 @@ def _wants_coarse(problem):
     return (confidence * problem.unlabeled).sum((1, 2)) / count < UNSURE
 
 
+def _colours(neighborhood):
+    """Pixel classes of which no two pixels are neighbours, each a list of strided slices (row start,
+    column start) with the steps returned: a checkerboard where every offset has an odd |dy| + |dx| (nn4),
+    else the pixels' positions modulo (max |dy| + 1, max |dx| + 1).  Returns (classes, (row step, column
+    step))."""
+    offsets = as_neighborhood(neighborhood).offsets
+    if all((dy + dx) % 2 for dy, dx in offsets):
+        return [[(0, 0), (1, 1)], [(0, 1), (1, 0)]], (2, 2)
+    high, wide = max(abs(dy) for dy, _ in offsets) + 1, max(abs(dx) for _, dx in offsets) + 1
+    return [[(row, col)] for row in range(high) for col in range(wide)], (high, wide)
+
+
+def _pixel_minima(pairs, sigma, eta):
+    """Per pixel, a minimiser over the simplex of f(y) = pairs.y - eta log(s.y), s = sigma + EPS (the cce
+    unary, -log(sigma.y + EPS) on the simplex; eta = 0 for ce, whose part is inside pairs): f is convex and
+    the minimiser of a linear term plus a function of s.y has at most two labels, so it is searched on the
+    edges from the best one-hot label k to every other label l, where f(t) = f((1 - t) e_k + t e_l) is
+    least at f'(t) = 0 or an end.  Returns (f at the minimiser, the minimiser)."""
+    s = sigma + EPS
+    vertex = pairs - eta * torch.log(s)
+    k = vertex.argmin(1, keepdim=True)
+    pairs_k, s_k = pairs.gather(1, k), s.gather(1, k)
+    dc, ds = pairs - pairs_k, s - s_k
+    stationary = eta / torch.where(dc == 0, 1, dc) - s_k / torch.where(ds == 0, 1, ds)
+    t = torch.where((dc == 0) | (ds == 0), 0.0, stationary).clamp(0, 1)
+    value, l = (pairs_k + t * dc - eta * torch.log(s_k + t * ds)).min(1, keepdim=True)
+    t = t.gather(1, l)
+    K = pairs.shape[1]
+    one_hot = lambda i: F.one_hot(i[:, 0], K).permute(0, 3, 1, 2).to(pairs.dtype)  # noqa: E731
+    return value[:, 0], (1 - t) * one_hot(k) + t * one_hot(l)
+
+
+def _polish(problem, y, best, lower, tol):
+    """Block coordinate descent on the bilinear relaxation with the cce or ce unary.  With its neighbours
+    fixed, a pixel's energy is pairs.y_i (bilinear pairs: linear) plus its unary, which _pixel_minima
+    minimises at once over every unlabeled pixel of one colour (no two of them neighbours), the colours in
+    turn; a pixel moves only where that does not raise its energy, so the energy never rises.  An image
+    stops after a sweep that lowered its energy by at most tol times its excess over lower (the solver's
+    rule), or after MAX_SWEEPS.  The minima are one-hot labels (ce) or mixtures of two (cce), and lower
+    than where the smooth steps stop (measured: CamVid median gaps 0.07 -> 0.005; docs/solver.md).
+    Returns (y, its energy, sweeps per image; 0 where rounding kept the soft y)."""
+    B, K, H, W = y.shape
+    soft, sigma = y, torch.softmax(problem.logits, 1)
+    eta = problem.eta if problem.unary == "cce" else 0.0
+    running = torch.ones(B, dtype=torch.bool, device=y.device)
+    sweeps = torch.zeros(B, dtype=torch.long, device=y.device)
+    colours, (high, wide) = _colours(problem.potts["neighborhood"])
+    energy, y = problem.gradient(y)[0], y.clone()
+    for _ in range(MAX_SWEEPS):
+        before = energy
+        for colour in colours:
+            grad = problem.gradient(y)[1]  # the gradient in y_i: exact for the pairs and for ce
+            for row, col in colour:
+                part = (slice(None), slice(None), slice(row, None, high), slice(col, None, wide))
+                y_part, sigma_part = y[part], sigma[part]
+                at_y = (sigma_part * y_part).sum(1, keepdim=True) + EPS
+                pairs = grad[part] + eta * sigma_part / at_y  # the cce unary's gradient taken out (eta 0: ce)
+                value, minimiser = _pixel_minima(pairs, sigma_part, eta)
+                current = (pairs * y_part).sum(1) - eta * torch.log(at_y[:, 0])
+                move = problem.unlabeled[part[0], part[2], part[3]] & (value <= current)  # ties snap to it
+                y[part] = torch.where((move & running.view(-1, 1, 1))[:, None], minimiser, y_part)
+        energy = problem.gradient(y)[0]
+        sweeps += running.long()
+        running &= before - energy > tol * (energy - lower).clamp(min=0)
+        if not bool(running.any()):
+            break
+    kept = energy <= best  # always, but for rounding
+    return torch.where(kept.view(-1, 1, 1, 1), y, soft), torch.where(kept, energy, best), torch.where(kept, sweeps, 0)
+
+
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
           sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=300, tol=1e-3, step=0.1,
           levels=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
@@ -354,6 +428,9 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     levels: how many coarse levels (pooled 2x, 4x, 8x; up to 3) are solved first, each starting the next;
         None (default): 3 for the images where softmax(logits) says little (mean confidence below 0.05, e.g.
         zero logits: the scribbles alone) and for bl and cce, else 0 (info.coarse says which).
+    The bilinear relaxation with the cce or ce unary on a grid or window ends with a polish: block
+    coordinate descent, each pixel of a colour moved to the minimiser of its energy with its neighbours
+    fixed (one-hot labels for ce, mixtures of at most two for cce).
     return_info: also return a SolveInfo (energy per step, steps, timings).
 
     >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
@@ -413,6 +490,12 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     info.energies.append(start_energy)
     trace, level_start = [], time.perf_counter()
     y, best, info.iterations, info.lower = _solve_level(problem, theta, iters, tol, rule, trace)
+    info.sweeps = torch.zeros_like(info.iterations)
+    polish = (relaxation_name(relaxation) == "bilinear" and problem.unary in ("cce", "ce")
+              and not (isinstance(neighborhood, str) and neighborhood == "dense"))
+    if polish:
+        y, best, info.sweeps = _polish(problem, y, best, info.lower, tol)
+        trace.append(best)
     info.levels.append((1, info.iterations, time.perf_counter() - level_start))
     info.energies.extend(torch.minimum(e, start_energy) for e in trace[1:])
     worse = ~(best <= start_energy)  # the start is kept where the solve did not go below it

@@ -97,21 +97,93 @@ def test_default_solve_converges_on_a_generated_scene():
     """Every relaxation's default solve() ends within 1e-2 of the energy a long run of the same solver reaches
     (iters 3000 per level, tol 0; gap relative to the energy less its constants, info.lower), from zero
     logits (the scribbles alone) and from the benchmark's noisy ones, on demo's generated scene (four
-    classes, 96 x 96, sigma_rgb 60 so that crossing an edge costs).  Not bl and cce: their long runs keep
-    finding lower minima (1-4 % lower here), which their default does not wait for; how close each
-    relaxation gets to the lowest energy any method finds is benchmarks/solver_quality.py's measurement."""
+    classes, 96 x 96, sigma_rgb 60 so that crossing an edge costs); bl through its discrete polish.  Not cce:
+    its long runs keep finding lower minima (1-4 % lower here), which its default does not wait for; how
+    close each relaxation gets to the lowest energy any method finds is benchmarks/solver_quality.py's
+    measurement."""
     image, labels, scribbles = (t[..., ::2, ::2] for t in demo.generated_scene())
     noisy = solver_problems.noisy_logits(labels[0], 4, seed=0)[None]
     gaps = {}
     for start, logits in (("zero", torch.zeros(1, 4, 96, 96)), ("noisy", noisy)):
-        for relaxation in ("quadratic", "normalized_quadratic", "log_quadratic", "collision_divergence"):
+        for relaxation in ("bilinear", "quadratic", "normalized_quadratic", "log_quadratic",
+                           "collision_divergence"):
             kwargs = dict(relaxation=relaxation, sigma_rgb=60.0, return_info=True)
             _, info = pottsops.solve(logits, image, scribbles, **kwargs)
             _, long_run = pottsops.solve(logits, image, scribbles, iters=3000, tol=0.0, **kwargs)
-            assert long_run.coarse.item() == info.coarse.item() == (start == "zero")
+            assert long_run.coarse.item() == info.coarse.item() == (start == "zero" or relaxation == "bilinear")
             lowest = min(float(long_run.best), float(info.best))
             gaps[start, relaxation] = (float(info.best) - lowest) / (lowest - float(info.lower))
     assert max(gaps.values()) <= 1e-2, gaps
+
+
+@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=3)],
+                         ids=["nn4", "nn8", "win2", "win1d3"])
+def test_polish_colours_hold_no_two_neighbours(neighborhood):
+    H, W = 11, 13
+    classes, (high, wide) = solve_module._colours(neighborhood)
+    colours = []
+    for slices in classes:
+        colour = torch.zeros(H, W, dtype=torch.bool)
+        for row, col in slices:
+            colour[row::high, col::wide] = True
+        colours.append(colour)
+    assert torch.equal(torch.stack(colours).sum(0), torch.ones(H, W, dtype=torch.long))  # a partition
+    offsets = pottsops.neighborhoods.as_neighborhood(neighborhood).offsets
+    for colour in colours:
+        for dy, dx in offsets:
+            first, second = reference.pair_slices(H, W, dy, dx)
+            assert not (colour[first] & colour[second]).any(), (dy, dx)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FUSED])
+@pytest.mark.parametrize("unary", ["cce", "ce"])
+@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2)], ids=["nn4", "nn8", "win2"])
+def test_bilinear_polish_ends_where_no_pixel_can_lower_the_energy(backend, unary, neighborhood):
+    """bl with cce or ce: solve() ends with block coordinate descent, so the energy is not above the soft
+    iterate's (the trace's last step) and no single pixel's move lowers it: tried in float64 for every
+    one-hot label and every mixture of two labels (t = 0.05 ... 0.95); with ce, y is one-hot on the
+    unlabeled pixels."""
+    g = torch.Generator().manual_seed(11)  # colours close enough that the pairs matter
+    logits, image = torch.randn(2, 3, 9, 10, generator=g), torch.rand(2, 3, 9, 10, generator=g) * 30
+    seeds = torch.full((2, 9, 10), 255)
+    seeds[:, 0, :3], seeds[:, 8, 3:], seeds[0, 4, 4] = 0, 2, 1
+    mask = torch.ones(2, 9, 10, dtype=torch.bool)
+    mask[1, 8, 9] = False
+    args = (logits.double(), image.double(), seeds)
+    kwargs = dict(relaxation="bl", unary=unary, neighborhood=neighborhood, mask=mask, backend=backend)
+    y, info = pottsops.solve(*args, return_info=True, **kwargs)
+    check_guarantees(y, info, seeds, logits, mask)
+    assert (info.sweeps > 0).all() and float((info.energies[-1] - info.energies[-2]).max()) < 0
+    free = mask & (seeds == 255)
+    if unary == "ce":
+        assert torch.equal(y.amax(1)[free], torch.ones_like(y.amax(1)[free]))
+    energy = lambda labels: (0.3 * pottsops.unary(args[0], labels, unary, mask=free, reduction="none").sum((1, 2))
+                             + 6.0 * pottsops.potts_energy(labels, args[1], relaxation="bl", neighborhood=neighborhood,
+                                                           mask=mask, reduction="none", backend="reference"))
+    at_y = energy(y)
+    torch.testing.assert_close(at_y, info.best)
+    eye = torch.eye(3, dtype=torch.float64)
+    moves = [eye[k] for k in range(3)] + [(1 - t) * eye[k] + t * eye[l] for k in range(3) for l in range(k + 1, 3)
+                                          for t in torch.linspace(0.05, 0.95, 19, dtype=torch.float64)]
+    for b, i, j in free.nonzero().tolist():
+        others = y[b:b + 1].repeat(len(moves), 1, 1, 1)
+        others[:, :, i, j] = torch.stack(moves)
+        lowest = (0.3 * pottsops.unary(args[0][b:b + 1].expand(len(moves), -1, -1, -1), others, unary,
+                                       mask=free[b:b + 1].expand(len(moves), -1, -1), reduction="none").sum((1, 2))
+                  + 6.0 * pottsops.potts_energy(others, args[1][b:b + 1].expand(len(moves), -1, -1, -1),
+                                                relaxation="bl", neighborhood=neighborhood,
+                                                mask=mask[b:b + 1].expand(len(moves), -1, -1), reduction="none",
+                                                backend="reference")).min()
+        assert float(lowest) >= float(at_y[b]) - 1e-6 * float(at_y[b]), (b, i, j)
+
+
+def test_no_polish_where_the_minima_are_not_one_hot():
+    logits, image, seeds = problem(seed=12)
+    for kwargs in (dict(relaxation="bl", unary="rce"), dict(relaxation="cd"), dict(relaxation="bl", sigma_xy=5.0,
+                                                                                   neighborhood="dense")):
+        y, info = pottsops.solve(logits, image, seeds, iters=30, return_info=True, **kwargs)
+        assert not info.sweeps.any() and len(info.energies) == 31
+        assert (y.amax(1)[seeds == 255] < 1).any()
 
 
 @pytest.mark.parametrize("backend", FUSED)
