@@ -10,6 +10,8 @@ import torch
 
 from pottsops import _backend, _checks, reference
 
+MAX_FEATURE = 2.0 ** 24  # csrc/pottsops/bilateral_args.h kMaxLatticeFeature: the lattice's coordinate range
+
 FILTER_BACKENDS = ("cuda", "cpu", "reference")
 
 
@@ -23,7 +25,35 @@ def bilateral_features(image, sigma_xy, sigma_rgb):
     cols = torch.arange(W, device=image.device, dtype=dtype).view(1, 1, 1, W).expand(B, 1, H, W)
     if isinstance(sigma_rgb, torch.Tensor):
         sigma_rgb = sigma_rgb.to(device=image.device, dtype=dtype).view(B, 1, 1, 1)
-    return torch.cat([rows / sigma_xy, cols / sigma_xy, image.to(dtype) / sigma_rgb], 1)
+    image = image.to(dtype)
+    if image.numel():  # the filter depends on differences only: from 0 up, the lattice's coordinates stay small
+        image = image - image.amin((2, 3), keepdim=True)
+    return torch.cat([rows / sigma_xy, cols / sigma_xy, image / sigma_rgb], 1)
+
+
+def check_bandwidth(name, sigma, dtype):
+    """sigma > 0 whose inverse is finite in the features' dtype."""
+    _checks.check_positive(name, sigma)
+    if not 1.0 / sigma <= torch.finfo(dtype).max:
+        raise ValueError(f"{name}: expected a number whose inverse is finite in {dtype}, got {sigma!r}")
+
+
+def check_lattice_range(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb"):
+    """The lattice's coordinates (positions / sigma_xy, colours from their least * inv_sigma_rgb, a number
+    or (B,)) stay within its range, or the error names the bandwidth that is too small."""
+    H, W = image.shape[2:]
+    if (max(H, W) - 1) / sigma_xy > MAX_FEATURE:
+        raise ValueError(f"sigma_xy: expected at least {(max(H, W) - 1) / MAX_FEATURE:.3g} for a {H} x {W} image "
+                         f"(positions / sigma_xy beyond 2^24 leave the lattice's range), got {sigma_xy!r}")
+    if torch.compiler.is_compiling() or not image.numel():
+        return
+    scale = inv_sigma_rgb.to(image.device).view(-1, 1, 1, 1) if isinstance(inv_sigma_rgb, torch.Tensor) \
+        else inv_sigma_rgb
+    spread = image.amax((2, 3), keepdim=True).double() - image.amin((2, 3), keepdim=True).double()
+    largest = float((spread * scale).amax())
+    if largest > MAX_FEATURE:
+        raise ValueError(f"{rgb_name}: colour differences / sigma_rgb reach {largest:.3g}, beyond the lattice's "
+                         "range 2^24: a sigma_rgb too small for the image's values")
 
 
 def filter_features(values, features, backend="auto"):
@@ -49,10 +79,16 @@ def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
     if values.dim() != 4:
         raise ValueError(f"values: expected a 4-D tensor (B, C, H, W), got shape {_checks.shape_str(values)}")
     _checks.check_image("image", image, "values", values)
-    _checks.check_positive("sigma_xy", sigma_xy)
-    _checks.check_positive("sigma_rgb", sigma_rgb)
+    dtype = reference.accumulation_dtype(image.dtype)
+    check_bandwidth("sigma_xy", sigma_xy, dtype)
+    check_bandwidth("sigma_rgb", sigma_rgb, dtype)
     if 2 + image.shape[1] > 16:
         raise ValueError(f"image: expected at most 14 channels (the lattice has 2 + C_f <= 16 dimensions), "
                          f"got {image.shape[1]}")
-    features = bilateral_features(image.detach(), sigma_xy, sigma_rgb)
+    image = image.detach()
+    if not torch.compiler.is_compiling():
+        _checks.check_finite("image", image)
+    if _backend.resolve(backend, values.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
+        check_lattice_range(image, sigma_xy, 1.0 / sigma_rgb)
+    features = bilateral_features(image, sigma_xy, sigma_rgb)
     return filter_features(values, features, backend)

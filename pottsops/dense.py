@@ -27,9 +27,9 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # of the exact method's label products on
 def lattice_energy(y, features, mask, relaxation, backend):
     """Per-image dense energy (B,) through one bilateral filtering of K + 1 channels."""
     acc = reference.accumulation_dtype(y.dtype)
-    y = y.to(acc)
+    y = reference.widen(y)
     m = mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1])
-    if relaxation == "normalized_quadratic":
+    if relaxation == "normalized_quadratic":  # masked pixels hold 1/K (potts_energy), never 0
         y = y / y.norm(dim=1, keepdim=True)
     filtered = bilateral.filter_features(torch.cat([m * y, m], 1), features, backend)
     Ay, Am = filtered[:, :-1], filtered[:, -1:]
@@ -57,7 +57,7 @@ def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, b
     features = bilateral.bilateral_features(image, sigma_xy, sigma_rgb)
     name = relaxation_name(relaxation)
     if method == "lattice":
-        return lattice_energy(y, features, mask, name, backend).to(y.dtype)
+        return lattice_energy(y, features, mask, name, backend)
     impl = _backend.resolve(backend, y.device, EXACT_BACKENDS, "potts_energy(neighborhood='dense', method='exact')")
     if impl == "triton":
         from pottsops.triton import dense_potts

@@ -4,9 +4,11 @@ Same operator as the C++ filter (csrc/cpu/permutohedral.cpp): alpha S^T C^T C S 
 vertices around the splatted ones, built here with sorting instead of a hash table:
 
 1. lattice_simplex (a kernel): each pixel's d+1 simplex vertices (keys) and barycentric weights;
-2. vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a first coordinate, so one lattice holds
-   the whole batch), grown by two rings of neighbours, each ring a torch.unique of vertices and their
-   2 (d+1) neighbours (the entries' vertex indices are remapped after each);
+2. vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a first
+   coordinate, so one lattice holds the whole batch), grown by two rings of neighbours, each ring a
+   torch.unique of vertices and their 2 (d+1) neighbours (the entries' vertex indices are remapped after
+   each); an image whose lattice a ring would take past vertex_budget keeps the vertices before it, and
+   grows no further, as in the C++ lattice;
 3. the neighbour table: vertices and their neighbours through one more torch.unique;
 4. filtering: splat as a segment sum over the entries sorted by vertex (deterministic), the 2 (d+1) blur
    passes as gathers, the slice as a gather and a weighted sum.
@@ -18,7 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
-RINGS = 2
+from pottsops import reference
+
+RINGS = 2  # csrc/pottsops/bilateral_args.h kLatticeRings
+
+
+def vertex_budget(n, d):
+    """csrc/pottsops/bilateral_args.h lattice_vertex_budget: the most vertices of one image's lattice
+    before its blur rings are left out."""
+    return min(max(16 * n * (d + 1), 1 << 18), 1 << 30)
 
 
 def lattice_scale(d):
@@ -80,10 +90,16 @@ def build(features, rings=RINGS):
     rows = torch.cat([image, keys], 3).view(-1, d + 1)
     vertices, entry_vertex = _unique_rows(rows)
     steps = _directions(d, features.device)
+    growing = torch.ones(B, dtype=torch.bool, device=features.device)
     for _ in range(rings):
         grown, inverse = _unique_rows(_with_neighbors(vertices, steps))
-        entry_vertex = inverse[entry_vertex]
-        vertices = grown
+        counts = torch.bincount(grown[:, 0].long(), minlength=B)
+        growing &= counts <= vertex_budget(N, d)
+        keep = growing[grown[:, 0].long()]
+        keep[inverse[:vertices.shape[0]]] = True  # the vertices before this ring stay
+        new_index = keep.long().cumsum(0) - 1
+        entry_vertex = new_index[inverse[entry_vertex]]
+        vertices = grown[keep]
     M = vertices.shape[0]
     every, inverse = _unique_rows(_with_neighbors(vertices, steps))
     vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)
@@ -109,7 +125,7 @@ def filter_values(lattice, values):
         grid = _average(grid, lattice.neighbors[:, j, 0])
     sliced = (grid[lattice.entry_vertex] * lattice.weights[:, None]).view(B * H * W, d + 1, C).sum(1)
     out = lattice_scale(d) * sliced
-    return out.view(B, H * W, C).transpose(1, 2).reshape(B, C, H, W).to(values.dtype)
+    return reference.narrow(out.view(B, H * W, C).transpose(1, 2).reshape(B, C, H, W), values.dtype)
 
 
 def _average(grid, neighbor):

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "pottsops/bilateral_args.h"
@@ -19,14 +20,13 @@ namespace pottsops {
 namespace {
 
 // The lattice of one image: vertex keys, each pixel's d+1 (vertex, weight) entries and each vertex's
-// neighbours along the d+1 directions.
+// neighbours along the d+1 directions.  Rings of blur vertices are added around the splatted ones while
+// the lattice stays within lattice_vertex_budget (a ring that would pass it is left out whole), so that
+// memory stays bounded where the points are sparse (small sigmas); the hash table grows as needed.
 class Lattice {
  public:
-  static constexpr int kRings = 2;
   Lattice(const double* features, int64_t n, int d) : d_(d), n_(n) {
-    int64_t capacity = 16;
-    while (capacity < 4 * n * (d + 1) * (2 * d + 3)) capacity *= 2;
-    table_.assign(capacity, -1);
+    rehash(1024);
     entry_vertex_.resize(n * (d + 1));
     entry_weight_.resize(n * (d + 1));
     std::vector<int32_t> keys((d + 1) * d);
@@ -39,15 +39,21 @@ class Lattice {
       }
     }
     std::vector<int32_t> key(d);
-    for (int ring = 0; ring < kRings; ++ring) {
+    const int64_t budget = lattice_vertex_budget(n, d);
+    for (int ring = 0; ring < kLatticeRings; ++ring) {
       const int64_t occupied = num_vertices();
-      for (int64_t v = 0; v < occupied; ++v) {
+      for (int64_t v = 0; v < occupied && num_vertices() <= budget; ++v) {
         for (int j = 0; j <= d; ++j) {
           for (int plus = 0; plus < 2; ++plus) {
             lattice_neighbor(&keys_[v * d], d, j, plus, key.data());
             find(key.data(), true);
           }
         }
+      }
+      if (num_vertices() > budget) {  // this ring is left out: back to the vertices before it
+        keys_.resize(occupied * d);
+        rehash(table_.size());
+        break;
       }
     }
     const int64_t m = num_vertices();
@@ -103,13 +109,14 @@ class Lattice {
         for (int64_t c = 0; c < C; ++c) sum[c] += w * src[c];
       }
       for (int64_t c = 0; c < C; ++c) {
-        out[c * out_channel_stride + i * out_pixel_stride] = static_cast<scalar_t>(static_cast<acc_t>(alpha) * sum[c]);
+        out[c * out_channel_stride + i * out_pixel_stride] = narrow<scalar_t>(static_cast<acc_t>(alpha) * sum[c]);
       }
     }
   }
 
  private:
-  // Index of the vertex with this key; inserted if absent and insert is true, else -1.
+  // Index of the vertex with this key; inserted if absent and insert is true, else -1.  The table is kept
+  // at most half full, so a probe always ends at an empty slot.
   int32_t find(const int32_t* key, bool insert) {
     const uint64_t mask = table_.size() - 1;
     for (uint64_t slot = lattice_hash(key, d_) & mask;; slot = (slot + 1) & mask) {
@@ -119,11 +126,21 @@ class Lattice {
         const int32_t index = static_cast<int32_t>(num_vertices());
         keys_.insert(keys_.end(), key, key + d_);
         table_[slot] = index;
+        if (2 * num_vertices() > static_cast<int64_t>(table_.size())) rehash(2 * table_.size());
         return index;
       }
-      bool same = true;
-      for (int i = 0; i < d_ && same; ++i) same = keys_[v * static_cast<int64_t>(d_) + i] == key[i];
-      if (same) return v;
+      if (std::equal(key, key + d_, &keys_[v * static_cast<int64_t>(d_)])) return v;
+    }
+  }
+
+  // A table of `capacity` slots (a power of two) holding every vertex.
+  void rehash(size_t capacity) {
+    table_.assign(capacity, -1);
+    const uint64_t mask = capacity - 1;
+    for (int64_t v = 0; v < num_vertices(); ++v) {
+      uint64_t slot = lattice_hash(&keys_[v * d_], d_) & mask;
+      while (table_[slot] >= 0) slot = (slot + 1) & mask;
+      table_[slot] = static_cast<int32_t>(v);
     }
   }
 
@@ -144,6 +161,7 @@ at::Tensor bilateral_filter_cpu(const at::Tensor& values, const at::Tensor& feat
   // Features as contiguous double (B, d, n): the simplex search needs more than float's 24 bits where
   // coordinates are large (small sigmas on large images).
   const at::Tensor positions = features.to(at::kDouble).contiguous();
+  check_lattice_feature_values(positions);
   const double alpha = lattice_scale(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "bilateral_filter_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -168,6 +186,7 @@ std::tuple<at::Tensor, at::Tensor> lattice_simplex_cpu(const at::Tensor& feature
   check_lattice_features(features);
   const int64_t B = features.size(0), d = features.size(1), n = features.size(2) * features.size(3);
   const at::Tensor f = features.to(at::kDouble).reshape({B, d, n}).contiguous();
+  check_lattice_feature_values(f);
   at::Tensor keys = at::empty({B, n, d + 1, d}, features.options().dtype(at::kInt));
   at::Tensor weights = at::empty({B, n, d + 1}, features.options().dtype(accumulation_type(features.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "lattice_simplex_cpu", [&] {

@@ -53,11 +53,12 @@ std::tuple<at::Tensor, at::Tensor> lattice_simplex_cuda(const at::Tensor& featur
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), d = features.size(1), n = features.size(2) * features.size(3);
   const at::Tensor f = features.reshape({B, d, n}).contiguous();
+  check_lattice_feature_values(f);
   at::Tensor keys = at::empty({B, n, d + 1, d}, features.options().dtype(at::kInt));
   at::Tensor weights = at::empty({B, n, d + 1}, features.options().dtype(accumulation_type(features.scalar_type())));
   if (B * n == 0) return {keys, weights};
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "lattice_simplex_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "lattice_simplex_cuda", [&] {
     using feature_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "lattice_simplex_cuda_weights", [&] {
       simplex_kernel<feature_t, scalar_t><<<blocks_for(B * n, "features"), kThreads, 0, stream>>>(
