@@ -1,5 +1,7 @@
 #include "pottsops/grid_args.h"
 
+#include <cmath>
+
 #include "pottsops/relaxations.h"
 
 namespace pottsops {
@@ -11,12 +13,16 @@ void check_offsets(at::IntArrayRef offsets, at::ArrayRef<double> spatial, GridAr
   const int64_t num = static_cast<int64_t>(offsets.size() / 2);
   TORCH_CHECK(num >= 1 && num <= kMaxOffsets, "offsets: expected 1 to ", kMaxOffsets,
               " offsets, got ", num);
+  for (int64_t e = 0; e < num; ++e) {
+    TORCH_CHECK(offsets[2 * e] > 0 || (offsets[2 * e] == 0 && offsets[2 * e + 1] > 0), "offsets: (",
+                offsets[2 * e], ", ", offsets[2 * e + 1], ") is not in the half-plane dy > 0 or (dy == 0 and dx > 0)");
+  }
   TORCH_CHECK(static_cast<int64_t>(spatial.size()) == num, "spatial: expected ", num,
               " factors (one per offset), got ", spatial.size());
   for (int64_t e = 0; e < num; ++e) {
     const int64_t dy = offsets[2 * e], dx = offsets[2 * e + 1];
-    TORCH_CHECK(dy > 0 || (dy == 0 && dx > 0), "offsets: (", dy, ", ", dx,
-                ") is not in the half-plane dy > 0 or (dy == 0 and dx > 0)");
+    TORCH_CHECK(std::isfinite(spatial[e]) && spatial[e] >= 0, "spatial: expected finite factors >= 0, got ",
+                spatial[e]);
     args.dy.push_back(dy);
     args.dx.push_back(dx);
     args.spatial.push_back(spatial[e]);
@@ -59,6 +65,7 @@ GridArgs make_grid_args(const at::Tensor& y, const c10::optional<at::Tensor>& im
   TORCH_CHECK(y.size(1) >= 2, "y: expected K >= 2 classes, got ", y.size(1));
   TORCH_CHECK(relaxation >= 0 && relaxation < kNumRelaxations, "relaxation: expected an index in [0, ",
               int(kNumRelaxations), "), got ", relaxation);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps: expected a finite number >= 0, got ", eps);
   args.y = y;
   args.relaxation = static_cast<int>(relaxation);
   args.eps = eps;

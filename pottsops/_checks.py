@@ -1,5 +1,7 @@
 """Argument checks shared by the public functions: each error names the argument, what was expected
 and what was given (SPEC section 8)."""
+import math
+
 import torch
 
 
@@ -78,9 +80,15 @@ def check_seeds(seeds, y_name, y, ignore_index):
                          f"got {value}")
 
 
+def check_number(name, value, least=0.0, inclusive=True):
+    """A finite real number (not a bool) >= least (or > least)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            not (value >= least if inclusive else value > least):
+        raise ValueError(f"{name}: expected a finite number {'>=' if inclusive else '>'} {least:g}, got {value!r}")
+
+
 def check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    check_number(name, value, 0.0, inclusive=False)
 
 
 def check_choice(name, value, choices):
@@ -89,6 +97,11 @@ def check_choice(name, value, choices):
         raise ValueError(f"{name}: expected one of {valid}, got {value!r}")
 
 
-def check_finite(name, t):
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or Inf")
+def check_finite(name, t, where=None):
+    """Finite values (where the (B, H, W) mask `where` is True, if given)."""
+    bad = ~torch.isfinite(t)
+    if where is not None:
+        bad = bad & where.view(where.shape[0], 1, *where.shape[1:])
+    if bool(bad.any()):
+        raise ValueError(f"{name}: expected finite values{'' if where is None else ' where mask is True'}, "
+                         "got NaN or Inf")

@@ -2,14 +2,44 @@
 
 Importing never fails because the extension is missing: C is None and LOAD_ERROR says why.
 """
+import importlib.util
+import os
+import sys
+
 import torch
 
+
+def _load():
+    """The compiled module: the installed pottsops._C, or the file POTTSOPS_EXTENSION names (make sanitize
+    loads its instrumented build this way)."""
+    path = os.environ.get("POTTSOPS_EXTENSION")
+    if not path:
+        from pottsops import _C
+        return _C
+    spec = importlib.util.spec_from_file_location("pottsops._C", path)
+    if spec is None:
+        raise ImportError(f"POTTSOPS_EXTENSION: cannot load {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["pottsops._C"] = module
+    return module
+
+
 try:
-    from pottsops import _C as C
+    C = _load()
     LOAD_ERROR = None
-except ImportError as error:  # not built, or built against another torch
+except (ImportError, OSError) as error:  # not built, or built against another torch
     C = None
     LOAD_ERROR = f"{type(error).__name__}: {error}"
+
+
+def _same_device(first_name, first, **others):
+    """A fake kernel also runs when a meta tensor is mixed with real ones (the dispatcher picks Meta): it
+    raises, as the real kernels do, instead of returning uninitialised tensors."""
+    for name, t in others.items():
+        if t is not None and t.device != first.device:
+            raise ValueError(f"{name}: expected a tensor on {first.device} (the device of {first_name}), "
+                             f"got {t.device}")
 
 
 def _register():
@@ -17,32 +47,39 @@ def _register():
 
     @torch.library.register_fake(lib + "grid_potts_energy")
     def _(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps):
-        return y.new_empty(y.shape[0])
+        _same_device("y", y, image=image, weights=weights, mask=mask, inv_two_sigma2=inv_two_sigma2)
+        return y.new_empty(y.shape[0], dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
 
     @torch.library.register_fake(lib + "grid_potts_energy_backward")
     def _(grad_energy, y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps,
           weights_grad):
+        _same_device("y", y, grad_energy=grad_energy, image=image, weights=weights, mask=mask,
+                     inv_two_sigma2=inv_two_sigma2)
         grad_weights = torch.empty_like(weights, memory_format=torch.contiguous_format) if weights_grad \
             else y.new_empty(0)
         return torch.empty_like(y), grad_weights
 
     @torch.library.register_fake(lib + "grid_affinity")
     def _(image, mask, inv_two_sigma2, offsets, spatial):
+        _same_device("image", image, mask=mask, inv_two_sigma2=inv_two_sigma2)
         dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
         B, _, H, W = image.shape
         return image.new_empty(B, len(offsets) // 2, H, W, dtype=dtype)
 
     @torch.library.register_fake(lib + "unary_loss")
     def _(logits, y, mask, kind, eps):
+        _same_device("logits", logits, y=y, mask=mask)
         B, _, H, W = logits.shape
         return logits.new_empty(B, H, W)
 
     @torch.library.register_fake(lib + "unary_loss_backward")
     def _(grad_loss, logits, y, mask, kind, eps):
+        _same_device("logits", logits, grad_loss=grad_loss, y=y, mask=mask)
         return torch.empty_like(logits), torch.empty_like(y)
 
     @torch.library.register_fake(lib + "bilateral_filter")
     def _(values, features):
+        _same_device("values", values, features=features)
         return torch.empty_like(values, memory_format=torch.contiguous_format)
 
     def bilateral_setup(ctx, inputs, output):
@@ -67,21 +104,27 @@ def _register():
     @torch.library.register_fake(lib + "grid_solver_gradient")
     def _(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled, seeded,
           kind, eta, lam, unary_eps):
+        _same_device("y", y, image=image, weights=weights, mask=mask, inv_two_sigma2=inv_two_sigma2, operand=operand,
+                     unlabeled=unlabeled, seeded=seeded)
         return y.new_empty(y.shape[0]), torch.empty_like(y, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "adaptive_step")
     def _(theta, m, v, y, grad, steps, active, seeds, seeded, rule):
+        _same_device("y", y, theta=theta, m=m, v=v, grad=grad, steps=steps, scale=active, seeds=seeds, seeded=seeded)
         return None
 
     @torch.library.register_fake(lib + "adaptive_solve")
     def _(y, theta, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps, operand, unlabeled,
           seeded, seeds, lower, kind, eta, lam, unary_eps, rule, iters, tol, window):
+        _same_device("y", y, theta=theta, image=image, weights=weights, mask=mask, inv_two_sigma2=inv_two_sigma2,
+                     operand=operand, unlabeled=unlabeled, seeded=seeded, seeds=seeds, lower=lower)
         B = y.shape[0]
         steps = torch.library.get_ctx().new_dynamic_size()  # the trace's length depends on the data
         return torch.empty_like(y), y.new_empty(B), y.new_empty(steps, B), y.new_empty(B, dtype=torch.long)
 
     @torch.library.register_fake(lib + "segment_sum")
     def _(rows, offsets):
+        _same_device("rows", rows, offsets=offsets)
         return rows.new_empty(offsets.shape[0] - 1, rows.shape[1])
     grid_setup, grid_backward = grid_autograd(torch.ops.pottsops.grid_potts_energy_backward)
     torch.library.register_autograd(lib + "grid_potts_energy", grid_backward, setup_context=grid_setup)

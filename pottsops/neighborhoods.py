@@ -52,9 +52,9 @@ def window(radius, dilation=1):
 
     >>> pottsops.potts_energy(y, image, neighborhood=pottsops.window(radius=5, dilation=2))
     """
-    if not isinstance(radius, int) or radius < 1:
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 1:
         raise ValueError(f"radius: expected an integer >= 1, got {radius!r}")
-    if not isinstance(dilation, int) or dilation < 1:
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
         raise ValueError(f"dilation: expected an integer >= 1, got {dilation!r}")
     offsets = tuple((dilation * dy, dilation * dx)
                     for dy in range(0, radius + 1) for dx in range(-radius, radius + 1)

@@ -1,7 +1,7 @@
 """Potts energies of soft labelings over grid and window neighbourhoods, and their edge weights."""
 import torch
 
-from pottsops import _backend, _checks, dense, reference
+from pottsops import _backend, _checks, bilateral, dense, reference
 from pottsops.names import relaxation_index, relaxation_name
 from pottsops.neighborhoods import NN4, as_neighborhood
 
@@ -13,14 +13,20 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
     """1 / (2 sigma_rgb^2) per image (B,), in float32 (float64 for a float64 image).
 
     sigma_rgb="auto" sets sigma_rgb^2 of each image to the mean of |I_i - I_j|^2 over its 4-neighbour
-    pairs (pairs with a masked-out end excluded); a constant image gets weights 1.
+    pairs (pairs with a masked-out end excluded); an image without differences gets 0 (weights 1).
     """
     dtype = reference.accumulation_dtype(image.dtype)
     B = image.shape[0]
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
-        return torch.full((B,), 1.0 / (2.0 * sigma_rgb * sigma_rgb), dtype=dtype, device=image.device)
+        inv = 1.0 / (2.0 * sigma_rgb * sigma_rgb)
+        if not inv <= torch.finfo(dtype).max:
+            raise ValueError(f"sigma_rgb: expected a number whose 1 / (2 sigma_rgb^2) is finite in {dtype} "
+                             f"(sigma_rgb >= {(0.5 / torch.finfo(dtype).max) ** 0.5:.2g}), got {sigma_rgb!r}")
+        return torch.full((B,), inv, dtype=dtype, device=image.device)
     image = image.to(dtype)
+    if mask is not None:  # what a masked-out pixel holds (even NaN) must not reach the mean
+        image = torch.where(mask.unsqueeze(1), image, 0.0)
     H, W = image.shape[2:]
     total = image.new_zeros(B)
     count = image.new_zeros(B)
@@ -36,7 +42,7 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
             count = count + squared[0].numel()
         total = total + squared.sum((1, 2))
     sigma2 = total / count.clamp(min=1)
-    return 0.5 / sigma2.clamp(min=torch.finfo(dtype).tiny ** 0.5)
+    return torch.where(sigma2 > 0, (0.5 / sigma2).clamp(max=torch.finfo(dtype).max), 0.0)
 
 
 def _check_common(y_name, y, image, weights, mask, neighborhood):
@@ -89,8 +95,8 @@ def _reduce(per_image, reduction, mask, y):
         return per_image
     if reduction == "sum":
         return per_image.sum()
-    count = mask.sum() if mask is not None else y.shape[0] * y.shape[2] * y.shape[3]
-    return per_image.sum() / count
+    count = mask.sum().clamp(min=1) if mask is not None else max(1, y.shape[0] * y.shape[2] * y.shape[3])
+    return per_image.sum() / count  # an empty mask: 0
 
 
 def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rgb=9.0, sigma_xy=None,
@@ -134,8 +140,7 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
         _checks.check_positive("sigma_xy", sigma_xy)
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
-    if not (isinstance(eps, (int, float)) and eps >= 0):
-        raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
+    _checks.check_number("eps", eps)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     if image is not None:
         image = image.detach()
@@ -161,14 +166,23 @@ def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, 
     _checks.check_image("image", image, "y", y)
     _checks.check_mask(mask, "y", y)
     sigma_xy = DENSE_SIGMA_XY if sigma_xy is None else sigma_xy
-    _checks.check_positive("sigma_xy", sigma_xy)
+    bilateral.check_bandwidth("sigma_xy", sigma_xy, reference.accumulation_dtype(image.dtype))
+    _checks.check_number("eps", eps)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     dense.check_method(method, relaxation)
     _checks.check_choice("precision", precision, dense.PRECISIONS)
     image = image.detach()
     if validate:
         _validate_values(y, image, None, mask)
+    if mask is not None:  # a masked-out pixel takes part in no pair: whatever it holds (even NaN) is replaced
+        present = mask.unsqueeze(1)
+        y = torch.where(present, y, 1.0 / y.shape[1])
+        image = torch.where(present, image, 0.0)
+    if not torch.compiler.is_compiling():
+        _checks.check_finite("image", image, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)
+    if method == "lattice":
+        bilateral.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
     per_image = dense.dense_energy(y, image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps),
                                    backend, precision)
     return _reduce(per_image, reduction, mask, y)

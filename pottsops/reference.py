@@ -13,6 +13,33 @@ def accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def narrow(t, dtype):
+    """t as dtype; into fp16 or bf16 saturated at its largest finite value, as the kernels store (a gradient
+    of order 1/eps stays finite: SPEC section 8)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        top = torch.finfo(dtype).max
+        t = t.clamp(-top, top)
+    return t.to(dtype)
+
+
+class _Widen(torch.autograd.Function):
+    """t in its accumulation dtype, whose gradient comes back through narrow."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.dtype = t.dtype
+        return t.to(accumulation_dtype(t.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return narrow(grad, ctx.dtype)
+
+
+def widen(t):
+    """t in its accumulation dtype (float32 for reduced precision), gradients saturated on the way back."""
+    return _Widen.apply(t) if t.dtype != accumulation_dtype(t.dtype) else t
+
+
 def pair_potential(relaxation, p, q, eps=1e-8):
     """P(p, q) over dim 1 for a relaxation given by its long name (SPEC section 3)."""
     return pair_value(relaxation, (p * q).sum(1), (p * p).sum(1), (q * q).sum(1), eps)
@@ -29,8 +56,11 @@ def pair_value(relaxation, s, a, b, eps=1e-8):
     if relaxation == "collision_ce":
         return -torch.log(s + eps)
     if relaxation == "log_quadratic":
-        # 1 - |p - q|^2 / 2 >= 0 on the simplex; the clamp only absorbs rounding (as in the kernels).
-        return -torch.log(torch.clamp(1 - 0.5 * (a + b) + s, min=0) + eps)
+        # 1 - |p - q|^2 / 2 >= 0 on the simplex; the clamp only absorbs rounding and leaves the SPEC's partials
+        # (-1/u, 1/(2u) at u = the clamped value + eps), as in the kernels: one-hot neighbours of different
+        # classes, where the value is exactly 0, get them too.
+        x = 1 - 0.5 * (a + b) + s
+        return -torch.log(x + (torch.clamp(x, min=0) - x).detach() + eps)
     if relaxation == "collision_divergence":
         return -torch.log(s / torch.sqrt(a * b) + eps)
     raise ValueError(f"relaxation: unknown {relaxation!r}; expected one of {RELAXATIONS}")
@@ -38,8 +68,9 @@ def pair_value(relaxation, s, a, b, eps=1e-8):
 
 def pair_slices(H, W, dy, dx):
     """Index slices (rows, cols) of the first and second endpoints of the pairs (i, i + (dy, dx))."""
-    first = (slice(max(0, -dy), H - max(0, dy)), slice(max(0, -dx), W - max(0, dx)))
-    second = (slice(max(0, dy), H - max(0, -dy)), slice(max(0, dx), W - max(0, -dx)))
+    rows, cols = max(0, H - abs(dy)), max(0, W - abs(dx))  # no pairs where the offset reaches past the image
+    first = (slice(max(0, -dy), max(0, -dy) + rows), slice(max(0, -dx), max(0, -dx) + cols))
+    second = (slice(max(0, dy), max(0, dy) + rows), slice(max(0, dx), max(0, dx) + cols))
     return first, second
 
 
@@ -76,13 +107,12 @@ def grid_potts_energy(y, image, weights, mask, inv_two_sigma2, offsets, spatial,
 
     Arguments as the compiled op pottsops::grid_potts_energy, with offsets as ((dy, dx), ...) and the
     relaxation by name."""
-    dtype = y.dtype
-    y = y.to(accumulation_dtype(dtype))
+    y = widen(y)
     B, K, H, W = y.shape
     if weights is None:
         weights = grid_affinity(image, mask, inv_two_sigma2, offsets, spatial) if image is not None \
             else constant_affinity(y, mask, offsets, spatial)
-    weights = weights.to(y.dtype)
+    weights = widen(weights).to(y.dtype)
     energy = y.new_zeros(B)
     uniform = y.new_full((1, K, 1, 1), 1.0 / K)
     for e, (dy, dx) in enumerate(offsets):
@@ -100,14 +130,14 @@ def grid_potts_energy(y, image, weights, mask, inv_two_sigma2, offsets, spatial,
         if mask is not None:
             w = torch.where(valid[:, 0], w, 0.0)
         energy = energy + (w * pair).sum((1, 2))
-    return energy.to(dtype)
+    return energy  # in the accumulation dtype: fp16's range ends at 65504
 
 
 def unary_loss(logits, y, mask, kind, eps):
     """Per-pixel H(y, softmax(logits)) (B, H, W) for kind 'cce', 'ce' or 'rce'; zero where mask is False."""
     dtype = logits.dtype
-    logits = logits.to(accumulation_dtype(dtype))
-    y = y.to(logits.dtype)
+    logits = widen(logits)
+    y = widen(y).to(logits.dtype)
     if mask is not None:
         keep = mask.unsqueeze(1)
         logits = torch.where(keep, logits, 0.0)
@@ -123,7 +153,7 @@ def unary_loss(logits, y, mask, kind, eps):
         raise ValueError(f"kind: unknown {kind!r}; expected one of {UNARIES}")
     if mask is not None:
         loss = torch.where(mask, loss, 0.0)
-    return loss.to(dtype)
+    return narrow(loss, dtype)
 
 
 def bilateral_filter(values, features, chunk=1024):
@@ -138,7 +168,7 @@ def bilateral_filter(values, features, chunk=1024):
         fi = f[:, start:start + chunk]
         w = torch.exp(-0.5 * torch.cdist(fi, f).square())  # (B, chunk, N)
         out.append(torch.einsum("bij,bcj->bci", w, v))
-    return torch.cat(out, 2).reshape(B, C, H, W).to(values.dtype)
+    return narrow(torch.cat(out, 2).reshape(B, C, H, W), values.dtype)
 
 
 def _dense_tiles(y, features, mask, relaxation, eps, grad_energy=None):
@@ -176,7 +206,7 @@ class _DenseExact(torch.autograd.Function):
         ctx.save_for_backward(y, features, mask)
         ctx.params = (relaxation, eps)
         energy, _ = _dense_tiles(y, features, mask, relaxation, eps)
-        return energy.to(y.dtype)
+        return energy
 
     @staticmethod
     def backward(ctx, grad_energy):
@@ -184,7 +214,7 @@ class _DenseExact(torch.autograd.Function):
         # E = 1/2 sum_{i != j} w_ij P(y_i, y_j) with P symmetric: dE/dy_i = sum_j w_ij dP/dp(y_i, y_j).
         _, grad = _dense_tiles(y, features, mask, *ctx.params, grad_energy=grad_energy)
         B, K, H, W = y.shape
-        return grad.transpose(1, 2).reshape(B, K, H, W).to(y.dtype), None, None, None, None
+        return narrow(grad.transpose(1, 2).reshape(B, K, H, W), y.dtype), None, None, None, None
 
 
 def dense_potts_energy(y, features, mask, relaxation, eps):

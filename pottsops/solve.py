@@ -338,16 +338,25 @@ def _wants_coarse(problem):
     return (confidence * problem.unlabeled).sum((1, 2)) / count < UNSURE
 
 
-def _colours(neighborhood):
-    """Pixel classes of which no two pixels are neighbours, each a list of strided slices (row start,
-    column start) with the steps returned: a checkerboard where every offset has an odd |dy| + |dx| (nn4),
-    else the pixels' positions modulo (max |dy| + 1, max |dx| + 1).  Returns (classes, (row step, column
-    step))."""
-    offsets = as_neighborhood(neighborhood).offsets
-    if all((dy + dx) % 2 for dy, dx in offsets):
-        return [[(0, 0), (1, 1)], [(0, 1), (1, 0)]], (2, 2)
-    high, wide = max(abs(dy) for dy, _ in offsets) + 1, max(abs(dx) for _, dx in offsets) + 1
-    return [[(row, col)] for row in range(high) for col in range(wide)], (high, wide)
+def _colours(neighborhood, H, W):
+    """Pixel classes of which no two pixels are neighbours, each a list of strided slices (row start, column
+    start) with the steps returned.  With g the offsets' common factor (a window's dilation), pixels are
+    grouped in g x g blocks and the blocks coloured: a checkerboard where every offset / g has an odd
+    |dy| + |dx| (nn4), else the blocks' positions modulo (max |dy| / g + 1, max |dx| / g + 1).  Offsets that
+    reach past the image hold no pair and are left out.  Returns (classes, (row step, column step))."""
+    offsets = [(dy, dx) for dy, dx in as_neighborhood(neighborhood).offsets if abs(dy) < H and abs(dx) < W]
+    if not offsets:
+        return [[(0, 0)]], (1, 1)
+    g = math.gcd(*(abs(v) for offset in offsets for v in offset))
+    if all((dy + dx) // g % 2 for dy, dx in offsets):
+        blocks, (high, wide) = [[(0, 0), (1, 1)], [(0, 1), (1, 0)]], (2, 2)
+    else:
+        high, wide = max(abs(dy) for dy, _ in offsets) // g + 1, max(abs(dx) for _, dx in offsets) // g + 1
+        blocks = [[(row, col)] for row in range(high) for col in range(wide)]
+    starts = lambda row, col: [(row * g + t, col * g + u) for t in range(g) if row * g + t < H  # noqa: E731
+                               for u in range(g) if col * g + u < W]
+    classes = [[start for row, col in colour for start in starts(row, col)] for colour in blocks]
+    return [c for c in classes if c], (high * g, wide * g)
 
 
 def _pixel_minima(pairs, sigma, eta):
@@ -384,7 +393,7 @@ def _polish(problem, y, best, lower, tol):
     eta = problem.eta if problem.unary == "cce" else 0.0
     running = torch.ones(B, dtype=torch.bool, device=y.device)
     sweeps = torch.zeros(B, dtype=torch.long, device=y.device)
-    colours, (high, wide) = _colours(problem.potts["neighborhood"])
+    colours, (high, wide) = _colours(problem.potts["neighborhood"], H, W)
     energy, y = problem.gradient(y)[0], y.clone()
     for _ in range(MAX_SWEEPS):
         before = energy
@@ -445,9 +454,19 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         _checks.check_finite("image", image)
     relaxation_name(relaxation)
     unary_name(unary, "unary")
-    for name, value, least in (("eta", eta, 0), ("lam", lam, 0), ("tol", tol, 0), ("step", step, math.ulp(0))):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < math.inf:
-            raise ValueError(f"{name}: expected a finite number {'>' if least else '>='} 0, got {value!r}")
+    for name, value in (("eta", eta), ("lam", lam), ("tol", tol)):
+        _checks.check_number(name, value)
+    _checks.check_positive("step", step)
+    if sigma_rgb != "auto":
+        _checks.check_positive("sigma_rgb", sigma_rgb)
+    if sigma_xy is not None:
+        _checks.check_positive("sigma_xy", sigma_xy)
+    if weights is not None:
+        _checks.check_float("weights", weights)
+        _checks.check_device("weights", weights, "logits", logits)
+        _checks.check_finite("weights", weights)
+        if bool((weights < 0).any()):
+            raise ValueError("weights: expected non-negative edge weights, got a negative value")
     counts = (("iters", iters, math.inf), ("levels", 0 if levels is None else levels, len(LEVEL_FACTORS)))
     for name, value, most in counts:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
@@ -462,8 +481,11 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         _checks.check_like("init", init, logits.shape, "the shape of logits")
         _checks.check_device("init", init, "logits", logits)
         _checks.check_finite("init", init)
-        y0 = init.detach().to(dtype).clamp(min=0)
-        y0 = y0 / y0.sum(1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+        y0 = init.detach().to(dtype)
+        sums = y0.sum(1)
+        if bool((y0 < 0).any()) or bool((sums[problem.unlabeled] <= 0).any()):
+            raise ValueError("init: expected labels >= 0 with a positive sum over dim 1 at every unlabeled pixel")
+        y0 = y0 / sums.unsqueeze(1).clamp(min=torch.finfo(dtype).tiny)
     else:
         y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()

@@ -36,6 +36,7 @@ def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backe
     _checks.check_device("y", y, "logits", logits)
     _checks.check_mask(mask, "logits", logits)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _checks.check_number("eps", eps)
     unary_name(kind)
     dtype = torch.promote_types(logits.dtype, y.dtype)
     logits, y = logits.to(dtype), y.to(dtype)
@@ -43,10 +44,11 @@ def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backe
     loss = _per_pixel(impl, logits, y, mask, kind, float(eps))
     if reduction == "none":
         return loss
+    loss = reference.widen(loss)  # sums in float32 or float64: fp16's range ends at 65504
     if reduction == "sum":
         return loss.sum()
-    count = mask.sum() if mask is not None else loss.numel()
-    return loss.sum() / count
+    count = mask.sum().clamp(min=1) if mask is not None else max(1, loss.numel())
+    return loss.sum() / count  # an empty mask: 0
 
 
 def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255, mask=None, eps=1e-8,
@@ -71,8 +73,8 @@ def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255,
     _checks.check_seeds(seeds, "logits", logits, ignore_index)
     _checks.check_mask(mask, "logits", logits)
     _checks.check_choice("normalize", normalize, ("pixels", "terms"))
-    if not isinstance(eta, (int, float)) or eta < 0:
-        raise ValueError(f"eta: expected a number >= 0, got {eta!r}")
+    _checks.check_number("eta", eta)
+    _checks.check_number("eps", eps)
     seeded = seeds != ignore_index
     valid = mask if mask is not None else torch.ones_like(seeded)
     targets = torch.where(seeded & valid, seeds.long(), -100)

@@ -148,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_emulated(
     const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   check_grid_solver_args(y, operand, unlabeled, seeded);
+  check_solver_scalars(kind, eta, lam, unary_eps);
   check_double(y, "y");
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3), blocks = block_count(n);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);

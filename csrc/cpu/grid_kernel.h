@@ -117,7 +117,7 @@ struct GridKernel {
     }
     if (a.weights.defined()) weights = view4<acc_t>(a.weights);
     if (a.mask.defined()) mask = pixel_view<bool>(a.mask);
-    for (int64_t dy : a.dy) reach = std::max(reach, dy);
+    for (int64_t dy : a.dy) reach = std::max(reach, std::min(dy, H - 1));  // rows past the image hold no pair
   }
 
   int64_t grain() const { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, W * (K + C + 1) * E)); }

@@ -24,7 +24,7 @@ at::Tensor grid_potts_energy_cpu(const at::Tensor& y, const c10::optional<at::Te
     POTTS_DISPATCH_RELAXATION(args.relaxation, [&] { kernel.template energy<R>(out); });
   });
   // Per-image sums of the per-row partials in row order: deterministic for any thread count.
-  return row_energy.view({B, H}).sum(1).to(y.scalar_type());
+  return row_energy.view({B, H}).sum(1);  // in the accumulation type: fp16's range ends at 65504
 }
 
 std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cpu(
@@ -55,6 +55,7 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_cpu(
     const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   check_grid_solver_args(y, operand, unlabeled, seeded);
+  check_solver_scalars(kind, eta, lam, unary_eps);
   const int64_t B = y.size(0), H = y.size(2);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
   at::Tensor potts_rows = at::zeros({B, H}, y.options());

@@ -43,6 +43,7 @@ void adaptive_step_cpu(const at::Tensor& theta, const at::Tensor& m, const at::T
                        const at::Tensor& grad, const at::Tensor& steps, const at::Tensor& scale,
                        const at::Tensor& seeds, const at::Tensor& seeded, at::ArrayRef<double> rule) {
   check_adaptive_step_args(theta, m, v, y, grad, steps, scale, seeds, seeded, rule);
+  check_seed_ids(seeds, seeded, y.size(1));
   const AdaptiveRule r(rule);
   const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3);
   const int64_t* t = steps.data_ptr<int64_t>();
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adaptive_solve_cpu(
     at::ArrayRef<double> rule, int64_t iters, double tol, int64_t window) {
   check_solver_tensors({{"y", &y}, {"theta", &theta}, {"operand", &operand}},
                        {{"unlabeled", &unlabeled}, {"seeded", &seeded}, {"seeds", &seeds}});
-  check_adaptive_solve_args(y, seeds, lower, rule, iters, tol, window);
+  check_adaptive_solve_args(y, seeds, seeded, lower, rule, iters, tol, window);
+  check_solver_scalars(kind, eta, lam, unary_eps);
   const AdaptiveRule r(rule);
   const int64_t B = y.size(0), K = y.size(1), H = y.size(2), W = y.size(3);
   const std::array<at::Tensor, 2> ys{y.clone(), at::empty_like(y)};

@@ -221,7 +221,7 @@ POTTS_DEVICE void backward_pixel(const DeviceGrid<scalar_t>& g, const PairTable<
                                             grad_weights);
 POTTS_UNROLL
     for (int k = 0; k < KMAX; ++k)
-      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = static_cast<scalar_t>(acc[k] + self * labels(p, c0 + k));
+      if (c0 + k < g.K) grad_y(b, c0 + k, h, w) = narrow<scalar_t>(acc[k] + self * labels(p, c0 + k));
   }
 }
 

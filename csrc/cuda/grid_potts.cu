@@ -84,7 +84,7 @@ at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::T
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
-  if (B == 0 || H * W == 0) return at::zeros({B}, y.options());
+  if (B == 0 || H * W == 0) return at::zeros({B}, y.options().dtype(accumulation_type(y.scalar_type())));
   const dim3 grid = pixel_grid(B, H, W, "y");
   at::Tensor partial = at::empty({B, static_cast<int64_t>(grid.x)}, y.options().dtype(accumulation_type(y.scalar_type())));
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -98,7 +98,7 @@ at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::T
     });
   });
   // Per-image sums of the per-block partials: a fixed-shape reduction, deterministic.
-  return partial.sum(1).to(y.scalar_type());
+  return partial.sum(1);  // in the accumulation type: fp16's range ends at 65504
 }
 
 std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
@@ -159,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_cuda(
     const at::Tensor& unlabeled, const at::Tensor& seeded, int64_t kind, double eta, double lam, double unary_eps) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   check_grid_solver_args(y, operand, unlabeled, seeded);
+  check_solver_scalars(kind, eta, lam, unary_eps);
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), H = y.size(2), W = y.size(3);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);

@@ -2,6 +2,7 @@
 // graphs): one thread per pixel runs adaptive_pixel (pottsops/solver_math.h), the per-pixel form of the
 // rule the CPU loop runs over rows.  No reductions: every value is written by the thread of its pixel.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -47,6 +48,9 @@ void adaptive_step_cuda(const at::Tensor& theta, const at::Tensor& m, const at::
                         const at::Tensor& grad, const at::Tensor& steps, const at::Tensor& scale,
                         const at::Tensor& seeds, const at::Tensor& seeded, at::ArrayRef<double> rule) {
   check_adaptive_step_args(theta, m, v, y, grad, steps, scale, seeds, seeded, rule);
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
+    check_seed_ids(seeds, seeded, y.size(1));
+  }
   const AdaptiveRule r(rule);
   const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3);

@@ -99,8 +99,8 @@ POTTS_DEVICE void unary_backward_pixel(const DeviceUnary<scalar_t>& u, const Vie
     const acc_t zk = u.logit(present, b, k, h, w), yk = u.label(present, b, k, h, w);
     const acc_t sk = u.sigma(p, zk);
     grad_z(b, k, h, w) =
-        static_cast<scalar_t>(go * unary_grad_logit<U, acc_t>(zk, yk, sk, p.dot, p.sum_y, p.lse, p.value, u.eps));
-    grad_y(b, k, h, w) = static_cast<scalar_t>(go * unary_grad_label<U, acc_t>(zk, yk, sk, p.dot, p.lse, u.eps));
+        narrow<scalar_t>(go * unary_grad_logit<U, acc_t>(zk, yk, sk, p.dot, p.sum_y, p.lse, p.value, u.eps));
+    grad_y(b, k, h, w) = narrow<scalar_t>(go * unary_grad_label<U, acc_t>(zk, yk, sk, p.dot, p.lse, u.eps));
   }
 }
 

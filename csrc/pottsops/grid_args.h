@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "pottsops/relaxations.h"  // POTTS_HD
@@ -85,15 +86,26 @@ View4<const T> const_pixel_view(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
 }
 
-// Copies n strided elements to/from a contiguous buffer, converting the type; the unit-stride case is
-// separate so that it vectorises.
+// v as a T; into fp16 or bf16, saturated at the type's largest finite value, so that a gradient of order
+// 1/eps stays finite (SPEC section 8: no Inf from valid input in any dtype).  NaN stays NaN.
+template <typename T, typename A>
+POTTS_HD T narrow(A v) {
+  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+    const A top = std::is_same_v<T, c10::Half> ? A(65504.0f) : A(3.38953139e38f);
+    v = v > top ? top : (v < -top ? -top : v);
+  }
+  return static_cast<T>(v);
+}
+
+// Copies n strided elements to/from a contiguous buffer, converting the type (narrow); the unit-stride case
+// is separate so that it vectorises.
 template <typename From, typename To>
 inline void copy_strided(const From* __restrict__ src, int64_t src_stride, To* __restrict__ dst,
                          int64_t dst_stride, int64_t n) {
   if (src_stride == 1 && dst_stride == 1) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = narrow<To>(src[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = static_cast<To>(src[i * src_stride]);
+    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = narrow<To>(src[i * src_stride]);
   }
 }
 

@@ -29,6 +29,24 @@ inline void check_solver_tensors(std::initializer_list<std::pair<const char*, co
   }
 }
 
+// The unary's index and the energy's scalars of the solver ops.
+inline void check_solver_scalars(int64_t kind, double eta, double lam, double unary_eps) {
+  TORCH_CHECK(kind >= 0 && kind < kNumUnaries, "kind: expected an index in [0, ", int(kNumUnaries), "), got ", kind);
+  TORCH_CHECK(std::isfinite(eta) && eta >= 0, "eta: expected a finite number >= 0, got ", eta);
+  TORCH_CHECK(std::isfinite(lam) && lam >= 0, "lam: expected a finite number >= 0, got ", lam);
+  TORCH_CHECK(std::isfinite(unary_eps) && unary_eps >= 0, "unary_eps: expected a finite number >= 0, got ",
+              unary_eps);
+}
+
+// Where seeded, seeds holds a class id in [0, K): the step writes y[seed] = 1.  A pass over the seeds with a
+// host sync, so the CUDA op skips it while a CUDA graph is captured (the eager run before capture checks).
+inline void check_seed_ids(const at::Tensor& seeds, const at::Tensor& seeded, int64_t K) {
+  if (seeds.numel() == 0) return;
+  const at::Tensor used = at::where(seeded, seeds, at::zeros_like(seeds));
+  TORCH_CHECK(used.min().item<int64_t>() >= 0 && used.max().item<int64_t>() < K, "seeds: expected class ids in [0, ",
+              K - 1, "] where seeded");
+}
+
 // grid_solver_gradient: operand (contiguous) like y, the pixel masks contiguous (B, H, W).
 inline void check_grid_solver_args(const at::Tensor& y, const at::Tensor& operand, const at::Tensor& unlabeled,
                                    const at::Tensor& seeded) {
@@ -83,10 +101,12 @@ inline void check_adaptive_step_args(const at::Tensor& theta, const at::Tensor& 
 }
 
 // adaptive_solve's other arguments.
-inline void check_adaptive_solve_args(const at::Tensor& y, const at::Tensor& seeds, const at::Tensor& lower,
+inline void check_adaptive_solve_args(const at::Tensor& y, const at::Tensor& seeds, const at::Tensor& seeded,
+                                      const at::Tensor& lower,
                                       at::ArrayRef<double> rule, int64_t iters, double tol, int64_t window) {
   (void)AdaptiveRule(rule);
   TORCH_CHECK(seeds.scalar_type() == at::kLong, "seeds: expected int64, got ", seeds.scalar_type());
+  check_seed_ids(seeds, seeded, y.size(1));
   TORCH_CHECK(lower.dim() == 1 && lower.size(0) == y.size(0) && lower.device() == y.device() &&
                   at::isFloatingType(lower.scalar_type()),
               "lower: expected a floating (", y.size(0), ") tensor on ", y.device(), ", got ", lower.scalar_type(),

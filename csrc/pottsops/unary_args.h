@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "pottsops/relaxations.h"
 
 namespace pottsops {
@@ -28,6 +30,7 @@ inline UnaryArgs make_unary_args(const at::Tensor& logits, const at::Tensor& y,
   TORCH_CHECK(y.device() == logits.device(), "y: expected device ", logits.device(), ", got ", y.device());
   TORCH_CHECK(kind >= 0 && kind < kNumUnaries, "kind: expected an index in [0, ", int(kNumUnaries), "), got ",
               kind);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps: expected a finite number >= 0, got ", eps);
   UnaryArgs args{logits, y, at::Tensor(), static_cast<int>(kind), eps};
   if (mask.has_value()) {
     const at::Tensor& m = *mask;

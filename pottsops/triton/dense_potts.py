@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from pottsops import reference
 from pottsops.names import relaxation_index
 from pottsops.triton.math import pair_terms
 
@@ -124,7 +125,7 @@ def _dense_energy(y: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | 
     if B * N:
         wrap_triton(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
                                                    PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
-    return (0.5 * partial.sum(1)).to(y.dtype)
+    return 0.5 * partial.sum(1)  # float32: fp16's range ends at 65504
 
 
 @triton_op("pottsops_triton::dense_potts_energy_backward", mutates_args=())
@@ -138,7 +139,7 @@ def _dense_backward(grad_energy: torch.Tensor, y: torch.Tensor, features: torch.
         wrap_triton(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
             grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
             DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
-    return grad[:, :, :K].transpose(1, 2).reshape(B, K, H, W).to(y.dtype)
+    return reference.narrow(grad[:, :, :K].transpose(1, 2).reshape(B, K, H, W), y.dtype)
 
 
 def _setup(ctx, inputs, output):

@@ -13,7 +13,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from pottsops import _ops
-from pottsops.triton.math import pair_terms
+from pottsops.triton import checks
+from pottsops.triton.math import narrow, pair_terms
 
 MAX_CLASSES = 1024
 TILE = 4096  # elements of a [BLOCK_K, BLOCK_P] tile
@@ -150,7 +151,7 @@ def _backward_kernel(go_ptr, y_ptr, image_ptr, weights_ptr, mask_ptr, inv_ptr, d
             grad += tl.where(wt != 0, scale * d_s, 0)[None, :] * q
     grad += own[None, :] * p
     out = grad_y_ptr + b * sg_b + k[:, None] * sg_k + h[None, :] * sg_h + w[None, :] * sg_w
-    tl.store(out, grad.to(grad_y_ptr.dtype.element_ty), mask=k_ok[:, None] & in_image[None, :])
+    tl.store(out, narrow(grad, grad_y_ptr), mask=k_ok[:, None] & in_image[None, :])
 
 
 @triton.jit
@@ -189,12 +190,6 @@ def _mask_view(mask):
     return mask.view(torch.uint8) if mask is not None else None
 
 
-def _check(y, offsets, spatial):
-    if len(offsets) % 2 or not offsets or len(spatial) != len(offsets) // 2:
-        raise ValueError(f"offsets: expected (dy, dx) pairs and one spatial factor each, got {len(offsets)} values "
-                         f"and {len(spatial)} factors")
-
-
 def _launch_args(y, image, weights, mask, inv, offsets, spatial):
     acc = accumulation_dtype(y.dtype)
     dy, dx, g = _pair_table(tuple(offsets), tuple(spatial), y.device, acc)
@@ -212,7 +207,7 @@ def _tl_dtype(acc):
 def grid_potts_energy(y: torch.Tensor, image: torch.Tensor | None, weights: torch.Tensor | None,
                       mask: torch.Tensor | None, inv_two_sigma2: torch.Tensor | None, offsets: list[int],
                       spatial: list[float], relaxation: int, eps: float) -> torch.Tensor:
-    _check(y, offsets, spatial)
+    checks.grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps)
     B, K, H, W = y.shape
     acc, image, weights, inv, dy, dx, g = _launch_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial)
     block_k, block_p = _blocks(K, H * W)
@@ -225,7 +220,7 @@ def grid_potts_energy(y: torch.Tensor, image: torch.Tensor | None, weights: torc
             *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3),
             REL=relaxation, HAS_IMAGE=image is not None, HAS_WEIGHTS=weights is not None,
             HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_K=block_k, BLOCK_P=block_p)
-    return partial.sum(1).to(y.dtype)
+    return partial.sum(1)  # in the accumulation dtype: fp16's range ends at 65504
 
 
 @triton_op("pottsops_triton::grid_potts_energy_backward", mutates_args=())
@@ -233,7 +228,11 @@ def grid_potts_energy_backward(grad_energy: torch.Tensor, y: torch.Tensor, image
                                weights: torch.Tensor | None, mask: torch.Tensor | None,
                                inv_two_sigma2: torch.Tensor | None, offsets: list[int], spatial: list[float],
                                relaxation: int, eps: float, weights_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(y, offsets, spatial)
+    checks.grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps)
+    if grad_energy.shape != (y.shape[0],) or grad_energy.device != y.device:
+        raise ValueError(f"grad_energy: expected shape ({y.shape[0]},) on {y.device}, got {tuple(grad_energy.shape)}")
+    if weights_grad and weights is None:
+        raise ValueError("weights_grad: requires weights")
     B, K, H, W = y.shape
     acc, image, weights, inv, dy, dx, g = _launch_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial)
     block_k, block_p = _blocks(K, H * W)
@@ -257,6 +256,7 @@ def grid_potts_energy_backward(grad_energy: torch.Tensor, y: torch.Tensor, image
 @triton_op("pottsops_triton::grid_affinity", mutates_args=())
 def grid_affinity(image: torch.Tensor, mask: torch.Tensor | None, inv_two_sigma2: torch.Tensor,
                   offsets: list[int], spatial: list[float]) -> torch.Tensor:
+    checks.grid_args(image, image, None, mask, inv_two_sigma2, offsets, spatial, 0, 0.0, labels=False)
     B, C, H, W = image.shape
     acc = accumulation_dtype(image.dtype)
     dy, dx, g = _pair_table(tuple(offsets), tuple(spatial), image.device, acc)

@@ -32,3 +32,14 @@ def pair_terms(s, a, b, eps, REL: tl.constexpr):
         u = s + eps * norm
         value, d_s, d_a, d_b = -tl.log(u / norm), -1 / u, 0.5 * s / (a * u), 0.5 * s / (b * u)
     return value, d_s, d_a, d_b
+
+
+@triton.jit
+def narrow(x, ptr):
+    """x as ptr's element type; into fp16 or bf16 saturated at its largest finite value, so that a gradient of
+    order 1/eps stays finite (narrow in csrc/pottsops/grid_args.h)."""
+    if ptr.dtype.element_ty == tl.float16:
+        x = tl.minimum(tl.maximum(x, -65504.0), 65504.0)
+    elif ptr.dtype.element_ty == tl.bfloat16:
+        x = tl.minimum(tl.maximum(x, -3.38953139e38), 3.38953139e38)
+    return x.to(ptr.dtype.element_ty)

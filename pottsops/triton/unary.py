@@ -9,7 +9,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from pottsops import _ops
+from pottsops.triton import checks
 from pottsops.triton.grid_potts import _blocks, _mask_view, _strides, _tl_dtype, accumulation_dtype
+from pottsops.triton.math import narrow
 
 
 @triton.jit
@@ -93,13 +95,14 @@ def _backward_kernel(go_ptr, z_ptr, y_ptr, mask_ptr, gz_ptr, gy_ptr, K, H, W, ep
         d_y = -sigma / (y + eps)
     offset = b * so_b + k[:, None] * so_k + h[None, :] * so_h + w[None, :] * so_w
     store = k_ok & in_image[None, :]
-    tl.store(gz_ptr + offset, (go * d_z).to(gz_ptr.dtype.element_ty), mask=store)
-    tl.store(gy_ptr + offset, (go * d_y).to(gy_ptr.dtype.element_ty), mask=store)
+    tl.store(gz_ptr + offset, narrow(go * d_z, gz_ptr), mask=store)
+    tl.store(gy_ptr + offset, narrow(go * d_y, gy_ptr), mask=store)
 
 
 @triton_op("pottsops_triton::unary_loss", mutates_args=())
 def unary_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, kind: int,
                eps: float) -> torch.Tensor:
+    checks.unary_args(logits, y, mask, kind, eps)
     B, K, H, W = logits.shape
     block_k, block_p = _blocks(K, H * W)
     loss = torch.empty(B, H, W, dtype=logits.dtype, device=logits.device)
@@ -114,6 +117,10 @@ def unary_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
 @triton_op("pottsops_triton::unary_loss_backward", mutates_args=())
 def unary_loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                         kind: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    checks.unary_args(logits, y, mask, kind, eps)
+    if grad_loss.shape != (logits.shape[0], *logits.shape[2:]) or grad_loss.device != logits.device:
+        raise ValueError(f"grad_loss: expected shape ({logits.shape[0]}, {logits.shape[2]}, {logits.shape[3]}) on "
+                         f"{logits.device}, got {tuple(grad_loss.shape)}")
     B, K, H, W = logits.shape
     block_k, block_p = _blocks(K, H * W)
     grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
