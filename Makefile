@@ -18,7 +18,7 @@ export CUDA_HOME FORCE_CUDA TORCH_CUDA_ARCH_LIST MAX_JOBS
 
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: test demo build bench clean
+.PHONY: test demo build bench clean sanitize
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,24 @@ demo: build
 bench: build
 	rm -f benchmarks/results/cpu/results.csv
 	$(PY) -m benchmarks.run --suite cpu --out benchmarks/results/cpu
+
+# make sanitize: the C++ kernels built with AddressSanitizer and UBSan (CPU only, into build/sanitize beside the
+# normal build; POTTSOPS_EXTENSION makes the tests load it), then the fuzz suite and the op tests against
+# them; any report aborts the process that made it.
+SANITIZE_DIR := build/sanitize
+SANITIZE_TESTS ?= tests/test_fuzz.py tests/test_ops.py tests/test_potts_energy.py tests/test_unary.py tests/test_dense.py tests/test_solve.py
+sanitize: $(VENV)/.deps
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	POTTSOPS_SANITIZE=1 FORCE_CUDA=0 $(PY) setup.py build_ext --build-lib $(SANITIZE_DIR) \
+		--build-temp $(SANITIZE_DIR)/tmp > $(SANITIZE_DIR)/build.log 2>&1 || (tail -n 40 $(SANITIZE_DIR)/build.log; exit 1)
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		POTTSOPS_EXTENSION="$$(ls $(SANITIZE_DIR)/pottsops/_C*.so)" \
+		$(PY) -c "import pottsops._ops as o, sys; print('pottsops._C from', o.C.__file__); sys.exit(o.C is None)" && \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		POTTSOPS_EXTENSION="$$(ls $(SANITIZE_DIR)/pottsops/_C*.so)" \
+		$(PY) -m pytest -q -ra -p no:cacheprovider $(SANITIZE_TESTS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info pottsops/*.so

@@ -7,6 +7,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0"
   POTTSOPS_CPU_ARCH       -march of the CPU kernels (default native; x86-64 for a portable build)
   POTTSOPS_NO_EXTENSION=1 install the pure-Python package only (reference backend)
+  POTTSOPS_SANITIZE=1     build the C++ kernels with AddressSanitizer and UBSan (make sanitize)
 """
 import glob
 import os
@@ -45,6 +46,10 @@ def _extensions():
     # the vector width (native: this machine's; set POTTSOPS_CPU_ARCH=x86-64 for a portable build).
     arch = os.environ.get("POTTSOPS_CPU_ARCH", "native")
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-march={arch}"]
+    link_flags = ["-fopenmp"]
+    if os.environ.get("POTTSOPS_SANITIZE") == "1":
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        cxx_flags, link_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1"] + sanitize, link_flags + sanitize
     define_macros = []
     extension = cpp_extension.CppExtension
     extra = {"cxx": cxx_flags}
@@ -60,6 +65,7 @@ def _extensions():
         print(f"  CUDA_HOME       {cuda_home}")
         print(f"  arch list       {os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default: visible GPUs)')}")
     print(f"  CPU arch        -march={arch} (POTTSOPS_CPU_ARCH)")
+    print(f"  sanitizers      {'address, undefined' if '-g' in cxx_flags else 'none'} (POTTSOPS_SANITIZE)")
     print(f"  sources         {len(sources)} files")
     ext = extension(
         name="pottsops._C",
@@ -67,7 +73,7 @@ def _extensions():
         include_dirs=[os.path.abspath("csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link_flags,
     )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 

@@ -26,10 +26,10 @@ bad_seeds[0, 0, 0] = 3
      r"relaxation: unknown name 'potts'; expected one of 'bilinear'.*'cd'"),
     (lambda: pottsops.potts_energy(y, neighborhood="nn6"), ValueError,
      r"neighborhood: unknown neighbourhood 'nn6'; expected one of 'nn4', 'nn8'"),
-    (lambda: pottsops.potts_energy(y, image, sigma_rgb=0.0), ValueError, r"sigma_rgb: expected a number > 0, got 0.0"),
-    (lambda: pottsops.potts_energy(y, image, sigma_rgb=-1), ValueError, r"sigma_rgb: expected a number > 0, got -1"),
+    (lambda: pottsops.potts_energy(y, image, sigma_rgb=0.0), ValueError, r"sigma_rgb: expected a finite number > 0, got 0.0"),
+    (lambda: pottsops.potts_energy(y, image, sigma_rgb=-1), ValueError, r"sigma_rgb: expected a finite number > 0, got -1"),
     (lambda: pottsops.potts_energy(y, neighborhood=pottsops.window(2), sigma_xy=0), ValueError,
-     r"sigma_xy: expected a number > 0, got 0"),
+     r"sigma_xy: expected a finite number > 0, got 0"),
     (lambda: pottsops.potts_energy(y, weights=torch.rand(2, 3, 4, 5)), ValueError,
      r"weights: expected shape \(2, 2, 4, 5\) \(one channel per offset of nn4\), got \(2, 3, 4, 5\)"),
     (lambda: pottsops.potts_energy(y, mask=torch.ones(2, 4, 5)), TypeError, r"mask: expected dtype torch.bool"),
@@ -50,7 +50,7 @@ bad_seeds[0, 0, 0] = 3
     (lambda: pottsops.self_labeling_loss(y, y, seeds.float()), TypeError, r"seeds: expected an integer tensor"),
     (lambda: pottsops.self_labeling_loss(y, y, seeds[:1]), ValueError, r"seeds: expected shape \(2, 4, 5\)"),
     (lambda: pottsops.self_labeling_loss(y, y, bad_seeds), ValueError, r"seeds: expected class ids in \[0, 2\] or ignore_index=255, got 3"),
-    (lambda: pottsops.self_labeling_loss(y, y, seeds, eta=-1), ValueError, r"eta: expected a number >= 0, got -1"),
+    (lambda: pottsops.self_labeling_loss(y, y, seeds, eta=-1), ValueError, r"eta: expected a finite number >= 0, got -1"),
 ], ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type) else None)
 def test_error_names_the_argument(call, error, pattern):
     with pytest.raises(error, match=pattern):

@@ -4,6 +4,7 @@ import torch
 
 import pottsops
 from pottsops.neighborhoods import as_neighborhood
+from pottsops.reference import accumulation_dtype
 from conftest import (AWKWARD_SHAPES, LAYOUTS, all_backends, backend_id, fast_backends, interpreted,
                       long_sweep_shapes, random_mask, shape_id, soft_labels, random_image, with_layout)
 
@@ -56,7 +57,7 @@ def compare_with_reference(backend, device, shape, layout, relaxation, neighborh
     y_fast = with_layout(y.to(device=device, dtype=dtype), layout)
     energy, grad = energy_and_grad(y_fast, backend, image=image.to(device), relaxation=relaxation,
                                    neighborhood=neighborhood, mask=None if mask is None else mask.to(device))
-    assert energy.dtype == dtype and grad.dtype == dtype and grad.shape == y.shape
+    assert energy.dtype == accumulation_dtype(dtype) and grad.dtype == dtype and grad.shape == y.shape
     tol = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     scale = expected_grad.abs().max().item() + 1e-12
     torch.testing.assert_close(energy.double().cpu(), expected_energy, rtol=tol, atol=tol)

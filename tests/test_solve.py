@@ -116,11 +116,12 @@ def test_default_solve_converges_on_a_generated_scene():
     assert max(gaps.values()) <= 1e-2, gaps
 
 
-@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=3)],
-                         ids=["nn4", "nn8", "win2", "win1d3"])
+@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=3),
+                                          pottsops.window(2, dilation=2), pottsops.window(1, dilation=10 ** 7)],
+                         ids=["nn4", "nn8", "win2", "win1d3", "win2d2", "win1d1e7"])
 def test_polish_colours_hold_no_two_neighbours(neighborhood):
     H, W = 11, 13
-    classes, (high, wide) = solve_module._colours(neighborhood)
+    classes, (high, wide) = solve_module._colours(neighborhood, H, W)
     colours = []
     for slices in classes:
         colour = torch.zeros(H, W, dtype=torch.bool)
@@ -129,6 +130,8 @@ def test_polish_colours_hold_no_two_neighbours(neighborhood):
         colours.append(colour)
     assert torch.equal(torch.stack(colours).sum(0), torch.ones(H, W, dtype=torch.long))  # a partition
     offsets = pottsops.neighborhoods.as_neighborhood(neighborhood).offsets
+    assert len(colours) <= {"nn4": 2, "nn8": 4, "window(radius=2, dilation=1)": 9, "window(radius=1, dilation=3)": 4,
+                            "window(radius=2, dilation=2)": 9}.get(str(neighborhood), 1)
     for colour in colours:
         for dy, dx in offsets:
             first, second = reference.pair_slices(H, W, dy, dx)

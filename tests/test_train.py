@@ -173,3 +173,38 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["steps"] == 64 // 2 // 2  # 64 generated images, 2 ranks, batch 2 per rank
+
+
+def test_a_truncated_checkpoint_is_named(tmp_path):
+    config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
+    train.loop.train(config)
+    checkpoint = os.path.join(config.out, "last.pt")
+    with open(checkpoint, "r+b") as f:
+        f.truncate(os.path.getsize(checkpoint) // 2)
+    config.resume = True
+    with pytest.raises(RuntimeError, match=r"resume: cannot read the checkpoint '.*last\.pt'"):
+        train.loop.train(config)
+
+
+def test_a_batch_of_one_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="batch_size: expected at least 2 per process"):
+        _tiny(tmp_path, batch_size=1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_sample_found_late_is_named(tmp_path, workers):
+    """The fifth of six images is truncated: training stops with an error naming that file."""
+    from PIL import Image
+    import numpy as np
+    for i in range(6):
+        for folder, array in (("images", np.full((32, 32, 3), 40 * i, np.uint8)),
+                              ("scribbles", np.where(np.arange(32)[:, None] < 4, i % 3, 255).repeat(32, 1))):
+            os.makedirs(tmp_path / "data" / folder, exist_ok=True)
+            Image.fromarray(array.astype(np.uint8)).save(tmp_path / "data" / folder / f"{i}.png")
+    bad = tmp_path / "data" / "images" / "4.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    config = make_config("folder", root=str(tmp_path / "data"), num_classes=3, method="pce", epochs=1,
+                         batch_size=2, crop=(32, 32), out=str(tmp_path / "run"), progress=False, workers=workers,
+                         backbone="mobilenet_v2", panels=0, resident="off")
+    with pytest.raises(Exception, match=r"4\.png"):
+        train.loop.train(config)

@@ -123,4 +123,7 @@ def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides)
         raise ValueError(f"root: --data {data} needs --root PATH")
     if data == "folder" and not config.num_classes:
         raise ValueError("num_classes: --data folder needs --num-classes K")
+    if config.batch_size < 2:  # a batch of one fails inside BatchNorm, whose image-pooling branch sees 1 x 1
+        raise ValueError(f"batch_size: expected at least 2 per process (--batch-size; the ASPP's image-pooling "
+                         f"BatchNorm needs more than one value per channel), got {config.batch_size}")
     return config

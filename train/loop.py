@@ -107,7 +107,11 @@ def train(config):
     checkpoint_path = os.path.join(config.out, "last.pt")
     step, epoch, start_in_epoch, best, history, trained = 0, 0, 0, None, [], 0.0
     if config.resume and os.path.isfile(checkpoint_path):
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        try:
+            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        except Exception as error:  # truncated or not a checkpoint: say which file, keep the cause
+            raise RuntimeError(f"resume: cannot read the checkpoint {checkpoint_path!r} ({type(error).__name__}: "
+                               f"{error}); delete it to start over") from error
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
