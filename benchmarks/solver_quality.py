@@ -23,7 +23,8 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    (--baseline-images 0: no baselines, e.g. to measure another version of pottsops beside these rows).
 
 Writes runs.csv (one row per image and method), curves.csv (median gap against steps and seconds per
-configuration and method), best_energies.csv, report.md and curves.png under --out.  Needs scikit-image.
+configuration and method, of the latest run of each), best_energies.csv, report.md and curves.png under
+--out.  Needs scikit-image.
 """
 import argparse
 import csv
@@ -193,6 +194,18 @@ def curve_rows(key, curves):
 CURVE_FIELDS = ["dataset", "start", "relaxation", "unary", "neighborhood", "method", "axis", "x", "median_gap"]
 
 
+def replace_curves(path, key, rows):
+    """curves.csv with the rows of configuration key replaced: the curves are the latest run's."""
+    kept = []
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if tuple(r[k] for k in CURVE_FIELDS[:5]) != key]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(kept + rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/solver-quality")
@@ -230,7 +243,7 @@ def main(argv=None):
                     rows, curves = run_config(images, dataset, start, relaxation, unary, neighborhood, args, best)
                     write_best(best_path, best)
                     harness.append_rows(runs_path, RUN_FIELDS, rows)
-                    harness.append_rows(os.path.join(args.out, "curves.csv"), CURVE_FIELDS, curve_rows(key, curves))
+                    replace_curves(os.path.join(args.out, "curves.csv"), key, curve_rows(key, curves))
                     solved = [r for r in rows if r["method"] == "solve"]
                     print(f"{' '.join(key)}: {time.perf_counter() - began:.0f} s; solve: median gap "
                           f"{statistics.median(float(r['gap']) for r in solved):.1e}, median "
