@@ -82,7 +82,7 @@ def tables(rows, budgets, best):
                                     and r["neighborhood"] == neighborhood))  # code versions measured here
         budget = budgets.get((dataset, neighborhood))
         metric = "Dice" if dataset == "acdc" else "mIoU"
-        images = len({r["image"] for r in rows if r["dataset"] == dataset})
+        images = len({r["image"] for r in rows if r["dataset"] == dataset and r["neighborhood"] == neighborhood})
         shown = "–" if budget is None else f"{budget:.3f} s"
         lines += [f"### {dataset}, {neighborhood} ({images} images; budget {shown} = a tenth of the plain Adam "
                   "loop's median time)", "",
@@ -97,7 +97,9 @@ def tables(rows, budgets, best):
                             name = method if len(labels) == 1 or method != "solve" else f"solve @{label}"
                             cells = method_cells(chosen, dataset, budget if method != PLAIN_ADAM else None, best)
                             lines.append(f"| {start} | {relaxation}+{unary} | {name} | " + " | ".join(cells) + " |")
-            walker = [r for r in rows if r["dataset"] == dataset and r["method"] == WALKER and r["start"] == start]
+            shown = {r["image"] for r in rows if r["dataset"] == dataset and r["neighborhood"] == neighborhood}
+            walker = list({r["image"]: r for r in rows if r["dataset"] == dataset and r["method"] == WALKER
+                           and r["start"] == start and r["image"] in shown}.values())  # the table's images, once
             if walker:
                 seconds = median(floats(walker, "seconds"), "{:.3f}")
                 lines.append(f"| {start} | – | {WALKER} | {seconds} | – | – | – | – | – | {quality(walker, dataset):.3f} |")
