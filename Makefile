@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 
 export CUDA_HOME FORCE_CUDA TORCH_CUDA_ARCH_LIST MAX_JOBS
 
-SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh)
+CSRC := pottsops/csrc
+SOURCES := setup.py pottsops/_extension.py $(wildcard $(CSRC)/*.cpp $(CSRC)/*/*.h $(CSRC)/*/*.cpp $(CSRC)/*/*.cu $(CSRC)/*/*.cuh)
 
 .PHONY: test demo build bench clean sanitize
 
@@ -29,7 +30,7 @@ $(VENV)/.deps: requirements-dev.txt
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	@echo "building pottsops (FORCE_CUDA=$(FORCE_CUDA) CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST))"
-	$(PY) -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || (tail -n 60 build.log; exit 1)
+	POTTSOPS_AOT=1 $(PY) -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || (tail -n 60 build.log; exit 1)
 	grep -A 7 "pottsops build summary" build.log | sed 's/^ *//'
 	$(PY) -c "import pottsops._C" || (echo "pottsops._C failed to build or import"; exit 1)
 	touch $@
@@ -55,7 +56,7 @@ SANITIZE_DIR := build/sanitize
 SANITIZE_TESTS ?= tests/test_fuzz.py tests/test_ops.py tests/test_potts_energy.py tests/test_unary.py tests/test_dense.py tests/test_solve.py
 sanitize: $(VENV)/.deps
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
-	POTTSOPS_SANITIZE=1 FORCE_CUDA=0 $(PY) setup.py build_ext --build-lib $(SANITIZE_DIR) \
+	POTTSOPS_AOT=1 POTTSOPS_SANITIZE=1 FORCE_CUDA=0 $(PY) setup.py build_ext --build-lib $(SANITIZE_DIR) \
 		--build-temp $(SANITIZE_DIR)/tmp > $(SANITIZE_DIR)/build.log 2>&1 || (tail -n 40 $(SANITIZE_DIR)/build.log; exit 1)
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

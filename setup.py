@@ -1,32 +1,48 @@
-"""Build of pottsops._C: C++ CPU kernels always, CUDA kernels when CUDA is usable or FORCE_CUDA=1.
+"""pottsops' build.  By default the package is pure Python (metadata in pyproject.toml): the C++/CUDA sources
+ship inside it (pottsops/csrc) and are compiled the first time an op needs them (pottsops/_extension.py).
 
-Environment:
-  FORCE_CUDA=1            compile csrc/cuda even without a GPU (CI does, so CUDA errors never land)
+Ahead of time, for clusters and CI (torch must be installed first, hence --no-build-isolation):
+
+    POTTSOPS_AOT=1 pip install --no-build-isolation .      # builds pottsops._C now
+
+Environment of the ahead-of-time build:
+  FORCE_CUDA=1            compile pottsops/csrc/cuda even without a GPU (CI does, so CUDA errors never land)
   FORCE_CUDA=0            never compile CUDA
   CUDA_HOME               the CUDA toolkit (nvcc) to use
   TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "8.0;9.0"
   POTTSOPS_CPU_ARCH       -march of the CPU kernels (default native; x86-64 for a portable build)
-  POTTSOPS_NO_EXTENSION=1 install the pure-Python package only (reference backend)
   POTTSOPS_SANITIZE=1     build the C++ kernels with AddressSanitizer and UBSan (make sanitize)
 """
-import glob
+import importlib.util
+import json
 import os
+import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_module():
+    """pottsops/_extension.py, read without importing pottsops (which imports torch): sources and flags."""
+    spec = importlib.util.spec_from_file_location("pottsops_build", os.path.join(HERE, "pottsops", "_extension.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _extensions():
-    if os.environ.get("POTTSOPS_NO_EXTENSION") == "1":
-        print("pottsops build: POTTSOPS_NO_EXTENSION=1, no compiled extension")
+    if os.environ.get("POTTSOPS_AOT") != "1":
+        print("pottsops build: pure Python; the kernels compile on first use (POTTSOPS_AOT=1 builds them now)")
         return [], {}
     import torch
     from torch.utils import cpp_extension
 
+    build = _build_module()
     force = os.environ.get("FORCE_CUDA")
     cuda_home = cpp_extension.CUDA_HOME
     if force == "1":
-        with_cuda = True
-        reason = "FORCE_CUDA=1"
+        with_cuda, reason = True, "FORCE_CUDA=1"
     elif force == "0":
         with_cuda, reason = False, "FORCE_CUDA=0"
     elif cuda_home is None:
@@ -37,56 +53,31 @@ def _extensions():
         with_cuda, reason = True, "GPU visible"
     if with_cuda and torch.version.cuda is None:
         raise RuntimeError("pottsops build: CUDA requested but this torch build has no CUDA")
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    if with_cuda and not cuda_sources:
-        with_cuda, reason = False, "no CUDA sources in csrc/cuda yet"
 
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    # The C++ standard is torch's own.  The CPU kernels are written to auto-vectorise; -march decides
-    # the vector width (native: this machine's; set POTTSOPS_CPU_ARCH=x86-64 for a portable build).
-    arch = os.environ.get("POTTSOPS_CPU_ARCH", "native")
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", f"-march={arch}"]
-    link_flags = ["-fopenmp"]
-    if os.environ.get("POTTSOPS_SANITIZE") == "1":
-        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
-        cxx_flags, link_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1"] + sanitize, link_flags + sanitize
-    define_macros = []
-    extension = cpp_extension.CppExtension
-    extra = {"cxx": cxx_flags}
+    sources = [os.path.relpath(p, HERE) for p in build.cpu_sources()]
+    extension, define_macros, extra = cpp_extension.CppExtension, [], {"cxx": build.cxx_flags()}
     if with_cuda:
-        sources += cuda_sources
+        sources += [os.path.relpath(p, HERE) for p in build.cuda_sources()]
         extension = cpp_extension.CUDAExtension
         define_macros.append(("WITH_CUDA", None))
-        extra["nvcc"] = ["-O3", "-lineinfo"]
+        extra["nvcc"] = build.NVCC_FLAGS
     print("pottsops build summary")
     print(f"  torch           {torch.__version__} (CUDA {torch.version.cuda})")
     print(f"  CUDA kernels    {'yes' if with_cuda else 'no'} ({reason})")
     if with_cuda:
         print(f"  CUDA_HOME       {cuda_home}")
         print(f"  arch list       {os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default: visible GPUs)')}")
-    print(f"  CPU arch        -march={arch} (POTTSOPS_CPU_ARCH)")
-    print(f"  sanitizers      {'address, undefined' if '-g' in cxx_flags else 'none'} (POTTSOPS_SANITIZE)")
+    print(f"  CPU arch        -march={os.environ.get('POTTSOPS_CPU_ARCH', 'native')} (POTTSOPS_CPU_ARCH)")
+    print(f"  sanitizers      {'address, undefined' if '-g' in build.cxx_flags() else 'none'} (POTTSOPS_SANITIZE)")
     print(f"  sources         {len(sources)} files")
-    ext = extension(
-        name="pottsops._C",
-        sources=sources,
-        include_dirs=[os.path.abspath("csrc")],
-        define_macros=define_macros,
-        extra_compile_args=extra,
-        extra_link_args=link_flags,
-    )
+    # What the module was built for: an installed _C built for another torch is skipped, not loaded.
+    with open(os.path.join(HERE, "pottsops", "_C.json"), "w") as f:
+        json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.implementation.cache_tag,
+                   "with_cuda": with_cuda}, f)
+    ext = extension(name="pottsops._C", sources=sources, include_dirs=[build.CSRC], define_macros=define_macros,
+                    extra_compile_args=extra, extra_link_args=build.link_flags())
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
 ext_modules, cmdclass = _extensions()
-
-setup(
-    name="pottsops",
-    version="0.1.0",
-    description="Fused Potts/CRF energies, unaries and a pseudo-label solver for scribble segmentation",
-    packages=find_packages(include=["pottsops", "pottsops.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.6", "numpy"],
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

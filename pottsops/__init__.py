@@ -18,4 +18,4 @@ from pottsops.unary import self_labeling_loss, unary
 
 __all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss",
            "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES"]
-__version__ = "0.1.0"
+from pottsops._extension import VERSION as __version__  # noqa: E402

@@ -2,7 +2,8 @@
 
 auto: CUDA tensors use the CUDA extension, else Triton, else reference; CPU tensors use the C++
 extension, else reference.  POTTSOPS_BACKEND overrides auto.  An explicit backend that cannot run
-raises an error saying why.
+raises an error saying why.  The compiled backends count as available where they can be built: the first
+op that picks one loads or builds it (pottsops._extension), and auto moves on if that fails.
 """
 import functools
 import importlib.util
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pottsops import _ops
+from pottsops import _extension
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
@@ -23,6 +24,11 @@ class BackendStatus:
 
     def __str__(self):
         return ("available" if self.available else "unavailable") + f": {self.reason}"
+
+
+_extension.ensure("cpu", build=False)  # an ahead-of-time or cached build loads at import: no build here
+if torch.cuda.is_available():
+    _extension.ensure("cuda", build=False)
 
 
 def triton_interpreted():
@@ -42,23 +48,45 @@ def _triton_status():
     return BackendStatus(True, f"triton on {torch.cuda.get_device_name()}")
 
 
+@functools.lru_cache(maxsize=None)
+def _why_not_buildable(kind):
+    return _extension.why_not_buildable(kind)
+
+
+def _compiled_status(kind):
+    """cpu / cuda: loaded (and how), failed (and why), or to be built on first use where it can be."""
+    status = _extension.STATUS[kind]
+    if status.loaded:
+        return None
+    if status.how == "failed":
+        return BackendStatus(False, status.reason)
+    why = _why_not_buildable(kind)
+    if why is not None:
+        return BackendStatus(False, why)
+    return BackendStatus(True, f"not built yet: compiled on first use into {_extension.cache_dir()} (minutes, once; "
+                               "python -m pottsops build compiles ahead)")
+
+
 def _status(name):
     if name == "reference":
         return BackendStatus(True, "plain PyTorch")
     if name == "cpu":
-        if _ops.C is None:
-            return BackendStatus(False, f"the compiled extension pottsops._C did not load: {_ops.LOAD_ERROR}")
-        parallel = "OpenMP" if _ops.C.compiled_with_openmp() else "single-threaded (built without OpenMP)"
-        return BackendStatus(True, f"C++ kernels, {parallel}")
+        pending = _compiled_status("cpu")
+        if pending is not None:
+            return pending
+        module = _extension.STATUS["cpu"].module
+        parallel = "OpenMP" if module.compiled_with_openmp() else "single-threaded (built without OpenMP)"
+        return BackendStatus(True, f"C++ kernels, {parallel}; {_extension.describe('cpu')}")
     if name == "cuda":
-        if _ops.C is None:
-            return BackendStatus(False, f"the compiled extension pottsops._C did not load: {_ops.LOAD_ERROR}")
-        if not _ops.C.compiled_with_cuda():
-            return BackendStatus(False, "pottsops._C was built without CUDA kernels (rebuild with FORCE_CUDA=1 "
-                                        "or with a GPU visible)")
         if not torch.cuda.is_available():
             return BackendStatus(False, "no CUDA device visible")
-        return BackendStatus(True, f"CUDA kernels on {torch.cuda.get_device_name()}")
+        cpu = _status("cpu")
+        if not cpu.available:
+            return BackendStatus(False, f"needs the C++ module (the ops' schemas): {cpu.reason}")
+        pending = _compiled_status("cuda")
+        if pending is not None:
+            return pending
+        return BackendStatus(True, f"CUDA kernels on {torch.cuda.get_device_name()}; {_extension.describe('cuda')}")
     return _triton_status()
 
 
@@ -97,13 +125,20 @@ def resolve(backend, device, supported, op):
     if backend == "auto":
         order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
         for name in order:
-            if name in supported and _available(name) and _runs_on(name, device):
+            if name in supported and _available(name) and _runs_on(name, device) and _loaded(name):
                 return name
         return "reference"
     if backend not in supported:
         raise ValueError(f"{source}: {op} has no {backend!r} backend; it has {', '.join(map(repr, supported))}")
-    if not _available(backend):
+    if not _available(backend) or not _loaded(backend):
         raise RuntimeError(f"{source}: the {backend!r} backend is not available: {_status(backend).reason}")
     if not _runs_on(backend, device):
         raise ValueError(f"{source}: the {backend!r} backend cannot run on {device} tensors")
     return backend
+
+
+@torch.compiler.assume_constant_result
+def _loaded(name):
+    """Whether a compiled backend's kernels are loaded, loading or building them now (not while torch.compile
+    traces); True for the others."""
+    return name not in ("cpu", "cuda") or _extension.ensure(name)

@@ -1,36 +1,6 @@
-"""The compiled operators (schemas in csrc/ops.cpp): loading, fake kernels for torch.compile, autograd.
-
-Importing never fails because the extension is missing: C is None and LOAD_ERROR says why.
-"""
-import importlib.util
-import os
-import sys
-
+"""The compiled operators (schemas in csrc/ops.cpp): fake kernels for torch.compile and autograd, registered
+when pottsops._extension loads the kernels (on_load)."""
 import torch
-
-
-def _load():
-    """The compiled module: the installed pottsops._C, or the file POTTSOPS_EXTENSION names (make sanitize
-    loads its instrumented build this way)."""
-    path = os.environ.get("POTTSOPS_EXTENSION")
-    if not path:
-        from pottsops import _C
-        return _C
-    spec = importlib.util.spec_from_file_location("pottsops._C", path)
-    if spec is None:
-        raise ImportError(f"POTTSOPS_EXTENSION: cannot load {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["pottsops._C"] = module
-    return module
-
-
-try:
-    C = _load()
-    LOAD_ERROR = None
-except (ImportError, OSError) as error:  # not built, or built against another torch
-    C = None
-    LOAD_ERROR = f"{type(error).__name__}: {error}"
 
 
 def _same_device(first_name, first, **others):
@@ -90,9 +60,6 @@ def _register():
         return torch.ops.pottsops.bilateral_filter(grad.contiguous(), features), None
 
     torch.library.register_autograd(lib + "bilateral_filter", bilateral_backward, setup_context=bilateral_setup)
-    if C.compiled_with_cuda():  # the CUDA lattice: CUDA kernels for the simplex and splat, tensor ops around them
-        from pottsops import lattice
-        torch.library.register_kernel(lib + "bilateral_filter", "cuda", lattice.bilateral_filter)
 
     @torch.library.register_fake(lib + "lattice_simplex")
     def _(features):
@@ -163,5 +130,11 @@ def unary_autograd(backward_op):
 
     return setup, backward
 
-if C is not None:
-    _register()
+def on_load(kind):
+    """Called once each kind of kernels is loaded: the schemas' fakes and autograd with the C++ module, the CUDA
+    lattice (CUDA kernels for the simplex and splat, tensor ops around them) with the CUDA kernels."""
+    if kind == "cpu":
+        _register()
+    elif kind == "cuda":
+        from pottsops import lattice
+        torch.library.register_kernel("pottsops::bilateral_filter", "cuda", lattice.bilateral_filter)

@@ -1,4 +1,4 @@
-"""The CUDA grid, unary and solver kernels' device code run on the host (csrc/cpu/device_emulation.cpp) against
+"""The CUDA grid, unary and solver kernels' device code run on the host (pottsops/csrc/cpu/device_emulation.cpp, built by the tests only) against
 the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
 (csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
 the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pottsops
+from pottsops import _extension
 from conftest import adaptive_step_inputs, cpu_kernels, random_image, random_mask, soft_labels
 from pottsops.neighborhoods import as_neighborhood
 
@@ -21,8 +22,8 @@ EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", 
 NEIGHBORHOODS = ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=2)]
 NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
 
-if not pottsops.backends()["cpu"].available:
-    pytest.skip("the compiled CPU backend (which holds the emulation) is not built", allow_module_level=True)
+if not _extension.load_emulation():  # test-only native code: built here (cached), never part of pottsops._C
+    pytest.skip(f"the device emulation was not built: {_extension.describe('emulation')}", allow_module_level=True)
 
 # The emulated ops take the schemas of the pottsops ops they stand in for.
 _SCHEMAS = torch.library.Library("pottsops_emulated", "DEF")

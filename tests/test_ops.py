@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import pottsops
-from pottsops import _ops, bilateral
+from pottsops import _extension, bilateral
 from pottsops.neighborhoods import NN8
 from conftest import backend_id, fast_backends, interpreted, random_image, random_mask, soft_labels
 
-pytestmark = pytest.mark.skipif(_ops.C is None, reason=f"pottsops._C not built: {_ops.LOAD_ERROR}")
+pytestmark = pytest.mark.skipif(not _extension.ensure("cpu"), reason=f"pottsops' C++ kernels are not built: "
+                                f"{_extension.describe('cpu')}")
 
 
 

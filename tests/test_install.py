@@ -1,0 +1,150 @@
+"""pip install that just works (issue 18): an isolated `pip wheel .` makes a pure-Python wheel that carries the
+kernels' sources; installed into a fresh environment (one that sees this one's torch through a .pth file,
+but not its editable pottsops), the first CPU call compiles the kernels into an empty cache and matches the
+reference, a later process reuses the cache, two processes started together build once, a killed build
+leaves no lock behind, POTTSOPS_JIT=0 falls back with its reason, and an installed _C built for another
+torch is skipped.  The kernels are compiled once for the whole module (a few minutes on 2 cores)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: nothing to build on first use")
+
+CHECK = """
+import sys, torch, pottsops
+y = torch.softmax(torch.randn(2, 5, 17, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 1)
+fast, slow = pottsops.potts_energy(y, backend="auto"), pottsops.potts_energy(y, backend="reference")
+print(repr(float(fast)), repr(float(slow)), pottsops.backends()["cpu"], sep="\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """(python of a fresh environment with the wheel installed, its folder, the wheel's build seconds)."""
+    root = tmp_path_factory.mktemp("install")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-q", "-w", str(root / "wheel")],
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    python = str(root / "venv" / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "deps.pth"), "w") as f:  # torch, numpy, ninja from here; not its pottsops
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = next((root / "wheel").glob("pottsops-*.whl"))
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    return python, root, seconds, wheel
+
+
+def run(python, code, cache, **env):
+    return subprocess.Popen([python, "-c", code], cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "POTTSOPS_CACHE": str(cache), "TRITON_INTERPRET": "0", **env})
+
+
+def test_the_wheel_is_pure_python_with_the_sources(env):
+    _, _, seconds, wheel = env
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    assert wheel.name.endswith("py3-none-any.whl") and not [n for n in names if n.endswith((".so", ".pyd"))]
+    assert "pottsops/csrc/ops.cpp" in names and "pottsops/csrc/cuda/grid_potts.cu" in names
+    assert "pottsops/csrc/cpu/device_emulation.cpp" not in names  # test-only native code is not shipped
+    print(f"isolated pip wheel: {seconds:.1f} s")
+    assert seconds < 120
+
+
+def test_first_use_builds_once_for_two_processes_then_the_cache_serves(env):
+    python, root, _, _ = env
+    cache = root / "cache"
+    start = time.perf_counter()
+    first, second = run(python, CHECK, cache), run(python, CHECK, cache)
+    outputs = [p.communicate(timeout=1800) for p in (first, second)]
+    build_seconds = time.perf_counter() - start
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    built = [err for _, err in outputs if "pottsops: compiling the C++ kernels (first use)" in err]
+    assert len(built) == 1, [err for _, err in outputs]  # one built; the other waited, then loaded its build
+    for out, _ in outputs:
+        fast, slow, status = out.strip().splitlines()
+        assert abs(float(fast) - float(slow)) <= 1e-9 * abs(float(slow))
+        assert "C++ kernels" in status and ("built now" in status or "cached" in status), status
+    start = time.perf_counter()
+    out, err = run(python, CHECK, cache).communicate(timeout=300)
+    cached_seconds = time.perf_counter() - start
+    assert "compiling" not in err and "cached" in out, (out, err)
+    print(f"first-use build (two processes): {build_seconds:.0f} s; a later process, cached: {cached_seconds:.1f} s")
+
+
+def test_a_killed_build_leaves_no_lock(env):
+    """A build killed mid-compile: the next process takes the lock and builds (it is killed too, once it has
+    started compiling: the test needs no second full build)."""
+    python, root, _, _ = env
+    cache = root / "cache-killed"
+    for _ in range(2):
+        process = run(python, CHECK, cache, POTTSOPS_CPU_ARCH="x86-64")  # another key than the full build's
+        deadline = time.time() + 120
+        seen = ""
+        while time.time() < deadline and "compiling" not in seen:
+            seen += os.read(process.stderr.fileno(), 4096).decode()
+        assert "compiling the C++ kernels" in seen, seen
+        time.sleep(3)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    shutil.rmtree(cache)
+
+
+def test_building_turned_off_falls_back_with_the_reason(env):
+    python, root, _, _ = env
+    out, err = run(python, CHECK, root / "cache-empty", POTTSOPS_JIT="0").communicate(timeout=300)
+    fast, slow, status = out.strip().splitlines()
+    assert float(fast) == float(slow) and "unavailable: building on first use is turned off (POTTSOPS_JIT=0)" in status
+    assert "compiling" not in err
+
+
+def test_an_ahead_of_time_module_for_another_torch_is_skipped(env):
+    python, root, _, _ = env
+    site = subprocess.run([python, "-c", "import pottsops, os; print(os.path.dirname(pottsops.__file__))"],
+                          check=True, capture_output=True, text=True, cwd="/").stdout.strip()
+    cached = next((root / "cache").glob("cpu-*/pottsops_cpu_*.so"))
+    shutil.copy(cached, os.path.join(site, "_C" + sysconfig.get_config_var("EXT_SUFFIX")))
+    with open(os.path.join(site, "_C.json"), "w") as f:
+        json.dump({"torch": "1.0.0", "python": sys.implementation.cache_tag}, f)
+    try:
+        out, err = run(python, CHECK, root / "cache").communicate(timeout=300)
+        assert "was built for torch 1.0.0" in err and "skipped" in err, err
+        assert "cached" in out.strip().splitlines()[-1]
+    finally:
+        os.remove(os.path.join(site, "_C.json"))
+        os.remove(os.path.join(site, "_C" + sysconfig.get_config_var("EXT_SUFFIX")))
+
+
+def test_commands(env):
+    python, root, _, _ = env
+    environment = {**os.environ, "POTTSOPS_CACHE": str(root / "cache")}
+    status = subprocess.run([python, "-m", "pottsops"], capture_output=True, text=True, env=environment, cwd="/")
+    assert "cpu        available: C++ kernels" in status.stdout and "cached" in status.stdout, status.stdout
+    built = subprocess.run([python, "-m", "pottsops", "build"], capture_output=True, text=True, env=environment, cwd="/")
+    assert built.returncode == 0 and "cpu: cached" in built.stdout, built.stdout + built.stderr
+    copy = root / "cache-copy"
+    shutil.copytree(root / "cache", copy)
+    cleaned = subprocess.run([python, "-m", "pottsops", "clean"], capture_output=True, text=True,
+                             env={**environment, "POTTSOPS_CACHE": str(copy)}, cwd="/")
+    assert cleaned.returncode == 0 and not list(copy.glob("cpu-*")), cleaned.stdout
+
+
+def test_nothing_compiles_while_torch_compile_traces(env):
+    """With nothing built, a compiled function traces the reference ops; the kernels are not built mid-trace."""
+    python, root, _, _ = env
+    code = CHECK.replace('fast, slow = pottsops.potts_energy(y, backend="auto")',
+                         'fast, slow = torch.compile(lambda t: pottsops.potts_energy(t), fullgraph=True)(y)')
+    out, err = run(python, code, root / "cache-compile").communicate(timeout=600)
+    fast, slow, status = out.strip().splitlines()
+    assert abs(float(fast) - float(slow)) <= 1e-9 * abs(float(slow)) and "compiling" not in err, err
+    assert "not built yet" in status
