@@ -107,6 +107,23 @@ def solver_suite(quick, device, compile_baseline):
     return [cases.solver_case(shape, fused + baselines, iters=5 if quick else 50) for shape in shapes]
 
 
+def first_light_suite(quick, device, compile_baseline):
+    """One case per op at its headline shape (forward + backward, fp32): the first measurement on a GPU."""
+    fused = fast_backends(device)
+    shape = (2, 5, 32, 32) if quick else (12, 21, 512, 512)
+    compiled = ["compile(reference)"] if compile_baseline else []
+    suite = [cases.potts_case("collision_divergence", "nn4", shape, torch.float32, "fwd+bwd",
+                              fused + ["reference"] + compiled),
+             cases.unary_case("cce", shape, torch.float32, "fwd+bwd", fused + ["reference"] + compiled)]
+    suite += gpu_window_suite(quick, device, False)[:1]
+    lattice = (["cuda"] if device.type == "cuda" else []) + ["cpu"]
+    suite.append(cases.bilateral_case((2, 3, 24, 24) if quick else (2, 21, 512, 512), 100.0, 15.0, lattice))
+    triton = ["triton"] if pottsops.backends()["triton"].available else []
+    suite.append(cases.dense_exact_case("collision_divergence", (1, 3, 10, 12) if quick else (12, 21, 128, 128),
+                                        "fwd+bwd", triton + ["reference"]))
+    return suite + solver_suite(quick, device, compile_baseline)[-1:]
+
+
 def gpu_suite(quick, device, compile_baseline):
     return (gpu_potts_suite(quick, device, compile_baseline) + gpu_unary_suite(quick, device, compile_baseline)
             + gpu_window_suite(quick, device, compile_baseline) + gpu_dense_suite(quick, device, compile_baseline)
@@ -115,7 +132,7 @@ def gpu_suite(quick, device, compile_baseline):
 
 SUITES = {"cpu": cpu_suite, "cpu-dense": cpu_dense_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite,
           "gpu-unary": gpu_unary_suite, "gpu-window": gpu_window_suite, "gpu-dense": gpu_dense_suite,
-          "gpu-solver": solver_suite, "cpu-solver": solver_suite}
+          "gpu-solver": solver_suite, "cpu-solver": solver_suite, "gpu-first-light": first_light_suite}
 
 
 def read_csv(path):

@@ -47,9 +47,10 @@ def _read(path, dtype=np.int64):
     return np.asarray(Image.open(path)).astype(dtype)
 
 
-def load(dataset, count=24):
+def load(dataset, count=24, full_size=False):
     """[(name, image (C, H, W) float32 0..255, labels (H, W), seeds (H, W))] of count images evenly spaced
-    over CamVid val (at half resolution) or ACDC patients 081-100 (all of them for count=None)."""
+    over CamVid val (at half resolution, or 480x360 with full_size) or ACDC patients 081-100 (all of them
+    for count=None)."""
     from PIL import Image
     root = data_root()
     items = []
@@ -58,7 +59,7 @@ def load(dataset, count=24):
         for name in _evenly(sorted(os.listdir(os.path.join(folder, "images", "val"))), count):
             stem = os.path.splitext(name)[0]
             image = Image.open(os.path.join(folder, "images", "val", name)).convert("RGB")
-            size = (image.width // 2, image.height // 2)
+            size = (image.width, image.height) if full_size else (image.width // 2, image.height // 2)
             image = np.asarray(image.resize(size, Image.BILINEAR), dtype=np.float32).transpose(2, 0, 1)
             labels = Image.open(os.path.join(folder, "labels", "val", stem + ".png")).resize(size, Image.NEAREST)
             seeds = Image.open(os.path.join(folder, "scribbles", "1.0", "val", stem + ".png")).resize(size,

@@ -3,7 +3,7 @@ and how good argmax(y) is (benchmarks/solver_problems.py defines the problems, s
 
     python -m benchmarks.solver_quality --out benchmarks/results/solver-quality
         [--datasets camvid acdc] [--neighborhoods nn4 nn8 win2] [--images 24] [--baseline-images 3]
-        [--methods solve levels=0] [--label NAME] [--long-runs]
+        [--methods solve levels=0] [--label NAME] [--long-runs] [--device cuda] [--full-size]
 
 For every image, start (zero, noisy), relaxation with cce (and cd with ce and rce) and neighbourhood:
 
@@ -56,12 +56,23 @@ RUN_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood"
               "steps_to_1e-3", "check", "confusion"]
 
 
+DEVICE = torch.device("cpu")  # where solve() and the plain loop run (--device); energies are checked on the CPU
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed_solve(problem, **kwargs):
-    """(y, seconds, curve [(seconds, full-resolution step, solver's energy)]) of one solve()."""
+    """(y, seconds, curve [(seconds, full-resolution step, solver's energy)]) of one solve() on DEVICE."""
+    inputs = [t.to(DEVICE) for t in (problem.logits, problem.image, problem.seeds)]
+    synchronize()
     start = time.perf_counter()
-    y, info = pottsops.solve(problem.logits, problem.image, problem.seeds, return_info=True,
-                             **dict(problem.kwargs, **kwargs))
+    y, info = pottsops.solve(*inputs, return_info=True, **dict(problem.kwargs, **kwargs))
+    synchronize()
     seconds = time.perf_counter() - start
+    y = y.cpu()
     energies = [float(e) for e in info.energies]
     levels = getattr(info, "levels", None)  # an older pottsops may not report its levels
     coarse = sum(level[2] for level in levels[:-1]) if levels else 0.0
@@ -72,18 +83,19 @@ def timed_solve(problem, **kwargs):
 def plain_adam(problem, iters=300, lr=0.1):
     """The solver a user would write with autograd: Adam on pseudo-logits v (y = softmax(v), seeds clamped),
     the energy of the reference ops, the best iterate kept."""
+    synchronize()
     start = time.perf_counter()
-    sigma = torch.softmax(problem.logits, 1)
-    one_hot = problem.start_labels()
-    seeded = problem.seeded[:, None]
+    logits, image = problem.logits.to(DEVICE), problem.image.to(DEVICE)
+    sigma = torch.softmax(logits, 1)
+    one_hot = problem.start_labels().to(DEVICE)
+    seeded = problem.seeded[:, None].to(DEVICE)
     kwargs = {k: v for k, v in problem.kwargs.items() if k in ("relaxation", "neighborhood", "sigma_rgb")}
 
     def energy(v):
         y = torch.where(seeded, one_hot, torch.softmax(v, 1))
-        unary = pottsops.unary(problem.logits, y, problem.unary, mask=~problem.seeded, reduction="sum",
-                               backend="reference")
+        unary = pottsops.unary(logits, y, problem.unary, mask=~seeded[:, 0], reduction="sum", backend="reference")
         return problem.kwargs["eta"] * unary + problem.kwargs["lam"] * pottsops.potts_energy(
-            y, problem.image, backend="reference", **kwargs), y
+            y, image, backend="reference", **kwargs), y
 
     v = torch.log(sigma).requires_grad_()
     optimizer = torch.optim.Adam([v], lr=lr)
@@ -97,7 +109,7 @@ def plain_adam(problem, iters=300, lr=0.1):
         if t < iters:
             value.backward()
             optimizer.step()
-    return best_y, time.perf_counter() - start, curve
+    return best_y.cpu(), time.perf_counter() - start, curve
 
 
 def random_walker(problem):
@@ -217,9 +229,13 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--label", default=None, help="names the code measured (default: the git commit)")
     parser.add_argument("--long-runs", action="store_true", help="make the long runs where E* is cached too")
+    parser.add_argument("--device", default="cpu", help="where solve() and the plain loop run (cuda on a GPU)")
+    parser.add_argument("--full-size", action="store_true", help="CamVid at 480x360 instead of half resolution")
     args = parser.parse_args(argv)
     args.methods = {m: METHODS[m] for m in args.methods}
     args.label = args.label or harness.git_sha()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
     best_path = os.path.join(args.out, "best_energies.csv")
@@ -231,7 +247,7 @@ def main(argv=None):
             done = {(r["dataset"], r["start"], r["relaxation"], r["unary"], r["neighborhood"], r["label"])
                     for r in csv.DictReader(f)}
     for dataset in args.datasets:
-        images = load(dataset, args.images)
+        images = load(dataset, args.images, args.full_size)
         for neighborhood in args.neighborhoods:
             for config in args.configs:
                 relaxation, unary = config.split("+")

@@ -40,3 +40,14 @@ def test_gpu_suite_code_path_on_cpu(tmp_path):
     assert ("unary", "cce", "cpu") in timed
     table = (tmp_path / "results.md").read_text()
     assert "| potts_energy | quadratic/nn8 | 2x5x32x32 | bfloat16 | fwd |" in table
+
+
+@pytest.mark.skipif(not pottsops.backends()["cpu"].available, reason="the cpu backend is not built here")
+def test_first_light_suite_code_path_on_cpu(tmp_path):
+    """gpu_suite.sh first-light's benchmark: one case per op, checked before it is timed."""
+    run.main(["--suite", "gpu-first-light", "--quick", "--device", "cpu", "--no-compile", "--out", str(tmp_path)])
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert not [r for r in rows if r["metric"] in ("check", "error")]
+    ops = {r["op"] for r in rows if r["metric"] == "time_ms"}
+    assert ops == {"potts_energy", "unary", "bilateral_filter", "solve"}, ops
