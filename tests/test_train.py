@@ -1,5 +1,6 @@
 """train/: one training step per method, the losses, the metrics against hand-computed values, the command
 line, and resuming after an interrupted run."""
+import csv
 import json
 import math
 import os
@@ -37,7 +38,7 @@ def test_one_training_step_per_method(tmp_path, method):
 def test_bf16_autocast_channels_last_and_the_resident_loader(tmp_path):
     """The CUDA defaults (bf16 autocast, channels_last, device-resident data) forced on, here on the CPU."""
     config = _tiny(tmp_path, method="soft", max_steps=2, amp="on", channels_last="on", resident="on",
-                   warmup_epochs=0)
+                   warmup=0.0)
     results = train.loop.train(config)
     assert results["steps"] == 2 and math.isfinite(results["miou"])
     losses = [float(line.split(",")[3]) for line in (tmp_path / "run" / "train_log.csv").read_text().split()[1:]]
@@ -60,18 +61,61 @@ def test_losses_by_hand():
     seeded = (batch["seeds"] != 255) & batch["mask"]
     pce = -torch.log_softmax(logits, 1).gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].mean()
     torch.testing.assert_close(batch_loss("pce", logits, batch, Regulariser())[0], pce)
-    full = F.cross_entropy(logits.permute(0, 2, 3, 1)[batch["mask"]], batch["label"][batch["mask"]])
-    torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser())[0], full)
+    valid_logits, valid_label = logits.permute(0, 2, 3, 1)[batch["mask"]], batch["label"][batch["mask"]]
+    ce = F.cross_entropy(valid_logits, valid_label)
+    torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser(full_loss="ce"))[0], ce)
+    probs, onehot = torch.softmax(valid_logits, 1), F.one_hot(valid_label, 3).float()
+    dice = [(2 * (probs[:, c] * onehot[:, c]).sum() + 1) / (probs[:, c].sum() + onehot[:, c].sum() + 1) for c in (1, 2)]
+    torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser())[0], ce + 1 - sum(dice) / 2)
+    counts = torch.bincount(valid_label, minlength=3).float()
+    balanced = F.cross_entropy(valid_logits, valid_label, weight=counts.sum() / (3 * counts))
+    torch.testing.assert_close(batch_loss("full", logits, batch, Regulariser(full_loss="balanced"))[0], balanced)
     torch.testing.assert_close(batch_loss("soft", logits, batch, Regulariser(), warmup=True)[0], pce)
-    reg = Regulariser(lam=0.0)
+    torch.testing.assert_close(batch_loss("gd", logits, batch, Regulariser(gd_lam=0.0))[0], pce)
+    reg = Regulariser(gd_lam=0.5, gd_neighborhood="nn4")
     sigma = torch.softmax(logits, 1)
+    grid = sum(_grid_bilinear(sigma, batch["image"], batch["mask"], reg.sigma_rgb, dy, dx) for dy, dx in ((0, 1), (1, 0)))
+    torch.testing.assert_close(batch_loss("gd", logits, batch, reg)[0], pce + 0.5 * grid / batch["mask"].sum())
     unlabeled = batch["mask"] & (batch["seeds"] == 255)
-    entropy = -(sigma * sigma.log()).sum(1)[unlabeled].mean()
-    torch.testing.assert_close(batch_loss("gd", logits, batch, reg)[0], pce + reg.eta * entropy)
     y = torch.softmax(torch.randn(2, 3, 6, 7), 1)
     soft = pce - reg.eta * torch.log((sigma * y).sum(1) + 1e-8)[unlabeled].mean()
     torch.testing.assert_close(pottsops.self_labeling_loss(logits, y, batch["seeds"], mask=batch["mask"],
                                                            normalize="terms"), soft)
+
+
+def _grid_bilinear(sigma, image, mask, sigma_rgb, dy, dx):
+    """Sum over the pairs (i, i + (dy, dx)) inside the mask of w_ij (1 - sigma_i . sigma_j)."""
+    h, w = sigma.shape[2] - dy, sigma.shape[3] - dx
+    a, b = sigma[:, :, :h, :w], sigma[:, :, dy:, dx:]
+    colour = ((image[:, :, :h, :w] - image[:, :, dy:, dx:]) ** 2).sum(1)
+    pair_mask = mask[:, :h, :w] & mask[:, dy:, dx:]
+    return (torch.exp(-colour / (2 * sigma_rgb ** 2)) * (1 - (a * b).sum(1)))[pair_mask].sum()
+
+
+def test_gd_is_the_dense_crf_loss_on_half_size_inputs():
+    """gd's default Potts term: bilinear over all pairs of the inputs scaled by 0.5 (sigma_xy too), against
+    the all-pairs sum written out; the lattice approximates it (about 10 % on this smooth image)."""
+    g = torch.Generator().manual_seed(1)
+    smooth = lambda c, scale: F.interpolate(torch.rand(2, c, 6, 5, generator=g) * scale, size=(24, 20), mode="bilinear")
+    batch = {"image": smooth(3, 255), "seeds": torch.full((2, 24, 20), 255), "mask": torch.ones(2, 24, 20, dtype=torch.bool)}
+    batch["seeds"][:, 2, 2] = 0
+    logits = smooth(3, 6)
+    reg = Regulariser(gd_lam=1.0, gd_sigma_xy=8.0, gd_sigma_rgb=60.0)
+    pce = batch_loss("pce", logits, batch, reg)[0]
+    sigma = F.interpolate(torch.softmax(logits, 1), size=(12, 10), mode="bilinear", align_corners=False)
+    image = F.interpolate(batch["image"], size=(12, 10), mode="bilinear", align_corners=False)
+    ys, xs = torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij")
+    xy = torch.stack([ys.flatten(), xs.flatten()], 1)
+    spatial = torch.exp(-torch.cdist(xy, xy) ** 2 / (2 * 4.0 ** 2))
+    total = 0.0
+    for b in range(2):
+        f, s = image[b].flatten(1).T, sigma[b].flatten(1).T
+        affinity = spatial * torch.exp(-torch.cdist(f, f) ** 2 / (2 * 60.0 ** 2))
+        affinity.fill_diagonal_(0)
+        total += 0.5 * (affinity * (1 - s @ s.T)).sum()
+    exact = total / (2 * 12 * 10)   # reduction='mean': over the valid pixels of the batch
+    potts = (batch_loss("gd", logits, batch, reg)[0] - pce).item()
+    assert potts == pytest.approx(float(exact), rel=0.2)
 
 
 @pytest.mark.parametrize("method", ["gd", "hard", "soft"])
@@ -118,11 +162,11 @@ def test_panels_png(tmp_path):
 
 
 def test_resume_after_an_interrupted_run_ends_with_the_same_weights(tmp_path, monkeypatch):
-    straight = _tiny(tmp_path / "a", method="soft", warmup_epochs=1, epochs=3, checkpoint_every=1, panels=0)
+    straight = _tiny(tmp_path / "a", method="soft", warmup=0.34, epochs=3, checkpoint_every=1, panels=0)
     train.loop.train(straight)
     reference = torch.load(os.path.join(straight.out, "last.pt"), weights_only=False)["model"]
 
-    interrupted = _tiny(tmp_path / "b", method="soft", warmup_epochs=1, epochs=3, checkpoint_every=1, panels=0)
+    interrupted = _tiny(tmp_path / "b", method="soft", warmup=0.34, epochs=3, checkpoint_every=1, panels=0)
     real_loss, calls = train.loop.batch_loss, []
 
     def crash_at_step_4(*args, **kwargs):
@@ -208,3 +252,32 @@ def test_a_bad_sample_found_late_is_named(tmp_path, workers):
                          backbone="mobilenet_v2", panels=0, resident="off")
     with pytest.raises(Exception, match=r"4\.png"):
         train.loop.train(config)
+
+
+def test_compare_runs_seeds_and_variants_and_reports_the_ordering(tmp_path):
+    """experiments.train_compare: a plain method, a variant, two seeds of one; finished runs are not
+    repeated; the report names the ordering it measured."""
+    from experiments import train_compare
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["--name", "tiny", "--runs", str(runs), "--out", str(out), "--methods", "pce",
+            "soft-q=--method soft --relaxation quadratic", "--seeds", "0", "1", "--seeded", "pce", "--",
+            "--data", "synthetic", "--backbone", "mobilenet_v2", "--max-steps", "2", "--batch-size", "2",
+            "--crop", "32", "32", "--eval-limit", "2", "--panels", "0", "--workers", "0", "--device", "cpu"]
+    train_compare.main(argv)
+    rows = list(csv.DictReader(open(out / "tiny" / "results.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("pce", "0"), ("pce", "1"), ("soft-q", "0")]
+    assert json.loads((runs / "tiny" / "soft-q" / "seed0" / "config.json").read_text())["reg"]["relaxation"] == "quadratic"
+    report = (out / "tiny" / "report.md").read_text()
+    assert "| pce | 2 |" in report and (out / "tiny" / "curves.png").is_file()
+    stamp = os.path.getmtime(runs / "tiny" / "pce" / "seed0" / "results.json")
+    train_compare.main(argv)  # everything finished: nothing reruns
+    assert os.path.getmtime(runs / "tiny" / "pce" / "seed0" / "results.json") == stamp
+
+
+def test_ordering_verdict():
+    from experiments.train_compare import ordering_verdict
+    summary = lambda **scores: {k: (v, 0.0, 1, []) for k, v in scores.items()}  # noqa: E731
+    assert "held" in ordering_verdict(summary(soft=0.8, hard=0.7, gd=0.6, pce=0.5))
+    verdict = ordering_verdict(summary(soft=0.6, hard=0.7, pce=0.5, full=0.9))
+    assert "did not hold: measured hard > soft > pce" in verdict
+    assert "soft - full supervision = -0.300" in verdict

@@ -4,7 +4,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from train.methods import METHODS, Regulariser
+from train.methods import FULL_LOSSES, METHODS, Regulariser
 
 DATASETS = ("camvid", "acdc", "voc", "folder", "synthetic")
 DEFAULT_DATA = os.environ.get("POTTSOPS_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -37,7 +37,8 @@ class TrainConfig:
     output_stride: int = 16
     pretrained: str = None
     reg: Regulariser = field(default_factory=Regulariser)
-    warmup_epochs: int = 0
+    warmup: float = 0.2              # gd/hard/soft train on pce alone for this fraction of the run (of its
+                                     # steps, or of the time budget where that ends the run first)
     epochs: int = 60
     batch_size: int = 12
     lr: float = 7e-4
@@ -78,13 +79,17 @@ def parse_args(argv=None):
     p.add_argument("--backbone", choices=("mobilenet_v2", "resnet50", "resnet101"))
     p.add_argument("--output-stride", type=int, choices=(8, 16), default=16)
     p.add_argument("--pretrained", help="local torchvision state dict for the backbone")
-    for name in ("eta", "lam", "sigma_rgb", "sigma_xy"):
+    for name in ("eta", "lam", "sigma_rgb", "sigma_xy", "gd_lam", "gd_sigma_rgb", "gd_sigma_xy", "gd_scale"):
         p.add_argument("--" + name.replace("_", "-"), type=float)
     p.add_argument("--unary", choices=("cce", "ce", "rce"))
+    p.add_argument("--normalize", choices=("terms", "pixels"),
+                   help="each loss term a mean over its pixels (terms) or eq. 8's sums / valid pixels (pixels)")
+    p.add_argument("--gd-neighborhood", help="gd's Potts loss: dense (the dense CRF loss) or nn4 (grid CRF loss)")
+    p.add_argument("--full-loss", choices=FULL_LOSSES)
     p.add_argument("--relaxation")
     p.add_argument("--neighborhood", help="nn4, nn8 or dense")
     p.add_argument("--solver-iters", type=int)
-    for name, kind in (("warmup_epochs", int), ("epochs", int), ("batch_size", int), ("lr", float),
+    for name, kind in (("warmup", float), ("epochs", int), ("batch_size", int), ("lr", float),
                        ("workers", int), ("seed", int), ("input_scale", float), ("checkpoint_every", int),
                        ("eval_every", int), ("eval_limit", int), ("panels", int), ("time_budget", float),
                        ("max_steps", int)):
@@ -123,6 +128,8 @@ def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides)
         raise ValueError(f"root: --data {data} needs --root PATH")
     if data == "folder" and not config.num_classes:
         raise ValueError("num_classes: --data folder needs --num-classes K")
+    if not 0.0 <= config.warmup < 1.0:
+        raise ValueError(f"warmup: expected a fraction of the run in [0, 1), got {config.warmup}")
     if config.batch_size < 2:  # a batch of one fails inside BatchNorm, whose image-pooling branch sees 1 x 1
         raise ValueError(f"batch_size: expected at least 2 per process (--batch-size; the ASPP's image-pooling "
                          f"BatchNorm needs more than one value per channel), got {config.batch_size}")

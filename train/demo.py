@@ -17,13 +17,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join("runs", "demo"))
     parser.add_argument("--epochs", type=int, default=45)
-    parser.add_argument("--warmup-epochs", type=int, default=10)
+    parser.add_argument("--warmup", type=float, default=0.2, help="fraction of the run on pCE alone (soft)")
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)
     rows = []
     for method in ("pce", "soft"):
         start = time.perf_counter()
-        config = make_config("synthetic", method=method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        config = make_config("synthetic", method=method, epochs=args.epochs, warmup=args.warmup,
                              lr=args.lr, synthetic_size=(64, 32), eval_every=args.epochs, device="cpu",
                              out=os.path.join(args.out, method), panels=6, workers=0)
         results = train(config)
@@ -36,7 +36,7 @@ def main(argv=None):
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"Generated set, 64 train / 32 val images of 64x64, {args.epochs} epochs (warm-up "
-                f"{args.warmup_epochs}), batch 8, SGD lr {args.lr}, MobileNetV2 DeepLabV3+ from scratch, CPU.\n\n{text}\n")
+                f"{args.warmup:.0%} of the run), batch 8, SGD lr {args.lr}, MobileNetV2 DeepLabV3+ from scratch, CPU.\n\n{text}\n")
     print(f"panels: {os.path.join(args.out, 'pce', 'panels.png')}, {os.path.join(args.out, 'soft', 'panels.png')}")
 
 

@@ -68,6 +68,15 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def run_progress(step, total_steps, trained_seconds, time_budget):
+    """The fraction of the run done: of its steps, or of its time budget where that ends it first.  The
+    poly decay and the warm-up follow it."""
+    done = step / total_steps
+    if time_budget:
+        done = min(max(done, trained_seconds / time_budget), 1.0)
+    return done
+
+
 def train(config):
     """Train, evaluate, write OUT/{config.json, train_log.csv, eval_log.csv, last.pt, results.json,
     panels.png}; returns the results dict."""
@@ -141,10 +150,7 @@ def train(config):
         progress = _Progress(len(batches), config.progress and rank == 0)
         last = time.perf_counter()
         for index, batch in enumerate(batches.epoch(epoch, start_in_epoch), start=start_in_epoch):
-            # poly decay over the steps, or over the time budget where that ends the run first
-            done = step / total_steps
-            if config.time_budget:
-                done = min(max(done, trained / config.time_budget), 1.0)
+            done = run_progress(step, total_steps, trained, config.time_budget)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (1 - done) ** config.poly_power
             image = batch["image"]
@@ -153,7 +159,7 @@ def train(config):
             tick = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(normalise(image))
-            loss, _ = batch_loss(config.method, logits, batch, config.reg, warmup=epoch < config.warmup_epochs)
+            loss, _ = batch_loss(config.method, logits, batch, config.reg, warmup=done < config.warmup)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {float(loss)} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
@@ -184,7 +190,7 @@ def train(config):
         if rank == 0 and epoch % config.eval_every == 0 and epoch < config.epochs:  # the last: below
             scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                               limit=config.eval_limit, input_scale=config.input_scale)
-            history.append({"epoch": epoch, "step": step, **_headline(scores)})
+            history.append({"epoch": epoch, "step": step, "train_seconds": round(trained, 1), **_headline(scores)})
             _append_csv(os.path.join(config.out, "eval_log.csv"), history[-1])
             best = max(best or 0.0, history[-1]["score"])
             _print(rank, f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()

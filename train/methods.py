@@ -1,14 +1,20 @@
-"""The training losses, one per method; each term is a mean over the pixels it covers (partial
-cross-entropy as usually written, and pottsops.self_labeling_loss(normalize="terms")):
+"""The training losses, one per method, with the paper's baselines (Zhang & Boykov, CVPR 2025, Tables 4-5):
 
-    pce   mean_S -log sigma[seed]                                        scribbles only
-    full  mean -log sigma[label]                                         dense masks (upper bound)
-    gd    pce + eta mean_{not S} entropy(sigma) + lam Potts(sigma) / N     loss (4), straight through autograd
-    hard  pce + eta mean_{not S} -log sigma[argmax y]                    y solved, then rounded
-    soft  pce + eta mean_{not S} H(y, sigma)                             y solved by pottsops.solve (eq. 8)
+    pce   -log sigma[seed] over S                                            scribbles only
+    full  dense masks, the upper bound: 'ce+dice' (cross-entropy + soft Dice of the foreground classes,
+          what ACDC baselines train with), 'balanced' (cross-entropy weighted by inverse class frequency in
+          the batch) or 'ce'
+    gd    pce + lam Potts(sigma) / N, straight through autograd: the dense CRF loss (bilinear, dense
+          neighbourhood, sigma_rgb 15, sigma_xy 100 on inputs scaled by gd_scale = 0.5, as its authors run
+          it), or with gd_neighborhood='nn4' the grid CRF loss
+    hard  pce + eta -log sigma[argmax y] over not S, y = solve(bilinear, ce, nn4): the grid CRF loss's
+          discrete pseudo-labels (the tight relaxation; its polish ends on one-hot labels)
+    soft  pce + eta H(y, sigma) over not S, y = solve(relaxation, unary, neighborhood) (eq. 8)
 
-S: the scribbled pixels, N: the valid (mask True) pixels.  gd, hard and soft train on pce alone during
-the warm-up epochs.  Only the public pottsops API is used.
+S: the scribbled pixels, N: the valid (mask True) pixels.  normalize='terms' (default) makes each term a mean
+over its own pixels (partial cross-entropy as usually written); normalize='pixels' divides eq. 8's sums by N.
+gd, hard and soft train on pce alone during the warm-up (TrainConfig.warmup).  Only the public pottsops API
+is used.
 """
 from dataclasses import dataclass
 
@@ -18,11 +24,12 @@ import torch.nn.functional as F
 import pottsops
 
 METHODS = ("pce", "full", "gd", "hard", "soft")
+FULL_LOSSES = ("ce+dice", "balanced", "ce")
 
 
 @dataclass
 class Regulariser:
-    """The pseudo-label problem and the Potts term of gd (paper defaults)."""
+    """The pseudo-label problem (soft, hard), the Potts loss of gd, the full-supervision loss."""
     eta: float = 0.3
     lam: float = 6.0
     unary: str = "cce"
@@ -31,6 +38,13 @@ class Regulariser:
     sigma_rgb: float = 9.0
     sigma_xy: float = None
     solver_iters: int = 50
+    normalize: str = "terms"
+    gd_lam: float = 1e-3             # the dense Potts sum per pixel is ~10^3 times a grid one's
+    gd_neighborhood: str = "dense"
+    gd_sigma_rgb: float = 15.0
+    gd_sigma_xy: float = 100.0       # in pixels of the input; scaled with it
+    gd_scale: float = 0.5
+    full_loss: str = "ce+dice"
 
 
 def batch_loss(method, logits, batch, reg, warmup=False):
@@ -40,31 +54,65 @@ def batch_loss(method, logits, batch, reg, warmup=False):
     logits = logits.float()
     seeds, mask = batch["seeds"], batch["mask"]
     if method == "full":
-        targets = batch["label"].masked_fill(~mask, 255)
-        return F.cross_entropy(logits, targets, ignore_index=255), None
+        return full_supervision_loss(logits, batch["label"], mask, reg.full_loss), None
     if method == "pce" or warmup:
-        return _self_labeling(logits, torch.softmax(logits.detach(), 1), seeds, 0.0, "cce", mask), None
+        return _self_labeling(logits, torch.softmax(logits.detach(), 1), seeds, 0.0, "cce", mask, reg), None
     if method == "gd":
         return _gradient_descent_loss(logits, batch, reg), None
+    if method == "hard":
+        y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation="bilinear", unary="ce",
+                           neighborhood="nn4", eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb, mask=mask,
+                           iters=reg.solver_iters)
+        y = F.one_hot(y.argmax(1), y.shape[1]).permute(0, 3, 1, 2).to(y.dtype)
+        return _self_labeling(logits, y, seeds, reg.eta, "ce", mask, reg), y
     y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation=reg.relaxation, unary=reg.unary,
                        neighborhood=reg.neighborhood, eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb,
                        sigma_xy=reg.sigma_xy, mask=mask, iters=reg.solver_iters)
-    if method == "hard":
-        y = F.one_hot(y.argmax(1), y.shape[1]).permute(0, 3, 1, 2).to(y.dtype)
-        return _self_labeling(logits, y, seeds, reg.eta, "ce", mask), y
-    return _self_labeling(logits, y, seeds, reg.eta, reg.unary, mask), y
+    return _self_labeling(logits, y, seeds, reg.eta, reg.unary, mask, reg), y
+
+
+def full_supervision_loss(logits, label, mask, kind="ce+dice"):
+    """Dense-mask loss over the valid pixels.  Plain cross-entropy on ACDC falls into predicting background
+    everywhere (96 % of the pixels), hence the Dice term / class weights."""
+    if kind not in FULL_LOSSES:
+        raise ValueError(f"full_loss: expected one of {FULL_LOSSES}, got {kind!r}")
+    num_classes = logits.shape[1]
+    valid = mask & (label < num_classes)   # 255: void / unknown
+    targets = label.long().masked_fill(~valid, -100)
+    if not valid.any():  # a batch of void crops: nothing to learn from (cross-entropy would give NaN)
+        return logits.sum() * 0.0
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, ignore_index=-100)
+    if kind == "balanced":
+        counts = torch.bincount(label[valid].long(), minlength=num_classes).float()
+        weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), 0.0)
+        return F.cross_entropy(logits, targets, weight=weights, ignore_index=-100)
+    sigma = torch.softmax(logits, 1) * valid[:, None]
+    onehot = F.one_hot(targets.clamp(min=0), num_classes).permute(0, 3, 1, 2) * valid[:, None]
+    overlap, total = (sigma * onehot).sum((0, 2, 3)), (sigma + onehot).sum((0, 2, 3))
+    dice = (2 * overlap + 1) / (total + 1)
+    return F.cross_entropy(logits, targets, ignore_index=-100) + (1 - dice[1:]).mean()
 
 
 def _gradient_descent_loss(logits, batch, reg):
     seeds, mask = batch["seeds"], batch["mask"]
     sigma = torch.softmax(logits, 1)
-    seed_term = _self_labeling(logits, sigma, seeds, 0.0, "cce", mask)
-    unlabeled = mask & (seeds == 255)
-    entropy = -(sigma * torch.log_softmax(logits, 1)).sum(1)[unlabeled]
-    potts = pottsops.potts_energy(sigma, batch["image"], relaxation=reg.relaxation, neighborhood=reg.neighborhood,
-                                  sigma_rgb=reg.sigma_rgb, sigma_xy=reg.sigma_xy, mask=mask, reduction="mean")
-    return seed_term + reg.eta * (entropy.mean() if entropy.numel() else 0.0) + reg.lam * potts
+    seed_term = _self_labeling(logits, sigma, seeds, 0.0, "cce", mask, reg)
+    image = batch["image"]
+    if reg.gd_neighborhood == "dense":
+        if reg.gd_scale != 1.0:  # rloss's scale_factor: probabilities, image and sigma_xy scaled together
+            size = [max(1, round(s * reg.gd_scale)) for s in sigma.shape[2:]]
+            sigma = F.interpolate(sigma, size=size, mode="bilinear", align_corners=False)
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            mask = F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+        potts = pottsops.potts_energy(sigma, image, relaxation="bilinear", neighborhood="dense",
+                                      sigma_rgb=reg.gd_sigma_rgb, sigma_xy=reg.gd_sigma_xy * reg.gd_scale,
+                                      mask=mask, reduction="mean")
+    else:
+        potts = pottsops.potts_energy(sigma, image, relaxation="bilinear", neighborhood=reg.gd_neighborhood,
+                                      sigma_rgb=reg.sigma_rgb, mask=mask, reduction="mean")
+    return seed_term + reg.gd_lam * potts
 
 
-def _self_labeling(logits, y, seeds, eta, unary, mask):
-    return pottsops.self_labeling_loss(logits, y, seeds, eta=eta, unary=unary, mask=mask, normalize="terms")
+def _self_labeling(logits, y, seeds, eta, unary, mask, reg):
+    return pottsops.self_labeling_loss(logits, y, seeds, eta=eta, unary=unary, mask=mask, normalize=reg.normalize)
