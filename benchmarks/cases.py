@@ -279,3 +279,70 @@ def solver_case(shape, backends, iters=50):
     return Case("solve", f"cd+cce/nn4 x{iters}", shape, torch.float32, "solve", make_inputs, run, None, floor,
                 backends, 1e-4, slow=("reference", "compile(reference)"), slow_reps=3, check=check,
                 throughput=("mpix_iterations_per_s", B * H * W * iters / 1e6))
+
+
+# Anchors: pottsops.nn modules against the eager formulations users write today (cpu-anchors suite).
+
+def gated_style_window_loss(y, image, radius, sigma_rgb):
+    """A window Potts loss written as unfold-based losses (the Gated CRF loss) are: the (2r+1)^2 neighbours
+    of y and of the image materialised, kernels over them (sigma_xy = radius), sum_i sum_j k_ij (1 - y_i . y_j)
+    / (B H W)."""
+    B, K, H, W = y.shape
+    return 2 * unfold_window_potts(y, image, pottsops.window(radius), sigma_rgb).sum() / (B * H * W)
+
+
+def shift_subtract_nn4_loss(y, image, sigma_rgb):
+    """The hand-written nn4 term: right and down neighbours by slicing, w = exp(-|dI|^2 / 2 sigma^2),
+    sum w |y_i - y_j|^2 / (B H W)."""
+    B, K, H, W = y.shape
+    total = 0.0
+    for a, b, ia, ib in ((y[:, :, :, 1:], y[:, :, :, :-1], image[:, :, :, 1:], image[:, :, :, :-1]),
+                         (y[:, :, 1:], y[:, :, :-1], image[:, :, 1:], image[:, :, :-1])):
+        weight = torch.exp(-((ia - ib) ** 2).sum(1) / (2 * sigma_rgb ** 2))
+        total = total + (weight * ((a - b) ** 2).sum(1)).sum()
+    return total / (B * H * W)
+
+
+def per_class_dense_crf_loss(images, segmentations, sigma_rgb, sigma_xy):
+    """rloss's dense CRF loss the way it computes it: one lattice filtering per image and class, then
+    -sum_k S_k^T W S_k / B (here each filtering is pottsops' CPU lattice on one channel)."""
+    B, K = segmentations.shape[:2]
+    total = 0.0
+    for b in range(B):
+        for k in range(K):
+            s = segmentations[b:b + 1, k:k + 1]
+            total = total - (s * pottsops.bilateral_filter(s, images[b:b + 1], sigma_xy, sigma_rgb, backend="cpu")).sum()
+    return total / B
+
+
+def anchor_case(kind, shape):
+    """kind 'window' (GatedCRFLoss vs the unfold loss, radius 5), 'nn4' (PottsLoss(q, nn4) vs the
+    shift-and-subtract loss) or 'dense' (DenseCRFLoss vs the per-class loop, sigma_xy 100, sigma_rgb 15):
+    loss and gradient to the labels, forward + backward, B, K, H, W = shape."""
+    from pottsops import nn
+    B, K, H, W = shape
+    ours = {"window": nn.GatedCRFLoss([{"weight": 1.0, "xy": 5.0, "rgb": 9.0}], 5),
+            "nn4": nn.PottsLoss("quadratic", "nn4", sigma_rgb=9.0, weight=2.0, reduction="mean", backend="cpu"),
+            "dense": nn.DenseCRFLoss(1.0, 15.0, 100.0, 1.0)}[kind]
+    baseline = {"window": ("unfold", lambda y, image: gated_style_window_loss(y, image, 5, 9.0)),
+                "nn4": ("eager", lambda y, image: shift_subtract_nn4_loss(y, image, 9.0)),
+                "dense": ("per-class(cpu)", lambda y, image: per_class_dense_crf_loss(image, y, 15.0, 100.0))}[kind]
+    ones = torch.ones(B, H, W)
+    module = (lambda y, image: ours(image, y, ones)) if kind == "dense" else ours
+
+    def make_inputs(device, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"y": soft_labels(shape, torch.float32, device, g), "image": smooth_image(B, H, W, device, g)}
+
+    def run(backend, inputs):
+        fn = baseline[1] if backend == baseline[0] else module
+        return forward_backward(lambda y: fn(y, inputs["image"]), "fwd+bwd", [inputs["y"]], 1)
+
+    def expected(inputs):  # the eager formulation in float64 (dense: the per-class lattice in float64)
+        return forward_backward(lambda y: baseline[1](y, inputs["image"].double()), "fwd+bwd", [inputs["y"].double()], 1)
+
+    label_bytes = B * K * H * W * 4
+    variant = {"window": "GatedCRFLoss r=5", "nn4": "PottsLoss q/nn4", "dense": "DenseCRFLoss sxy=100 srgb=15"}[kind]
+    return Case("nn", variant, shape, torch.float32, "fwd+bwd", make_inputs, run, expected,
+                2 * label_bytes + B * 3 * H * W * 4, ["cpu", baseline[0]], 1e-4 if kind != "dense" else 2e-4,
+                slow=(baseline[0], "cpu") if kind == "dense" else (), slow_reps=3, cpu_memory=True)

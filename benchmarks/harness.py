@@ -35,6 +35,7 @@ class Case:
     slow_reps: int = 1           # how many (median of), after the correctness run that warms them up
     check: Callable = None       # (outputs, inputs) -> error, for ops with no unique answer (solvers)
     throughput: tuple = ()       # (metric name, units of work per run): reported as units per second
+    cpu_memory: bool = False     # on the CPU, also report the peak memory of one run beyond its inputs
 
     @property
     def shape_str(self):
@@ -153,6 +154,28 @@ def fp32_rate(device):
     return 2 * 8192 ** 3 / seconds
 
 
+def _status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def cpu_peak_extra_mb(fn):
+    """Peak resident memory of one call beyond what was resident before it (MB), from Linux's high-water
+    mark reset through /proc/self/clear_refs; None where that is not available.  CPU tensors are plain
+    malloc blocks (large ones mmap'd), so freed memory leaves the resident set and the mark is the peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - before) / 1024
+    except (OSError, KeyError):
+        return None
+
+
 def floor_seconds(case, bandwidth, rate):
     """The larger of the byte floor and the FLOP floor of a case."""
     return max(case.floor_bytes / bandwidth, case.floor_flops / rate if rate and case.floor_flops else 0.0)
@@ -196,10 +219,14 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
         if device.type == "cuda":  # memory the op needs beyond its inputs (and the cache-flush buffer)
             extra = (torch.cuda.max_memory_allocated(device) - resident) / 2 ** 20
             rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
+        elif case.cpu_memory:
+            extra = cpu_peak_extra_mb(lambda: case.run(backend, inputs[0]))
+            if extra is not None:
+                rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
     for backend, seconds in times.items():
         base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
                 "direction": case.direction, "backend": backend}
-        for baseline in ("reference", "compile(reference)", "unfold", "cpu", "per-class(cpu)", "cuda"):
+        for baseline in ("reference", "compile(reference)", "unfold", "eager", "cpu", "per-class(cpu)", "cuda"):
             if baseline in times and backend != baseline:
                 rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
     return rows
@@ -230,7 +257,7 @@ def markdown_table(rows, env, bandwidth, backends):
     cases = {}
     for row in rows:
         cases.setdefault(key(row), {}).setdefault(row["backend"], {})[row["metric"]] = row["value"]
-    fused = [b for b in backends if b not in ("reference", "compile(reference)", "unfold", "per-class(cpu)")]
+    fused = [b for b in backends if b not in ("reference", "compile(reference)", "unfold", "eager", "per-class(cpu)")]
     header = ["op", "variant", "shape", "dtype", "dir"] + [f"{b} ms" for b in backends] + \
         ["best fused", "floor frac", "× ref", "× compile(ref)"]
     lines = [f"Device: {env['device']}; torch {env['torch']}; triton {env['triton']}; commit {env['sha']}; "
@@ -252,14 +279,16 @@ def markdown_table(rows, env, bandwidth, backends):
         lines.append("| " + " | ".join(cells) + " |")
     others = [(k, b, metric[len("speedup_vs_"):], value) for k, per_backend in cases.items()
               for b, m in per_backend.items() for metric, value in m.items()
-              if metric in ("speedup_vs_unfold", "speedup_vs_cpu", "speedup_vs_per-class(cpu)") and b in fused]
+              if metric in ("speedup_vs_unfold", "speedup_vs_eager", "speedup_vs_cpu", "speedup_vs_per-class(cpu)")
+              and b in fused]
     if others:
         lines += ["", "Speed-ups over the other baselines:", "", "| op | variant | shape | dtype | dir | backend | over | × |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(list(k) + [b, over, value]) + " |" for k, b, over, value in others]
     memory = {k: v for k, v in cases.items() if any("extra_mem_mb" in m for m in v.values())}
     if memory:
-        lines += ["", "GPU memory allocated beyond the inputs (outputs and workspace, MB; peak during the timed runs):",
+        lines += ["", "Memory beyond the inputs (outputs and workspace, MB; on a GPU the peak allocated during the "
+                  "timed runs, on the CPU the peak resident during one run):",
                   "", "| op | variant | shape | dtype | dir | " + " | ".join(backends) + " |",
                   "|" + "---|" * (5 + len(backends))]
         for k, per_backend in memory.items():

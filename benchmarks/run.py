@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
     python -m benchmarks.run --suite gpu-potts --out $OUT/bench   (also gpu-unary, gpu-window, gpu-dense, gpu)
-    python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense   (also cpu-solver)
+    python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense   (also cpu-solver, cpu-anchors)
     python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
 Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
@@ -98,6 +98,13 @@ def cpu_dense_suite(quick, device, compile_baseline):
     return [cases.bilateral_case(shape, 100.0, 15.0, ["cpu", "per-class(cpu)"])]
 
 
+def cpu_anchors_suite(quick, device, compile_baseline):
+    """pottsops.nn against what users run today (B = 2, K = 21, 128^2 and 256^2): the Gated CRF-style unfold
+    window loss, the shift-and-subtract nn4 loss, the per-class dense CRF loss; time and peak memory."""
+    sizes = [(2, 5, 24, 24)] if quick else [(2, 21, 128, 128), (2, 21, 256, 256)]
+    return [cases.anchor_case(kind, shape) for shape in sizes for kind in ("window", "nn4", "dense")]
+
+
 def solver_suite(quick, device, compile_baseline):
     """pottsops.solve throughput: 50 iterations, nn4, cd + cce, B = 12, K = 21 at 128x128 and 512x512."""
     fused = fast_backends(device)
@@ -132,7 +139,8 @@ def gpu_suite(quick, device, compile_baseline):
 
 SUITES = {"cpu": cpu_suite, "cpu-dense": cpu_dense_suite, "gpu": gpu_suite, "gpu-potts": gpu_potts_suite,
           "gpu-unary": gpu_unary_suite, "gpu-window": gpu_window_suite, "gpu-dense": gpu_dense_suite,
-          "gpu-solver": solver_suite, "cpu-solver": solver_suite, "gpu-first-light": first_light_suite}
+          "gpu-solver": solver_suite, "cpu-solver": solver_suite, "gpu-first-light": first_light_suite,
+          "cpu-anchors": cpu_anchors_suite}
 
 
 def read_csv(path):

@@ -6,6 +6,8 @@ Public API:
     unary, self_labeling_loss        unaries from logits and the network loss (pottsops.unary)
     solve                            soft pseudo-labels from logits, image and scribbles (pottsops.solve)
     backends                         which backends run here, and why not
+    nn                               drop-in loss modules: PottsLoss, DenseCRFLoss (rloss), GatedCRFLoss,
+                                     SoftSelfLabelingLoss
     RELAXATIONS, UNARIES             accepted names (aliases in pottsops.names)
 """
 from pottsops._backend import backends
@@ -17,5 +19,6 @@ from pottsops.solve import SolveInfo, solve
 from pottsops.unary import self_labeling_loss, unary
 
 __all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss",
-           "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES"]
+           "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES", "nn"]
 from pottsops._extension import VERSION as __version__  # noqa: E402
+from pottsops import nn  # noqa: E402  (after the functions it is built on)

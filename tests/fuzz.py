@@ -534,8 +534,53 @@ def solver_op_case(rng):
     return Case("cpu adaptive_step", call, expect, describe(**args))
 
 
+def nn_case(rng):
+    """A pottsops.nn module: built and called with valid arguments, or with one broken argument."""
+    B, K, H, W = draw_shape(rng, small=True)
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    y = soft_labels(rng, (B, K, H, W), torch.float32).requires_grad_()
+    image = draw_image(rng, B, H, W)
+    mask = draw_mask(rng, B, H, W)
+    seeds = torch.where(torch.rand(B, H, W, generator=g) < 0.3, torch.randint(0, K, (B, H, W), generator=g), 255)
+    module = rng.choice(["PottsLoss", "DenseCRFLoss", "GatedCRFLoss", "SoftSelfLabelingLoss"])
+    kwargs = {"PottsLoss": dict(relaxation=rng.choice(pottsops.RELAXATIONS), weight=rng.choice([0.0, 1e-3, 5.0])),
+              "DenseCRFLoss": dict(weight=2e-9, sigma_rgb=rng.choice([15.0, 1.0]), sigma_xy=rng.choice([100.0, 3.0]),
+                                   scale_factor=rng.choice([1.0, 0.5] if min(H, W) >= 2 else [1.0, 2.0])),
+              "GatedCRFLoss": dict(kernels_desc=[{"weight": 1.0, "xy": rng.choice([1.0, 6.0]), "rgb": rng.choice([0.1, 9.0])}],
+                                   kernels_radius=rng.choice([1, 2, 5])),
+              "SoftSelfLabelingLoss": dict(relaxation=rng.choice(pottsops.RELAXATIONS), iters=rng.choice([1, 5]))}[module]
+    rois = torch.ones(B, H, W)
+    expect = "valid"
+    if rng.random() < 0.4:
+        expect, value = {"PottsLoss": ("weight", rng.choice([NAN, INF])),
+                         "DenseCRFLoss": rng.choice([("sigma_rgb", 0.0), ("scale_factor", -1.0), ("ROIs", None)]),
+                         "GatedCRFLoss": rng.choice([("kernels_desc", [{"xy": NAN}]), ("image", None)]),
+                         "SoftSelfLabelingLoss": ("eta", rng.choice([NAN, -1.0]))}[module]
+        if expect == "ROIs":
+            rois = torch.ones(B, H + 1, W)
+        elif expect == "image":
+            image = None
+        else:
+            kwargs[expect] = value
+
+    def call():
+        built = getattr(pottsops.nn, module)(**kwargs)
+        if module == "DenseCRFLoss":
+            loss = built(image, y, rois)
+        elif module == "SoftSelfLabelingLoss":
+            logits = torch.log(y.detach().clamp(min=1e-6)).requires_grad_()
+            loss = built(logits, image, seeds, mask)
+            loss.backward()
+            return [loss, logits.grad]
+        else:
+            loss = built(y, image, mask)
+        loss.backward()
+        return [loss, y.grad]
+    return Case(f"nn.{module}", call, expect, describe(y=y, image=image, mask=mask, **kwargs), LATTICE_RANGE)
+
+
 TARGETS = [(energy_case, 6), (unary_case, 3), (affinity_case, 2), (self_labeling_case, 1), (bilateral_case, 3),
-           (solve_case, 3), (window_case, 1)]
+           (solve_case, 3), (window_case, 1), (nn_case, 2)]
 OP_TARGETS = [(grid_op_case, 3), (unary_op_case, 2), (lattice_op_case, 2), (segment_op_case, 1),
               (solver_op_case, 1)]
 

@@ -51,3 +51,25 @@ def test_first_light_suite_code_path_on_cpu(tmp_path):
     assert not [r for r in rows if r["metric"] in ("check", "error")]
     ops = {r["op"] for r in rows if r["metric"] == "time_ms"}
     assert ops == {"potts_energy", "unary", "bilateral_filter", "solve"}, ops
+
+
+@pytest.mark.skipif(not pottsops.backends()["cpu"].available, reason="the cpu backend is not built here")
+def test_cpu_anchors_suite_checks_the_modules_against_the_eager_losses(tmp_path):
+    """Each pottsops.nn module gives the eager formulation's value and gradient (the check before timing),
+    and its peak memory is reported."""
+    run.main(["--suite", "cpu-anchors", "--quick", "--device", "cpu", "--no-compile", "--out", str(tmp_path)])
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert not [r for r in rows if r["metric"] in ("check", "error")]
+    timed = {(r["variant"], r["backend"]) for r in rows if r["metric"] == "time_ms"}
+    assert timed == {("GatedCRFLoss r=5", "cpu"), ("GatedCRFLoss r=5", "unfold"), ("PottsLoss q/nn4", "cpu"),
+                     ("PottsLoss q/nn4", "eager"), ("DenseCRFLoss sxy=100 srgb=15", "cpu"),
+                     ("DenseCRFLoss sxy=100 srgb=15", "per-class(cpu)")}
+    assert len([r for r in rows if r["metric"] == "extra_mem_mb"]) == 6
+
+
+def test_cpu_peak_memory_sees_an_allocation():
+    extra = harness.cpu_peak_extra_mb(lambda: torch.ones(16, 1024, 1024).sum())  # 64 MB, freed at once
+    if extra is None:
+        pytest.skip("no /proc/self/clear_refs here: CPU peak memory is not measured")
+    assert 60 <= extra < 200
