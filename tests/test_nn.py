@@ -228,3 +228,11 @@ def test_readme_quick_start_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert torch.isfinite(namespace["loss"]) and torch.isfinite(namespace["e"])
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def test_potts_and_gated_losses_gradcheck_float64():
+    y = _probs(1, 3, 5, 6, 16).requires_grad_()
+    image = _smooth(1, 3, 5, 6, 1.0, 17)
+    gated = GatedCRFLoss([{"weight": 0.7, "xy": 2.0, "rgb": 0.3}, {"weight": 0.3, "xy": 2.0}], 2)
+    assert torch.autograd.gradcheck(lambda t: gated(t, image), (y,))
+    assert torch.autograd.gradcheck(lambda t: PottsLoss("cd", "nn8", sigma_rgb=0.5)(t, image), (y,))
