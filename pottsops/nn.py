@@ -166,14 +166,15 @@ class SoftSelfLabelingLoss(torch.nn.Module):
         self.ignore_index, self.solver_options = ignore_index, solver_options
 
     @torch.compiler.disable
-    def solve(self, logits, image, seeds, mask=None):
+    def pseudo_labels(self, logits, image, seeds, mask=None):
+        """y = pottsops.solve(...) for these logits, without gradient."""
         with torch.no_grad():
             return solve(logits.detach().float(), image, seeds, relaxation=self.relaxation, unary=self.unary,
                          neighborhood=self.neighborhood, eta=self.eta, lam=self.lam, sigma_rgb=self.sigma_rgb,
                          mask=mask, ignore_index=self.ignore_index, **self.solver_options)
 
     def forward(self, logits, image, seeds, mask=None, return_labels=False):
-        y = self.solve(logits, image, seeds, mask)
+        y = self.pseudo_labels(logits, image, seeds, mask)
         loss = self_labeling_loss(logits, y, seeds, eta=self.eta, unary=self.unary, ignore_index=self.ignore_index,
                                   mask=mask, normalize=self.normalize)
         return (loss, y) if return_labels else loss
