@@ -346,3 +346,85 @@ def anchor_case(kind, shape):
     return Case("nn", variant, shape, torch.float32, "fwd+bwd", make_inputs, run, expected,
                 2 * label_bytes + B * 3 * H * W * 4, ["cpu", baseline[0]], 1e-4 if kind != "dense" else 2e-4,
                 slow=(baseline[0], "cpu") if kind == "dense" else (), slow_reps=3, cpu_memory=True)
+
+
+# The dense CRF loss on real images (cpu-dense suite): pottsops.nn.DenseCRFLoss and rloss's, side by side.
+
+def camvid_images(size, count=2):
+    """The first CamVid validation images, resized to size x size (B, 3, H, W) in 0..255."""
+    import glob
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.solver_problems import data_root
+    names = sorted(glob.glob(os.path.join(data_root(), "camvid", "images", "val", "*")))[:count]
+    if len(names) < count:
+        raise FileNotFoundError(f"no CamVid validation images under {data_root()} (POTTSOPS_DATA)")
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(n).convert("RGB").resize((size, size)),
+                                                    dtype=np.float32)).permute(2, 0, 1) for n in names])
+
+
+def dense_inputs(size, K, seed):
+    """Segmentations like a network's softmax (smooth at 1/8 resolution), the images, ROIs of ones."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(2, K, max(1, size // 8), max(1, size // 8), generator=g) * 4
+    segmentations = torch.softmax(F.interpolate(coarse, size=(size, size), mode="bilinear"), 1)
+    return {"y": segmentations, "image": camvid_images(size), "rois": torch.ones(2, size, size)}
+
+
+def gradient_direction_error(outputs, expected):
+    """1 - cosine between the gradients (the loss's scale is rloss's own: its lattice's value is about half
+    the exact sum, ours about 0.8 of it; benchmarks/dense_accuracy.py measures both against the exact sum)."""
+    got, want = outputs[1].double().flatten(), expected[1].double().flatten()
+    return float(1 - torch.dot(got, want) / (got.norm() * want.norm()))
+
+
+def dense_crf_case(size, scale, K=21, sigma_rgb=15.0, sigma_xy=100.0):
+    """DenseCRFLoss (weight 1) forward + backward on 2 CamVid images: 'cpu' = pottsops.nn.DenseCRFLoss, 'rloss'
+    = rloss's own filter (when POTTSOPS_RLOSS points at a build of it).  Checked before timing: the gradient's
+    direction against pottsops' lattice in float64, within 1 %."""
+    from benchmarks import rloss
+    from pottsops.nn import DenseCRFLoss
+    batch_filter, _ = rloss.load()
+    ours = DenseCRFLoss(1.0, sigma_rgb, sigma_xy, scale)
+
+    def loss(backend, inputs, y):
+        if backend == "rloss":
+            return rloss.dense_crf_loss(batch_filter, inputs["image"], y, inputs["rois"], 1.0, sigma_rgb, sigma_xy,
+                                        scale)
+        return ours(inputs["image"], y, inputs["rois"])
+
+    def run(backend, inputs):
+        return forward_backward(lambda y: loss(backend, inputs, y), "fwd+bwd", [inputs["y"]], 1)
+
+    def expected(inputs):
+        return forward_backward(lambda y: ours(inputs["image"].double(), y, inputs["rois"].double()), "fwd+bwd",
+                                [inputs["y"].double()], 1)
+
+    B, H, W = 2, size, size
+    floor = (2 * B * K * H * W * 4 + B * 3 * H * W * 4) * (scale * scale if scale != 1.0 else 1)
+    return Case("nn", f"DenseCRFLoss scale={scale:g}", (B, K, H, W), torch.float32, "fwd+bwd",
+                lambda device, seed: dense_inputs(size, K, seed), run, expected, int(floor),
+                ["cpu"] + (["rloss"] if batch_filter is not None else []), 0.01, cpu_memory=True,
+                slow=("rloss", "cpu") if size >= 512 else (), slow_reps=5, compare=gradient_direction_error)
+
+
+def dense_lattice_potts_case(size, K=21, sigma_rgb=15.0, sigma_xy=100.0):
+    """potts_energy(neighborhood='dense', relaxation='bilinear', method='lattice') forward + backward on 2 CamVid
+    images: the Potts energy a solver or a loss gets from the same lattice (checked against float64)."""
+    def energy(y, image):
+        return pottsops.potts_energy(y, image, relaxation="bilinear", neighborhood="dense", sigma_xy=sigma_xy,
+                                     sigma_rgb=sigma_rgb, backend="cpu")
+
+    def run(backend, inputs):
+        return forward_backward(lambda y: energy(y, inputs["image"]), "fwd+bwd", [inputs["y"]], 1)
+
+    def expected(inputs):
+        return forward_backward(lambda y: energy(y, inputs["image"].double()), "fwd+bwd", [inputs["y"].double()], 1)
+
+    B, H, W = 2, size, size
+    return Case("potts_energy", "bl/dense-lattice", (B, K, H, W), torch.float32, "fwd+bwd",
+                lambda device, seed: dense_inputs(size, K, seed), run, expected, 2 * B * K * H * W * 4,
+                ["cpu"], 1e-4, cpu_memory=True, slow=("cpu",) if size >= 512 else (), slow_reps=5)

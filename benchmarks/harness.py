@@ -35,6 +35,7 @@ class Case:
     slow: tuple = ()             # backends timed with few repetitions (seconds per run)
     slow_reps: int = 1           # how many (median of), after the correctness run that warms them up
     check: Callable = None       # (outputs, inputs) -> error, for ops with no unique answer (solvers)
+    compare: Callable = None     # (outputs, expected) -> error instead of relative_error (a loss's own scale)
     throughput: tuple = ()       # (metric name, units of work per run): reported as units per second
     cpu_memory: bool = False     # on the CPU, also report the peak memory of one run beyond its inputs
 
@@ -202,8 +203,20 @@ def floor_seconds(case, bandwidth, rate):
     return max(case.floor_bytes / bandwidth, case.floor_flops / rate if rate and case.floor_flops else 0.0)
 
 
-def measure(case, device, bandwidth, input_sets=1, rate=None):
-    """Rows of the long-format CSV for one case: per backend the check and the time."""
+def memory_rows(jobs):
+    """extra_mem_mb rows of (row base, call) jobs.  cpu_peak_extra_mb changes malloc's settings for the rest
+    of the process (large blocks mmapped, so slower to get), so a suite measures memory after its timings."""
+    rows = []
+    for base, call in jobs:
+        extra = cpu_peak_extra_mb(call)
+        if extra is not None:
+            rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
+    return rows
+
+
+def measure(case, device, bandwidth, input_sets=1, rate=None, memory_jobs=None):
+    """Rows of the long-format CSV for one case: per backend the check and the time.  CPU memory is measured
+    at once, or, given a list memory_jobs, left there for memory_rows after every timing."""
     inputs = [case.make_inputs(device, seed) for seed in range(input_sets)]
     expected = case.expected(inputs[0]) if case.check is None else None
     rows, times = [], {}
@@ -212,7 +225,8 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
                 "direction": case.direction, "backend": backend}
         try:
             outputs = case.run(backend, inputs[0])
-            error = relative_error(outputs, expected) if case.check is None else case.check(outputs, inputs[0])
+            error = case.check(outputs, inputs[0]) if case.check is not None else \
+                (case.compare or relative_error)(outputs, expected)
         except Exception as exc:  # a backend that cannot run this case is reported, not hidden
             rows.append({**base, "metric": "error", "value": f"{type(exc).__name__}: {exc}"[:200]})
             continue
@@ -241,13 +255,15 @@ def measure(case, device, bandwidth, input_sets=1, rate=None):
             extra = (torch.cuda.max_memory_allocated(device) - resident) / 2 ** 20
             rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
         elif case.cpu_memory:
-            extra = cpu_peak_extra_mb(lambda: case.run(backend, inputs[0]))
-            if extra is not None:
-                rows.append({**base, "metric": "extra_mem_mb", "value": f"{extra:.1f}"})
+            job = (base, lambda backend=backend: case.run(backend, inputs[0]))
+            if memory_jobs is None:
+                rows += memory_rows([job])
+            else:
+                memory_jobs.append(job)
     for backend, seconds in times.items():
         base = {"op": case.op, "variant": case.variant, "shape": case.shape_str, "dtype": case.dtype_str,
                 "direction": case.direction, "backend": backend}
-        for baseline in ("reference", "compile(reference)", "unfold", "eager", "cpu", "per-class(cpu)", "cuda"):
+        for baseline in ("reference", "compile(reference)", "unfold", "eager", "cpu", "per-class(cpu)", "cuda", "rloss"):
             if baseline in times and backend != baseline:
                 rows.append({**base, "metric": f"speedup_vs_{baseline}", "value": f"{times[baseline] / seconds:.2f}"})
     return rows

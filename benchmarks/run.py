@@ -3,6 +3,7 @@
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
     python -m benchmarks.run --suite gpu-potts --out $OUT/bench   (also gpu-unary, gpu-window, gpu-dense, gpu)
     python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense   (also cpu-solver, cpu-anchors)
+    POTTSOPS_RLOSS=DIR ... --suite cpu-dense   (DIR: a build of rloss's bilateralfilter, measured beside ours)
     python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
 Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
@@ -16,7 +17,7 @@ import os
 import torch
 
 import pottsops
-from benchmarks import cases, harness
+from benchmarks import cases, dense_accuracy, harness
 
 RELAXATIONS = pottsops.RELAXATIONS
 BASELINES = ["reference", "compile(reference)"]
@@ -93,9 +94,12 @@ def gpu_dense_suite(quick, device, compile_baseline):
 
 
 def cpu_dense_suite(quick, device, compile_baseline):
-    """The lattice filter on this machine's CPU, batched and per class, at the GPU suite's size."""
-    shape = (2, 3, 24, 24) if quick else (12, 21, 512, 512)
-    return [cases.bilateral_case(shape, 100.0, 15.0, ["cpu", "per-class(cpu)"])]
+    """Dense CRF losses on CamVid images, B = 2, K = 21, sigma_rgb 15, sigma_xy 100: DenseCRFLoss against
+    rloss's (when benchmarks/rloss.py finds it) at 128^2, 256^2, 512^2 and at 256^2 with rloss's own
+    scale 0.5, and potts_energy(dense, bilinear) on the same lattice; forward + backward, time and memory."""
+    sizes = [(24, 1.0)] if quick else [(128, 1.0), (256, 1.0), (256, 0.5), (512, 1.0)]
+    suite = [cases.dense_crf_case(size, scale) for size, scale in sizes]
+    return suite + [cases.dense_lattice_potts_case(size) for size, scale in sizes if scale == 1.0]
 
 
 def cpu_anchors_suite(quick, device, compile_baseline):
@@ -188,12 +192,17 @@ def main(argv=None):
                          "direction": "", "backend": "torch", "metric": "tflops", "value": f"{rate / 1e12:.1f}"}]
                        if rate else []), env)
     suite = SUITES[args.suite](args.quick, device, not args.no_compile)
+    memory_jobs = []  # measured after every timing: see harness.memory_rows
     for i, case in enumerate(suite):
-        case_rows = harness.measure(case, device, bandwidth, input_sets=1 if device.type == "cpu" else 3, rate=rate)
+        case_rows = harness.measure(case, device, bandwidth, input_sets=1 if device.type == "cpu" else 3, rate=rate,
+                                    memory_jobs=memory_jobs)
         harness.append_csv(csv_path, case_rows, env)
         summary = {r["backend"]: r["value"] for r in case_rows if r["metric"] in ("time_ms", "check", "error")}
         print(f"[{i + 1}/{len(suite)}] {case.op} {case.variant} {case.shape_str} {case.dtype_str} "
               f"{case.direction}: {summary}", flush=True)
+    harness.append_csv(csv_path, harness.memory_rows(memory_jobs), env)
+    if args.suite == "cpu-dense":
+        dense_accuracy.write(args.out, args.quick)
     print(write_reports(args.out, f"pottsops {args.suite}: {env['device']}"))
 
 

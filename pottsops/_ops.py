@@ -47,19 +47,51 @@ def _register():
         _same_device("logits", logits, grad_loss=grad_loss, y=y, mask=mask)
         return torch.empty_like(logits), torch.empty_like(y)
 
-    @torch.library.register_fake(lib + "bilateral_filter")
-    def _(values, features):
-        _same_device("values", values, features=features)
+    @torch.library.register_fake(lib + "lattice_build")
+    def _(features):
+        B, d, H, W = features.shape
+        weights = torch.float64 if features.dtype == torch.float64 else torch.float32
+        vertices = torch.library.get_ctx().new_dynamic_size()  # the lattice's size depends on the data
+        if features.device.type == "cuda":  # pottsops/lattice.py build_tensors
+            entries = B * H * W * (d + 1)
+            return [features.new_empty(B, H * W, d + 1, dtype=weights), *(features.new_empty(entries, dtype=torch.long)
+                                                                          for _ in range(2)),
+                    features.new_empty(vertices + 1, dtype=torch.long),
+                    features.new_empty(vertices, d + 1, 2, dtype=torch.long)]
+        return [features.new_empty(B, H * W, d + 1, dtype=torch.int32),  # csrc/cpu/permutohedral.cpp
+                features.new_empty(B, H * W, d + 1, dtype=weights),
+                features.new_empty(vertices, d + 1, 2, dtype=torch.int32), features.new_empty(B + 1, dtype=torch.long)]
+
+    @torch.library.register_fake(lib + "lattice_filter")
+    def _(values, lattice):
+        _same_device("values", values, **{f"lattice[{i}]": t for i, t in enumerate(lattice)})
         return torch.empty_like(values, memory_format=torch.contiguous_format)
 
-    def bilateral_setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
+    def filter_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[1])
 
-    def bilateral_backward(ctx, grad):
-        (features,) = ctx.saved_tensors  # the filter is symmetric: its adjoint is itself
-        return torch.ops.pottsops.bilateral_filter(grad.contiguous(), features), None
+    def filter_backward(ctx, grad):  # the filter is symmetric: its adjoint is itself
+        lattice = list(ctx.saved_tensors)
+        return torch.ops.pottsops.lattice_filter(grad.contiguous(), lattice), [None] * len(lattice)
 
-    torch.library.register_autograd(lib + "bilateral_filter", bilateral_backward, setup_context=bilateral_setup)
+    torch.library.register_autograd(lib + "lattice_filter", filter_backward, setup_context=filter_setup)
+
+    @torch.library.register_fake(lib + "lattice_quadratic")
+    def _(values, lattice):
+        _same_device("values", values, **{f"lattice[{i}]": t for i, t in enumerate(lattice)})
+        forms = values.new_empty(values.shape[:2], dtype=torch.float64 if values.dtype == torch.float64 else torch.float32)
+        return torch.empty_like(values, memory_format=torch.contiguous_format), forms
+
+    def quadratic_setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[0])  # so the lattice need not be kept for the backward pass
+        ctx.save_for_backward(output[0])
+        ctx.dtype, ctx.parts = inputs[0].dtype, len(inputs[1])
+
+    def quadratic_backward(ctx, grad_filtered, grad_forms):
+        (filtered,) = ctx.saved_tensors  # d forms[b, c] / d values[b, c] = 2 A values[b, c]: no filtering
+        return (2 * grad_forms[:, :, None, None] * filtered).to(ctx.dtype), [None] * ctx.parts
+
+    torch.library.register_autograd(lib + "lattice_quadratic", quadratic_backward, setup_context=quadratic_setup)
 
     @torch.library.register_fake(lib + "lattice_simplex")
     def _(features):
@@ -137,4 +169,6 @@ def on_load(kind):
         _register()
     elif kind == "cuda":
         from pottsops import lattice
-        torch.library.register_kernel("pottsops::bilateral_filter", "cuda", lattice.bilateral_filter)
+        torch.library.register_kernel("pottsops::lattice_build", "cuda", lattice.build_tensors)
+        torch.library.register_kernel("pottsops::lattice_filter", "cuda", lattice.filter_tensors)
+        torch.library.register_kernel("pottsops::lattice_quadratic", "cuda", lattice.quadratic_tensors)

@@ -56,12 +56,28 @@ def check_lattice_range(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb"):
                          "range 2^24: a sigma_rgb too small for the image's values")
 
 
-def filter_features(values, features, backend="auto"):
-    """The filter of already-scaled features (B, d, H, W); see bilateral_filter."""
-    impl = _backend.resolve(backend, values.device, FILTER_BACKENDS, "bilateral_filter")
-    if impl == "reference":
-        return reference.bilateral_filter(values, features)
-    return torch.ops.pottsops.bilateral_filter(values, features)
+class LatticeFilter:
+    """The filter of one batch of already-scaled features (B, d, H, W), the lattice built once: building it
+    costs about as much as filtering a few dozen channels, so a caller that filters values of the same
+    images again (the solver's steps) keeps this object.  filter(values (B, C, H, W)) -> (B, C, H, W)."""
+
+    def __init__(self, features, backend="auto"):
+        self.features = features
+        impl = _backend.resolve(backend, features.device, FILTER_BACKENDS, "bilateral_filter")
+        self.lattice = None if impl == "reference" else torch.ops.pottsops.lattice_build(features)
+
+    def __call__(self, values):
+        if self.lattice is None:
+            return reference.bilateral_filter(values, self.features)
+        return torch.ops.pottsops.lattice_filter(values, self.lattice)
+
+    def quadratic(self, values):
+        """(A values, forms (B, C)): forms[b, c] = values[b, c] . (A values)[b, c] over the pixels, with the
+        gradient 2 A values, which the backward pass takes from the filtered values (no second filtering)."""
+        if self.lattice is None:
+            filtered = reference.bilateral_filter(values, self.features)
+            return filtered, (values * filtered).sum((2, 3))
+        return torch.ops.pottsops.lattice_quadratic(values, self.lattice)
 
 
 def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
@@ -79,6 +95,11 @@ def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
     if values.dim() != 4:
         raise ValueError(f"values: expected a 4-D tensor (B, C, H, W), got shape {_checks.shape_str(values)}")
     _checks.check_image("image", image, "values", values)
+    return prepare_filter(image, sigma_xy, sigma_rgb, backend=backend)(values)
+
+
+def prepare_filter(image, sigma_xy, sigma_rgb, *, backend="auto"):
+    """bilateral_filter's arguments but the values checked, and its LatticeFilter (lattice built once)."""
     dtype = reference.accumulation_dtype(image.dtype)
     check_bandwidth("sigma_xy", sigma_xy, dtype)
     check_bandwidth("sigma_rgb", sigma_rgb, dtype)
@@ -88,7 +109,6 @@ def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
     image = image.detach()
     if not torch.compiler.is_compiling():
         _checks.check_finite("image", image)
-    if _backend.resolve(backend, values.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
+    if _backend.resolve(backend, image.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
         check_lattice_range(image, sigma_xy, 1.0 / sigma_rgb)
-    features = bilateral_features(image, sigma_xy, sigma_rgb)
-    return filter_features(values, features, backend)
+    return LatticeFilter(bilateral_features(image, sigma_xy, sigma_rgb), backend)

@@ -7,8 +7,11 @@ is written with one bilateral filtering of [m y, m] (K + 1 channels, m the mask)
     sum_{i<j} w_ij (1 - y_i.y_j)        = 1/2 sum_i m_i [(A m)_i - 1 - y_i.(A m y)_i + |y_i|^2]
     sum_{i<j} w_ij (|y_i|^2 + |y_j|^2)/2 = 1/2 sum_i m_i |y_i|^2 ((A m)_i - 1)
 
-with A the filter (self-weight 1 removed by the -1 and +|y_i|^2 terms).  Gradients come from the filter's
-own backward (A is symmetric).  O(N), approximate to the lattice's accuracy.
+with A the filter (self-weight 1 removed by the -1 and +|y_i|^2 terms).  The sums of y.(A m y) and
+m.(A m) are quadratic forms, read off the lattice with the filtering (pottsops::lattice_quadratic); their
+gradient 2 A m y reuses the filtered labels, so the backward pass filters nothing.  O(N), approximate to
+the lattice's accuracy.  The lattice is built once per batch of images (DenseEnergy) and reused by every
+energy of the same images (the solver's steps).
 
 method="exact": the sum over all pairs with w_ij computed on the fly, every relaxation, tiled so that
 memory stays O(B K N) (never N x N); see pottsops.reference.dense_potts_energy.
@@ -24,23 +27,25 @@ EXACT_BACKENDS = ("triton", "reference")
 PRECISIONS = ("fp32", "tf32", "bf16")  # of the exact method's label products on the triton backend
 
 
-def lattice_energy(y, features, mask, relaxation, backend):
-    """Per-image dense energy (B,) through one bilateral filtering of K + 1 channels."""
+def lattice_energy(y, lattice_filter, mask, relaxation):
+    """Per-image dense energy (B,) through one filtering of K + 1 channels (see the module's docstring)."""
     acc = reference.accumulation_dtype(y.dtype)
     y = reference.widen(y)
     m = mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1])
     if relaxation == "normalized_quadratic":  # masked pixels hold 1/K (potts_energy), never 0
         y = y / y.norm(dim=1, keepdim=True)
-    filtered = bilateral.filter_features(torch.cat([m * y, m], 1), features, backend)
-    Ay, Am = filtered[:, :-1], filtered[:, -1:]
-    norms = (y * y).sum(1, keepdim=True)
-    cross = m * ((y * Ay).sum(1, keepdim=True) - norms)  # sum_{j != i} w_ij y_i.y_j, per pixel
-    degree = m * (Am - 1)                                 # sum_{j != i} w_ij
+    filtered, forms = lattice_filter.quadratic(torch.cat([m * y, m], 1))
+    # forms: y.(A m y) summed over the pixels per class, then m.(A m); (A m) depends on the image alone
+    cross = forms[:, :-1].sum(1)
     if relaxation == "quadratic":
-        per_pixel = norms * degree - cross
-    else:  # bilinear, and normalized quadratic on y / |y|
-        per_pixel = degree - cross
-    return 0.5 * per_pixel.sum((1, 2, 3))
+        Am = filtered[:, -1:].detach()
+        return 0.5 * ((m * (y * y).sum(1, keepdim=True) * Am).sum((1, 2, 3)) - cross)
+    return 0.5 * (forms[:, -1] - m.sum((1, 2, 3)) - cross + (m * y * y).sum((1, 2, 3)))
+
+
+def quadratic_form(values, lattice_filter):
+    """Per image (B,) sum_i values_i . (A values)_i, with its gradient 2 A values (one filtering)."""
+    return lattice_filter.quadratic(values)[1].sum(1)
 
 
 def check_method(method, relaxation):
@@ -52,15 +57,23 @@ def check_method(method, relaxation):
                          f"method='exact' (all pairs, small images) for this relaxation")
 
 
-def dense_energy(y, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32"):
-    """Per-image (B,) dense Potts energy; sigma_rgb a number or (B,) tensor."""
-    features = bilateral.bilateral_features(image, sigma_xy, sigma_rgb)
-    name = relaxation_name(relaxation)
-    if method == "lattice":
-        return lattice_energy(y, features, mask, name, backend)
-    impl = _backend.resolve(backend, y.device, EXACT_BACKENDS, "potts_energy(neighborhood='dense', method='exact')")
-    if impl == "triton":
-        from pottsops.triton import dense_potts
-        return dense_potts.dense_potts_energy(y, features, mask, name, eps,
-                                              "ieee" if precision == "fp32" else precision)
-    return reference.dense_potts_energy(y, features, mask, name, eps)
+class DenseEnergy:
+    """The dense energy of one batch of images: what depends on the images alone (their features, the
+    lattice) made once, then energy(y) -> (B,) per call.  sigma_rgb a number or a (B,) tensor."""
+
+    def __init__(self, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32"):
+        self.features = bilateral.bilateral_features(image, sigma_xy, sigma_rgb)
+        self.mask, self.relaxation, self.method, self.eps = mask, relaxation_name(relaxation), method, eps
+        self.backend, self.precision = backend, precision
+        self.filter = bilateral.LatticeFilter(self.features, backend) if method == "lattice" else None
+
+    def __call__(self, y):
+        if self.method == "lattice":
+            return lattice_energy(y, self.filter, self.mask, self.relaxation)
+        impl = _backend.resolve(self.backend, y.device, EXACT_BACKENDS,
+                                "potts_energy(neighborhood='dense', method='exact')")
+        if impl == "triton":
+            from pottsops.triton import dense_potts
+            return dense_potts.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps,
+                                                  "ieee" if self.precision == "fp32" else self.precision)
+        return reference.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps)

@@ -1,4 +1,5 @@
-"""The permutohedral lattice as tensor operations, for any device (the CUDA bilateral filter uses it).
+"""The permutohedral lattice as tensor operations, for any device (the CUDA lattice_build and lattice_filter
+ops are these functions).
 
 Same operator as the C++ filter (csrc/cpu/permutohedral.cpp): alpha S^T C^T C S with two rings of blur
 vertices around the splatted ones, built here with sorting instead of a hash table:
@@ -133,6 +134,38 @@ def _average(grid, neighbor):
     return 0.5 * (grid + torch.where(present, grid[neighbor.clamp(min=0)], 0))
 
 
-def bilateral_filter(values, features):
-    """The lattice filter as tensor operations (the CUDA kernel of pottsops::bilateral_filter)."""
-    return filter_values(build(features), values)
+def build_tensors(features):
+    """pottsops::lattice_build on CUDA: the lattice as the list of tensors lattice_filter takes back."""
+    lattice = build(features)
+    B, N = lattice.shape
+    return [lattice.weights.view(B, N, lattice.d + 1), lattice.entry_vertex, lattice.order, lattice.offsets,
+            lattice.neighbors]
+
+
+def filter_tensors(values, tensors):
+    """pottsops::lattice_filter on CUDA, its lattice checked first (a wrong index would read out of bounds)."""
+    if len(tensors) != 5:
+        raise ValueError(f"lattice: expected the 5 tensors lattice_build returns on CUDA, got {len(tensors)}")
+    weights, entry_vertex, order, offsets, neighbors = tensors
+    B, C, H, W = values.shape
+    if weights.dim() != 3 or weights.shape[:2] != (B, H * W) or not weights.is_floating_point():
+        raise ValueError(f"lattice[0]: expected floating weights ({B}, {H * W}, d+1), got {tuple(weights.shape)}")
+    d, entries = weights.shape[2] - 1, weights.numel()
+    M = neighbors.shape[0]
+    ok = (entry_vertex.shape == (entries,) and order.shape == (entries,) and offsets.shape == (M + 1,)
+          and neighbors.shape == (M, d + 1, 2) and all(t.dtype == torch.int64 for t in tensors[1:]))
+    if ok and entries:
+        ok = bool((entry_vertex.min() >= 0) & (entry_vertex.max() < M) & (order.min() >= 0) & (order.max() < entries)
+                  & (neighbors.min() >= -1) & (neighbors.max() < M) & (offsets[0] == 0) & (offsets[-1] == entries)
+                  & (offsets.diff() >= 0).all())
+    if not ok:
+        raise ValueError("lattice: expected the tensors lattice_build made for these values (shapes, int64 indices "
+                         "inside the lattice)")
+    return filter_values(Lattice(d, (B, H * W), weights.reshape(-1), entry_vertex, order, offsets, neighbors), values)
+
+
+def quadratic_tensors(values, tensors):
+    """pottsops::lattice_quadratic on CUDA: the filter and the per-channel forms values . filtered."""
+    filtered = filter_tensors(values, tensors)
+    acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+    return filtered, (values.to(acc) * filtered.to(acc)).sum((2, 3))

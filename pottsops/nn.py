@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from pottsops import _checks
-from pottsops.bilateral import bilateral_filter
+from pottsops.bilateral import prepare_filter
+from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
 from pottsops.potts import REDUCTIONS, potts_energy
 from pottsops.solve import solve
@@ -56,7 +57,7 @@ class DenseCRFLoss(torch.nn.Module):
     of an image including i = j; S = segmentations * ROIs.  forward(images (B, 3, H, W) in 0..255,
     segmentations (B, K, H, W) softmax output, ROIs (B, H, W) 0/1) as in rloss: images resized by nearest,
     segmentations bilinearly, ROIs by nearest.  The value has no constant (it is negative); its gradient
-    -2 weight W S / B.  Computed by pottsops.bilateral_filter (one lattice pass for all K channels).
+    -2 weight W S / B.  One lattice filtering for all K channels; the backward pass filters nothing.
     """
 
     def __init__(self, weight, sigma_rgb, sigma_xy, scale_factor):
@@ -84,9 +85,9 @@ class DenseCRFLoss(torch.nn.Module):
             segmentations = F.interpolate(segmentations, scale_factor=self.scale_factor, mode="bilinear",
                                           align_corners=False)
             ROIs = F.interpolate(ROIs[:, None], scale_factor=self.scale_factor)[:, 0]
-        masked = segmentations * ROIs[:, None]
-        filtered = bilateral_filter(masked, images, self.sigma_xy * self.scale_factor, self.sigma_rgb)
-        return self.weight * -(masked * filtered).sum() / segmentations.shape[0]
+        lattice_filter = prepare_filter(images, self.sigma_xy * self.scale_factor, self.sigma_rgb)
+        forms = quadratic_form(segmentations * ROIs[:, None], lattice_filter)  # one filtering, none in backward
+        return self.weight * -forms.sum() / segmentations.shape[0]
 
     def extra_repr(self):
         return f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, scale_factor={self.scale_factor}"

@@ -131,6 +131,7 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     """
     _checks.check_labels("y", y)
     relaxation_name(relaxation)
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
     if isinstance(neighborhood, str) and neighborhood == "dense":
         return _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend,
                             validate, method, precision)
@@ -141,7 +142,6 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
     _checks.check_number("eps", eps)
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
     if image is not None:
         image = image.detach()
     if validate:
@@ -159,33 +159,40 @@ DENSE_SIGMA_XY = 100.0
 
 def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend, validate,
                  method, precision):
+    energy = prepare_dense(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision)
+    if validate:
+        _validate_values(y, image.detach(), None, mask)
+    return _reduce(energy(y), reduction, mask, y)
+
+
+def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision):
+    """The arguments of a dense potts_energy checked, and y -> per-image energies (B,) for labels shaped like
+    `like`, with what depends on the image alone (bandwidths, lattice) made once: pottsops.solve calls it at
+    every step."""
     if image is None:
         raise ValueError("image: the dense neighbourhood needs an image (its weights are bilateral)")
     if weights is not None:
         raise ValueError("weights: not supported with neighborhood='dense' (N^2 edge weights); pass image")
-    _checks.check_image("image", image, "y", y)
-    _checks.check_mask(mask, "y", y)
+    _checks.check_image("image", image, "y", like)
+    _checks.check_mask(mask, "y", like)
     sigma_xy = DENSE_SIGMA_XY if sigma_xy is None else sigma_xy
     bilateral.check_bandwidth("sigma_xy", sigma_xy, reference.accumulation_dtype(image.dtype))
     _checks.check_number("eps", eps)
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
     dense.check_method(method, relaxation)
     _checks.check_choice("precision", precision, dense.PRECISIONS)
     image = image.detach()
-    if validate:
-        _validate_values(y, image, None, mask)
     if mask is not None:  # a masked-out pixel takes part in no pair: whatever it holds (even NaN) is replaced
-        present = mask.unsqueeze(1)
-        y = torch.where(present, y, 1.0 / y.shape[1])
-        image = torch.where(present, image, 0.0)
+        image = torch.where(mask.unsqueeze(1), image, 0.0)
     if not torch.compiler.is_compiling():
         _checks.check_finite("image", image, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)
     if method == "lattice":
         bilateral.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
-    per_image = dense.dense_energy(y, image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps),
-                                   backend, precision)
-    return _reduce(per_image, reduction, mask, y)
+    energy = dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
+                               precision)
+    if mask is None:
+        return energy
+    return lambda y: energy(torch.where(mask.unsqueeze(1), y, 1.0 / y.shape[1]))
 
 
 def affinity(image, neighborhood="nn4", *, sigma_rgb=9.0, sigma_xy=None, mask=None, backend="auto"):

@@ -23,6 +23,7 @@ The step runs fused on the cpu and cuda backends for grid and window neighbourho
 op on the CPU; on CUDA a gradient kernel and a step kernel, replayed from CUDA graphs); otherwise the same
 rule runs over energies and gradients from the public ops (autograd), on any backend.
 """
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from pottsops import _backend, _checks, reference
 from pottsops.names import relaxation_index, relaxation_name, unary_index, unary_name
 from pottsops.neighborhoods import as_neighborhood
-from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy
+from pottsops.potts import GRID_BACKENDS, inv_two_sigma2, potts_energy, prepare_dense
 from pottsops.unary import unary as unary_loss
 
 EPS = 1e-8  # the relaxations' and unaries' epsilon
@@ -84,8 +85,11 @@ class _Problem:
         self.unary, self.eta, self.lam, self.backend = unary, eta, lam, backend
         self.potts = dict(relaxation=relaxation, neighborhood=neighborhood, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
                           weights=weights, mask=mask, reduction="none", backend=backend)
-        if isinstance(neighborhood, str) and neighborhood == "dense":
-            self.potts["method"] = dense_method
+        if isinstance(neighborhood, str) and neighborhood == "dense":  # the lattice built once, for every step
+            self.potts_energy = prepare_dense(logits, image, relaxation, sigma_rgb, sigma_xy, weights, mask, EPS,
+                                              backend, dense_method, "fp32")
+        else:
+            self.potts_energy = functools.partial(potts_energy, image=image, **self.potts)
 
     def clamp(self, y):
         """y with the scribbled pixels set to their one-hot labels."""
@@ -98,7 +102,7 @@ class _Problem:
     def energy(self, y):
         """Per-image energy (B,) of the clamped labels y."""
         unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
-        return self.eta * unary.sum((1, 2)) + self.lam * potts_energy(y, self.image, **self.potts)
+        return self.eta * unary.sum((1, 2)) + self.lam * self.potts_energy(y)
 
     def gradient(self, y):
         """(energy (B,), its gradient with respect to y, zero on the seeds)."""

@@ -228,6 +228,8 @@ def energy_case(rng):
         else:
             kwargs[name] = value
         expect = name
+        if name == "sigma_rgb" and value == 1e-30 and (image is None or kwargs.get("weights") is not None):
+            expect = "valid"  # positive, and unused: no affinity is computed from the image
     elif rng.random() < 0.1:
         y = y.clone()
         y[0, 0, 0, 0] = NAN
@@ -480,18 +482,47 @@ def lattice_op_case(rng):
     values = torch.rand(B, 3, H, W, generator=g)
     expect = "valid"
     if rng.random() < 0.6:
-        expect = rng.choice(["features", "values"])
+        expect = rng.choice(["features", "values", "lattice"])
         if expect == "features":
             features = rng.choice([features * 1e12, features.clone().fill_(NAN), features * INF,
                                    torch.rand(B, 17, H, W), torch.rand(B, 0, H, W)])
-        else:
-            values = rng.choice([values[0], values.long()])
-    op = rng.choice(["bilateral_filter", "lattice_simplex"])
-    if op == "lattice_simplex" and expect == "values":
+        elif expect == "values":
+            values = rng.choice([values[0], values.long(), values[:, :, :, :-1] if W > 1 else values[:, :, :-1]])
+            if values.dim() == 4 and values.is_floating_point() and values.shape[2:] == (H, W):  # H = 1: nothing cut
+                expect = "valid"
+    op = rng.choice(["lattice_filter", "lattice_quadratic", "lattice_simplex"])
+    if op == "lattice_simplex" and expect in ("values", "lattice"):
         expect = "valid"
-    call = (lambda: [torch.ops.pottsops.bilateral_filter(values, features)]) if op == "bilateral_filter" else \
-        (lambda: [torch.ops.pottsops.lattice_simplex(features)[1]])
+
+    def call():
+        if op == "lattice_simplex":
+            return [torch.ops.pottsops.lattice_simplex(features)[1]]
+        lattice = torch.ops.pottsops.lattice_build(features)
+        if expect == "lattice":  # a lattice that lattice_build did not make: indices outside, wrong parts
+            lattice = corrupt_lattice(rng, lattice)
+        out = getattr(torch.ops.pottsops, op)(values, lattice)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
     return Case(f"cpu {op}", call, expect, describe(values=values, features=features))
+
+
+def corrupt_lattice(rng, lattice):
+    entry_vertex, entry_weight, neighbors, offsets = (t.clone() for t in lattice)
+    kind = rng.choice(["entry", "negative", "neighbor", "offsets", "count", "dtype", "shape"])
+    if kind == "entry":
+        entry_vertex.view(-1)[rng.randrange(entry_vertex.numel())] = int(neighbors.shape[0]) + rng.choice([0, 1 << 20])
+    elif kind == "negative":
+        entry_vertex.view(-1)[0] = -1
+    elif kind == "neighbor":
+        neighbors.view(-1)[rng.randrange(neighbors.numel())] = rng.choice([-2, int(neighbors.shape[0]), 1 << 30])
+    elif kind == "offsets":
+        offsets[-1] += rng.choice([-1, 1, 1 << 40])
+    elif kind == "count":
+        return [entry_vertex, entry_weight, neighbors]
+    elif kind == "dtype":
+        return [entry_vertex.long(), entry_weight, neighbors, offsets]
+    else:
+        return [entry_vertex, entry_weight, neighbors[:, :-1], offsets]
+    return [entry_vertex, entry_weight, neighbors, offsets]
 
 
 def segment_op_case(rng):

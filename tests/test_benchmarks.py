@@ -68,6 +68,23 @@ def test_cpu_anchors_suite_checks_the_modules_against_the_eager_losses(tmp_path)
     assert len([r for r in rows if r["metric"] == "extra_mem_mb"]) == 6
 
 
+@pytest.mark.skipif(not pottsops.backends()["cpu"].available, reason="the cpu backend is not built here")
+def test_cpu_dense_suite_checks_then_times_and_measures_accuracy(tmp_path, monkeypatch):
+    """The dense CRF loss and the dense lattice energy on CamVid images pass their checks before timing; the
+    accuracy table against the exact sum is written; without POTTSOPS_RLOSS rloss is named as not measured."""
+    monkeypatch.delenv("POTTSOPS_RLOSS", raising=False)
+    run.main(["--suite", "cpu-dense", "--quick", "--device", "cpu", "--no-compile", "--out", str(tmp_path)])
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert not [r for r in rows if r["metric"] in ("check", "error")]
+    assert {(r["op"], r["backend"]) for r in rows if r["metric"] == "time_ms"} == {("nn", "cpu"), ("potts_energy", "cpu")}
+    assert len([r for r in rows if r["metric"] == "extra_mem_mb"]) == 2
+    accuracy = (tmp_path / "accuracy.md").read_text()
+    assert "rloss not measured: POTTSOPS_RLOSS is not set" in accuracy and "pottsops DenseCRFLoss" in accuracy
+    with open(tmp_path / "accuracy.csv", newline="") as f:
+        assert all(0.5 < float(r["value / exact"]) < 1.2 for r in csv.DictReader(f))
+
+
 def test_cpu_peak_memory_sees_an_allocation():
     extra = harness.cpu_peak_extra_mb(lambda: torch.ones(16, 1024, 1024).sum())  # 64 MB, freed at once
     if extra is None:

@@ -1,9 +1,11 @@
 """Bilateral filtering (permutohedral lattice) and dense Potts energies against brute-force float64."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pottsops
-from pottsops import bilateral, reference
+from pottsops import bilateral, potts, reference
+from pottsops.nn import DenseCRFLoss
 from conftest import backend_id, fast_backends, random_image, random_mask, shape_id, soft_labels
 
 LATTICE_BACKENDS = [b for b in bilateral.FILTER_BACKENDS if b != "reference" and pottsops.backends()[b].available]
@@ -139,8 +141,9 @@ def test_dense_errors():
         pottsops.potts_energy(y, image, relaxation="bl", neighborhood="dense", method="fast")
     with pytest.raises(ValueError, match="sigma_xy: expected"):
         pottsops.potts_energy(y, image, relaxation="bl", neighborhood="dense", sigma_xy=0)
-    with pytest.raises(RuntimeError, match="features: expected shape"):
-        torch.ops.pottsops.bilateral_filter(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5))
+    lattice = torch.ops.pottsops.lattice_build(torch.zeros(1, 2, 3, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"lattice\[0\]: expected int32 entry vertices \(1, 12, d\+1\)"):
+        torch.ops.pottsops.lattice_filter(torch.zeros(1, 2, 3, 4), lattice)
 
 
 EXACT_PAIRS = [("reference", "cpu")] + [pair for pair in fast_backends() if pair[0] == "triton"]
@@ -184,8 +187,10 @@ def test_tensor_lattice_is_the_cpu_lattice(channels):
     features = bilateral.bilateral_features(image, 3.0, 12.0)
     _, weights = torch.ops.pottsops.lattice_simplex(features)
     assert weights.min() > -1e-12 and torch.allclose(weights.sum(2), torch.ones_like(weights.sum(2)))
-    torch.testing.assert_close(lattice.bilateral_filter(values, features),
-                               torch.ops.pottsops.bilateral_filter(values, features), rtol=1e-12, atol=1e-12)
+    cpu = torch.ops.pottsops.lattice_build(features)
+    torch.testing.assert_close(lattice.filter_tensors(values, lattice.build_tensors(features)),
+                               torch.ops.pottsops.lattice_filter(values, cpu), rtol=1e-12, atol=1e-12)
+    assert lattice.build(features).num_vertices == cpu[2].shape[0]  # the same vertices, rings included
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA lattice is checked on the GPU suite")
@@ -212,3 +217,66 @@ def test_exact_dense_reduced_precision_error(precision, bound):
     error = float((reduced - fp32).norm() / fp32.norm())
     print(f"exact dense, {precision} label products: relative energy error {error:.2e}")
     assert error < bound
+
+
+class _LatticeCalls(TorchDispatchMode):
+    """Counts the lattice ops that run (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "pottsops" and func.__name__.split(".")[0].startswith("lattice"):
+            self.calls.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("relaxation", ["bilinear", "quadratic", "normalized_quadratic"])
+def test_one_filtering_per_energy_and_none_in_backward(relaxation):
+    """Energy and gradient of the dense lattice energy: one lattice built, one filtering, nothing in backward;
+    the same for DenseCRFLoss."""
+    y, image, mask = random_problem((2, 4, 12, 13), seed=10)
+    y = y.float().requires_grad_()
+    with _LatticeCalls() as calls:
+        energy = pottsops.potts_energy(y, image.float(), relaxation=relaxation, neighborhood="dense", sigma_xy=5.0,
+                                       sigma_rgb=20.0, mask=mask, backend="cpu")
+        energy.backward()
+    assert calls.calls == ["lattice_build", "lattice_quadratic"], calls.calls
+    with _LatticeCalls() as calls:
+        DenseCRFLoss(1e-3, 20.0, 5.0, 1.0)(image.float(), y, torch.ones(2, 12, 13)).backward()
+    assert calls.calls == ["lattice_build", "lattice_quadratic"], calls.calls
+
+
+def test_reusing_a_lattice_gives_identical_results():
+    """A lattice built once (the solver's steps) filters exactly as one built for each call."""
+    y, image, mask = random_problem((2, 5, 11, 14), seed=11)
+    features = bilateral.bilateral_features(image.float(), 4.0, 15.0)
+    once = bilateral.LatticeFilter(features, "cpu")
+    for seed in (0, 1):
+        values = torch.randn(2, 6, 11, 14, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(once(values), bilateral.LatticeFilter(features, "cpu")(values))
+        assert all(torch.equal(a, b) for a, b in zip(once.quadratic(values), bilateral.LatticeFilter(features, "cpu")
+                                                     .quadratic(values)))
+    prepared = potts.prepare_dense(y, image, "q", 20.0, 5.0, None, mask, 1e-8, "cpu", "lattice", "fp32")
+    fresh = pottsops.potts_energy(y, image, relaxation="q", neighborhood="dense", sigma_xy=5.0, sigma_rgb=20.0,
+                                  mask=mask, reduction="none", backend="cpu")
+    assert torch.equal(prepared(y), fresh) and torch.equal(prepared(y), fresh)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_quadratic_forms_are_values_dot_filtered_and_gradcheck(dtype):
+    """lattice_quadratic's forms (read off the grid halfway through the blur) are values . filtered, and its
+    gradient (2 filtered, no filtering) passes gradcheck in float64."""
+    g = torch.Generator().manual_seed(12)
+    image = random_image((2, 1, 9, 10), generator=g, dtype=torch.float64)
+    features = bilateral.bilateral_features(image, 3.0, 12.0).to(dtype)
+    lattice = torch.ops.pottsops.lattice_build(features)
+    values = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64).to(dtype)
+    filtered, forms = torch.ops.pottsops.lattice_quadratic(values, lattice)
+    assert torch.equal(filtered, torch.ops.pottsops.lattice_filter(values, lattice))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(forms, (values * filtered).sum((2, 3)), rtol=tol, atol=tol)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda v: torch.ops.pottsops.lattice_quadratic(v, lattice)[1],
+                                        (values.requires_grad_(),))

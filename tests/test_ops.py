@@ -96,9 +96,12 @@ def test_compile_fullgraph(pair):
 
 
 @pytest.mark.parametrize("pair", [p for p in fast_backends() if p[0] in bilateral.FILTER_BACKENDS], ids=backend_id)
-def test_opcheck_bilateral_filter(pair):
+def test_opcheck_lattice(pair):
     device = pair[1]
     values = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
     features = torch.randn(2, 5, 5, 6, dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.pottsops.bilateral_filter.default, (values, features))
-    torch.library.opcheck(torch.ops.pottsops.bilateral_filter.default, (values.requires_grad_(), features))
+    torch.library.opcheck(torch.ops.pottsops.lattice_build.default, (features,))
+    lattice = torch.ops.pottsops.lattice_build(features)
+    for op in (torch.ops.pottsops.lattice_filter.default, torch.ops.pottsops.lattice_quadratic.default):
+        torch.library.opcheck(op, (values, lattice))
+        torch.library.opcheck(op, (values.clone().requires_grad_(), lattice))

@@ -28,10 +28,18 @@ TORCH_LIBRARY(pottsops, m) {
   m.def(
       "unary_loss_backward(Tensor grad_loss, Tensor logits, Tensor y, Tensor? mask, int kind, "
       "float eps) -> (Tensor, Tensor)");
-  // Gaussian filter sum_j exp(-|f_i - f_j|^2 / 2) values_j over all pixels j of the same image (j = i
-  // included), approximated with the permutohedral lattice.  features (B, d, H, W): pixel positions
-  // and colours already divided by their sigma.  Linear and symmetric in values.
-  m.def("bilateral_filter(Tensor values, Tensor features) -> Tensor");
+  // The Gaussian filter sum_j exp(-|f_i - f_j|^2 / 2) values_j over all pixels j of the same image (j = i
+  // included), approximated with the permutohedral lattice, in two ops: lattice_build(features) builds
+  // each image's lattice once, from features (B, d, H, W) (pixel positions and colours already divided by
+  // their sigma), and lattice_filter(values (B, C, H, W), lattice) filters with it, linear and symmetric in
+  // values.  The lattice's tensors depend on the device (csrc/cpu/permutohedral.cpp, pottsops/lattice.py);
+  // they are made by lattice_build and only read by lattice_filter, which checks them.
+  m.def("lattice_build(Tensor features) -> Tensor[]");
+  m.def("lattice_filter(Tensor values, Tensor[] lattice) -> Tensor");
+  // The filter and the quadratic forms (B, C): forms[b, c] = values[b, c] . filtered[b, c] (summed over the
+  // pixels, in float32, or float64 for float64 values), whose gradient 2 filtered needs no second filtering;
+  // filtered is not differentiable here (lattice_filter's is).
+  m.def("lattice_quadratic(Tensor values, Tensor[] lattice) -> (Tensor, Tensor)");
   // Building blocks of the device lattice (pottsops/lattice.py): the enclosing simplex of every pixel,
   // keys (B, N, d+1, d) int32 and barycentric weights (B, N, d+1), N = H * W ...
   m.def("lattice_simplex(Tensor features) -> (Tensor, Tensor)");

@@ -23,9 +23,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (p >= batch_pixels) return;
   const int64_t b = p / n, i = p % n;
-  double w[kMaxLatticeDim + 1];
+  double w[kMaxLatticeDim + 1], scale[kMaxLatticeDim];
+  lattice_feature_scales(d, scale);
   const scalar_t* f = features + b * d * n + i;
-  enclosing_simplex([&](int k) { return static_cast<double>(f[k * n]); }, d, keys + p * (d + 1) * d, w);
+  enclosing_simplex([&](int k) { return static_cast<double>(f[k * n]); }, d, scale, keys + p * (d + 1) * d, w);
   for (int r = 0; r <= d; ++r) weights[p * (d + 1) + r] = static_cast<weight_t>(w[r]);
 }
 

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "pottsops/permutohedral.h"
 
@@ -35,30 +37,72 @@ inline void check_lattice_feature_values(const at::Tensor& features) {
               "colours / sigma_rgb: a sigma too small for the image), got ", largest);
 }
 
-struct BilateralArgs {
-  at::Tensor values;    // (B, C, H, W) floating
-  at::Tensor features;  // (B, d, H, W) floating, positions and colours already divided by their sigma
+// The lattice of a batch on the CPU, as lattice_build returns it (csrc/cpu/permutohedral.cpp): image b's
+// vertices are rows vertex_offsets[b] .. vertex_offsets[b + 1] of neighbors, and its indices count from
+// its first vertex.
+struct CpuLattice {
+  at::Tensor entry_vertex;    // (B, n, d+1) int32: the vertices of each pixel's simplex
+  at::Tensor entry_weight;    // (B, n, d+1) float32 or float64: their barycentric weights
+  at::Tensor neighbors;       // (M, d+1, 2) int32: minus and plus neighbour along each direction, -1 if absent
+  at::Tensor vertex_offsets;  // (B + 1,) int64
 };
 
-inline BilateralArgs make_bilateral_args(const at::Tensor& values, const at::Tensor& features) {
+// The lattice tensors, checked against values (B, C, H, W) and against each other: every index they hold
+// lies inside its image's vertices, so that a filter never reads outside them.
+inline CpuLattice make_cpu_lattice(const at::Tensor& values, at::TensorList lattice) {
   TORCH_CHECK(values.dim() == 4, "values: expected (B, C, H, W), got shape ", values.sizes());
   TORCH_CHECK(at::isFloatingType(values.scalar_type()), "values: expected a floating dtype, got ",
               values.scalar_type());
-  TORCH_CHECK(features.dim() == 4 && features.size(0) == values.size(0) && features.size(2) == values.size(2) &&
-                  features.size(3) == values.size(3),
-              "features: expected shape (", values.size(0), ", d, ", values.size(2), ", ", values.size(3), "), got ",
-              features.sizes());
-  TORCH_CHECK(features.size(1) >= 1 && features.size(1) <= kMaxLatticeDim, "features: expected 1 to ",
-              kMaxLatticeDim, " features per pixel, got ", features.size(1));
-  TORCH_CHECK(at::isFloatingType(features.scalar_type()), "features: expected a floating dtype, got ",
-              features.scalar_type());
-  TORCH_CHECK(features.device() == values.device(), "features: expected device ", values.device(), ", got ",
-              features.device());
-  TORCH_CHECK(features.scalar_type() != at::kHalf && features.scalar_type() != at::kBFloat16,
-              "features: expected float32 or float64 (positions need more than 16 bits), got ", features.scalar_type());
-  TORCH_CHECK(values.size(2) * values.size(3) <= kMaxLatticePixels, "values: at most ", kMaxLatticePixels,
-              " pixels per image for the lattice, got ", values.size(2) * values.size(3));
-  return {values, features};
+  TORCH_CHECK(lattice.size() == 4, "lattice: expected the 4 tensors lattice_build returns on the CPU, got ",
+              lattice.size());
+  for (const at::Tensor& t : lattice) {
+    TORCH_CHECK(t.device() == values.device(), "lattice: expected tensors on ", values.device(), ", got ", t.device());
+  }
+  const int64_t B = values.size(0), n = values.size(2) * values.size(3);
+  TORCH_CHECK(n <= kMaxLatticePixels, "values: at most ", kMaxLatticePixels, " pixels per image for the lattice, got ",
+              n);
+  CpuLattice parts{lattice[0].contiguous(), lattice[1].contiguous(), lattice[2].contiguous(), lattice[3].contiguous()};
+  const at::Tensor& vertex = parts.entry_vertex;
+  TORCH_CHECK(vertex.dim() == 3 && vertex.size(0) == B && vertex.size(1) == n && vertex.size(2) >= 2 &&
+                  vertex.size(2) <= kMaxLatticeDim + 1 && vertex.scalar_type() == at::kInt,
+              "lattice[0]: expected int32 entry vertices (", B, ", ", n, ", d+1) for values of shape ", values.sizes(),
+              ", got ", vertex.scalar_type(), " of shape ", vertex.sizes());
+  const int64_t stride = vertex.size(2);
+  TORCH_CHECK(parts.entry_weight.sizes() == vertex.sizes() &&
+                  (parts.entry_weight.scalar_type() == at::kFloat || parts.entry_weight.scalar_type() == at::kDouble),
+              "lattice[1]: expected float32 or float64 entry weights of shape ", vertex.sizes(), ", got ",
+              parts.entry_weight.scalar_type(), " of shape ", parts.entry_weight.sizes());
+  const at::Tensor& neighbors = parts.neighbors;
+  TORCH_CHECK(neighbors.dim() == 3 && neighbors.size(1) == stride && neighbors.size(2) == 2 &&
+                  neighbors.scalar_type() == at::kInt,
+              "lattice[2]: expected an int32 neighbour table (M, ", stride, ", 2), got ", neighbors.scalar_type(),
+              " of shape ", neighbors.sizes());
+  const at::Tensor& offsets = parts.vertex_offsets;
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == B + 1 && offsets.scalar_type() == at::kLong,
+              "lattice[3]: expected int64 vertex offsets (", B + 1, ",), got ", offsets.scalar_type(), " of shape ",
+              offsets.sizes());
+  const int64_t* offset = offsets.data_ptr<int64_t>();
+  bool ordered = offset[0] == 0 && offset[B] == neighbors.size(0);
+  for (int64_t b = 0; b < B && ordered; ++b) ordered = offset[b] <= offset[b + 1];
+  TORCH_CHECK(ordered, "lattice[3]: expected non-decreasing vertex offsets from 0 to ", neighbors.size(0),
+              " (the neighbour table's rows)");
+  std::vector<char> inside(B, 1);
+  const int32_t* entries = vertex.data_ptr<int32_t>();
+  const int32_t* table = neighbors.data_ptr<int32_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t m = offset[b + 1] - offset[b];
+      bool ok = true;
+      for (int64_t e = b * n * stride; e < (b + 1) * n * stride; ++e) ok &= entries[e] >= 0 && entries[e] < m;
+      for (int64_t e = offset[b] * stride * 2; e < offset[b + 1] * stride * 2; ++e) ok &= table[e] >= -1 && table[e] < m;
+      inside[b] = ok;
+    }
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(inside[b], "lattice: image ", b, " holds a vertex index outside its ", offset[b + 1] - offset[b],
+                " vertices (the tensors were not made by lattice_build for these values)");
+  }
+  return parts;
 }
 
 // alpha such that alpha * S^T C^T C S approximates sum_j exp(-|f_i - f_j|^2 / 2) v_j: the lattice's blur
