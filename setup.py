@@ -70,10 +70,11 @@ def _extensions():
     print(f"  CPU arch        -march={os.environ.get('POTTSOPS_CPU_ARCH', 'native')} (POTTSOPS_CPU_ARCH)")
     print(f"  sanitizers      {'address, undefined' if '-g' in build.cxx_flags() else 'none'} (POTTSOPS_SANITIZE)")
     print(f"  sources         {len(sources)} files")
-    # What the module was built for: an installed _C built for another torch is skipped, not loaded.
+    # What the module was built for and from: an installed _C built for another torch, or from other sources
+    # (an in-place build the C++ has changed since), is skipped, not loaded.
     with open(os.path.join(HERE, "pottsops", "_C.json"), "w") as f:
         json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.implementation.cache_tag,
-                   "with_cuda": with_cuda}, f)
+                   "with_cuda": with_cuda, "sources": build.sources_digest()}, f)
     ext = extension(name="pottsops._C", sources=sources, include_dirs=[build.CSRC], define_macros=define_macros,
                     extra_compile_args=extra, extra_link_args=build.link_flags())
     return [ext], {"build_ext": cpp_extension.BuildExtension}

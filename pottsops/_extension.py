@@ -5,7 +5,7 @@ the CUDA kernels ("cuda", which need "cpu" for the schemas):
 
 1. ahead of time: pottsops._C built at install (POTTSOPS_AOT=1 pip install --no-build-isolation .; CPU
    and CUDA kernels in one module, `make test` builds it this way), if _C.json says it was built for this
-   torch (else it is skipped with a warning);
+   torch and from the sources installed with it (else it is skipped with a warning);
 2. cached: a build on first use made earlier, in CACHE/<kind>-<key>/ (CACHE: POTTSOPS_CACHE, default
    ~/.cache/pottsops), key = a hash of everything that changes the binary (package version, every source
    and header, flags, torch and CUDA versions, Python ABI, platform, CPU architecture flag, GPU arch);
@@ -80,15 +80,20 @@ STATUS = {"cpu": Status(), "cuda": Status(), "emulation": Status()}
 _WARNED = set()
 
 
-def _key(kind):
-    import torch
+def sources_digest():
+    """A hash of every C++ / CUDA source file (names and contents): what a build was made from."""
     digest = hashlib.sha256()
-    names = sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True))
-    for name in names:
+    for name in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
         if os.path.isfile(name):
             digest.update(os.path.relpath(name, CSRC).encode())
             with open(name, "rb") as f:
                 digest.update(f.read())
+    return digest.hexdigest()[:20]
+
+
+def _key(kind):
+    import torch
+    digest = hashlib.sha256(sources_digest().encode())
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     if kind == "cuda" and not arch and torch.cuda.is_available():
         arch = "%d.%d" % torch.cuda.get_device_capability()
@@ -134,6 +139,11 @@ def _ahead_of_time():
             _warn_once("aot", f"pottsops: the installed pottsops._C was built for torch {info.get('torch')} "
                               f"({info.get('python')}), not torch {torch.__version__} ({sys.implementation.cache_tag}): "
                               "skipped; the kernels are built on first use instead")
+            return None
+        if info.get("sources") != sources_digest():  # an in-place build older than the C++ sources beside it
+            _warn_once("aot", "pottsops: the installed pottsops._C was built from other C++ sources than the ones "
+                              "installed with it (rebuild it: make build): skipped; the kernels are built on first "
+                              "use instead")
             return None
     from pottsops import _C
     return _C

@@ -14,6 +14,7 @@ import sysconfig
 import time
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: nothing to build on first use")
@@ -108,7 +109,7 @@ def test_building_turned_off_falls_back_with_the_reason(env):
     assert "compiling" not in err
 
 
-def test_an_ahead_of_time_module_for_another_torch_is_skipped(env):
+def test_an_ahead_of_time_module_for_another_torch_or_other_sources_is_skipped(env):
     python, root, _, _ = env
     site = subprocess.run([python, "-c", "import pottsops, os; print(os.path.dirname(pottsops.__file__))"],
                           check=True, capture_output=True, text=True, cwd="/").stdout.strip()
@@ -119,6 +120,11 @@ def test_an_ahead_of_time_module_for_another_torch_is_skipped(env):
     try:
         out, err = run(python, CHECK, root / "cache").communicate(timeout=300)
         assert "was built for torch 1.0.0" in err and "skipped" in err, err
+        assert "cached" in out.strip().splitlines()[-1]
+        with open(os.path.join(site, "_C.json"), "w") as f:  # the right torch, older C++ sources
+            json.dump({"torch": torch.__version__, "python": sys.implementation.cache_tag, "sources": "0" * 20}, f)
+        out, err = run(python, CHECK, root / "cache").communicate(timeout=300)
+        assert "was built from other C++ sources" in err and "skipped" in err, err
         assert "cached" in out.strip().splitlines()[-1]
     finally:
         os.remove(os.path.join(site, "_C.json"))
