@@ -19,8 +19,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "pottsops/bilateral_args.h"
@@ -83,7 +84,7 @@ class LatticeBuilder {
   }
 
   int64_t num_vertices() const { return static_cast<int64_t>(keys_.size()) / d_; }
-  const std::vector<int32_t>& neighbors() const { return neighbors_; }
+  std::vector<int32_t> take_neighbors() { return std::move(neighbors_); }  // (vertices, d+1, 2), once
   // False if a feature was not finite or beyond kMaxLatticeFeature (the lattice is then left unfinished).
   bool valid() const { return valid_; }
 
@@ -263,9 +264,9 @@ std::vector<at::Tensor> lattice_build_cpu(const at::Tensor& features) {
     // One image per task: a lattice is built sequentially (hash insertions).
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        const LatticeBuilder built(pos + b * d * n, n, d, vertex + b * n * (d + 1), weight + b * n * (d + 1));
-        neighbors[b] = built.neighbors();
+        LatticeBuilder built(pos + b * d * n, n, d, vertex + b * n * (d + 1), weight + b * n * (d + 1));
         valid[b] = built.valid();
+        neighbors[b] = built.take_neighbors();
       }
     });
   });
