@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export CUDA_HOME FORCE_CUDA TORCH_CUDA_ARCH_LIST MAX_JOBS
 
 CSRC := pottsops/csrc
-SOURCES := setup.py pottsops/_extension.py $(wildcard $(CSRC)/*.cpp $(CSRC)/*/*.h $(CSRC)/*/*.cpp $(CSRC)/*/*.cu $(CSRC)/*/*.cuh)
+SOURCES := setup.py pottsops/_build_settings.py $(wildcard $(CSRC)/*.cpp $(CSRC)/*/*.h $(CSRC)/*/*.cpp $(CSRC)/*/*.cu $(CSRC)/*/*.cuh)
 
 .PHONY: test demo build bench clean sanitize
 

@@ -1,5 +1,6 @@
 """pottsops' build.  By default the package is pure Python (metadata in pyproject.toml): the C++/CUDA sources
-ship inside it (pottsops/csrc) and are compiled the first time an op needs them (pottsops/_extension.py).
+ship inside it (pottsops/csrc) and are compiled the first time an op needs them (pottsops/_extension.py).  What is built, from which sources
+and with which flags: pottsops/_build_settings.py.
 
 Ahead of time, for clusters and CI (torch must be installed first, hence --no-build-isolation):
 
@@ -13,28 +14,44 @@ Environment of the ahead-of-time build:
   POTTSOPS_CPU_ARCH       -march of the CPU kernels (default native; x86-64 for a portable build)
   POTTSOPS_SANITIZE=1     build the C++ kernels with AddressSanitizer and UBSan (make sanitize)
 """
+import glob
 import importlib.util
 import json
 import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _build_module():
-    """pottsops/_extension.py, read without importing pottsops (which imports torch): sources and flags."""
-    spec = importlib.util.spec_from_file_location("pottsops_build", os.path.join(HERE, "pottsops", "_extension.py"))
+    """pottsops/_build_settings.py, read without importing pottsops (which imports torch): sources and flags."""
+    spec = importlib.util.spec_from_file_location("pottsops_build_settings",
+                                                  os.path.join(HERE, "pottsops", "_build_settings.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+class _PurePythonBuild(build_py):
+    """build_py that leaves out what an earlier ahead-of-time build left behind (a _C module in the tree or in
+    build/lib, its _C.json): a pure-Python wheel carries sources only."""
+
+    def run(self):
+        super().run()
+        for stale in glob.glob(os.path.join(self.build_lib, "pottsops", "_C*")):
+            os.remove(stale)
+
+    def find_package_modules(self, package, package_dir):
+        return [m for m in super().find_package_modules(package, package_dir) if not m[1].startswith("_C")]
+
+
 def _extensions():
     if os.environ.get("POTTSOPS_AOT") != "1":
         print("pottsops build: pure Python; the kernels compile on first use (POTTSOPS_AOT=1 builds them now)")
-        return [], {}
+        return [], {"build_py": _PurePythonBuild}
     import torch
     from torch.utils import cpp_extension
 
@@ -72,7 +89,7 @@ def _extensions():
     print(f"  sources         {len(sources)} files")
     # What the module was built for and from: an installed _C built for another torch, or from other sources
     # (an in-place build the C++ has changed since), is skipped, not loaded.
-    with open(os.path.join(HERE, "pottsops", "_C.json"), "w") as f:
+    with open(os.path.join(HERE, "pottsops", "_C.json"), "w") as f:  # package data of this wheel
         json.dump({"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.implementation.cache_tag,
                    "with_cuda": with_cuda, "sources": build.sources_digest()}, f)
     ext = extension(name="pottsops._C", sources=sources, include_dirs=[build.CSRC], define_macros=define_macros,

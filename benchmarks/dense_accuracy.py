@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import pottsops
-from benchmarks import cases, rloss
+from benchmarks import data, rloss
 from pottsops.nn import DenseCRFLoss
 
 SIGMA_RGB, SIGMA_XY, K = 15.0, 100.0, 21
@@ -44,7 +44,7 @@ def measure(quick):
     batch_filter, reason = rloss.load()
     rows = []
     for (H, W), scale in ([((12, 16), 1.0)] if quick else [((48, 64), 1.0), ((96, 128), 0.5)]):
-        inputs = cases.dense_inputs(max(H, W), K, seed=0)
+        inputs = data.dense_inputs(max(H, W), K, seed=0)
         images = F.interpolate(inputs["image"], size=(H, W))
         y = F.interpolate(inputs["y"], size=(H, W), mode="bilinear")
         rois = torch.ones(2, H, W)

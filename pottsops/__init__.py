@@ -15,10 +15,10 @@ from pottsops.bilateral import bilateral_filter
 from pottsops.names import RELAXATIONS, UNARIES
 from pottsops.neighborhoods import Neighborhood, window
 from pottsops.potts import affinity, potts_energy
-from pottsops.solve import SolveInfo, solve
+from pottsops.solver import SolveInfo, solve
 from pottsops.unary import self_labeling_loss, unary
 
 __all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss",
            "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES", "nn"]
-from pottsops._extension import VERSION as __version__  # noqa: E402
+from pottsops._build_settings import VERSION as __version__  # noqa: E402
 from pottsops import nn  # noqa: E402  (after the functions it is built on)

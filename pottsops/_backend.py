@@ -39,8 +39,6 @@ def triton_interpreted():
 def _triton_status():
     if importlib.util.find_spec("triton") is None:
         return BackendStatus(False, "the triton package is not installed")
-    if importlib.util.find_spec("pottsops.triton") is None:
-        return BackendStatus(False, "the Triton kernels (pottsops/triton) are not part of this version yet")
     if triton_interpreted():
         return BackendStatus(True, "triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors, slowly")
     if not torch.cuda.is_available():

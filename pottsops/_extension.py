@@ -17,7 +17,8 @@ the CUDA kernels ("cuda", which need "cpu" for the schemas):
 
 POTTSOPS_JIT=0 turns building off (the first two ways still load).  POTTSOPS_EXTENSION=PATH loads that
 file as pottsops._C instead (make sanitize).  This module imports neither torch nor pottsops at module
-level: setup.py reads SOURCES and the flags from it.
+level (it is imported by pottsops/__init__ before torch is needed); the sources, flags and digest are in
+pottsops/_build_settings.py, which setup.py reads too.
 """
 import fcntl
 import glob
@@ -31,37 +32,8 @@ import sysconfig
 import time
 import warnings
 
-VERSION = "0.1.0"
-CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-TEST_ONLY = ("cpu/device_emulation.cpp",)  # built for the tests only (load_emulation), never shipped in _C
-
-
-def cpu_sources():
-    """The C++ sources of the CPU module: schemas, host checks and the CPU kernels."""
-    found = glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
-    return sorted(p for p in found if os.path.relpath(p, CSRC) not in TEST_ONLY)
-
-
-def cuda_sources():
-    return sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
-
-
-def cxx_flags():
-    """The CPU kernels are written to auto-vectorise; -march sets the vector width (POTTSOPS_CPU_ARCH,
-    default native: this machine's; x86-64 for a portable build).  POTTSOPS_SANITIZE=1 adds ASan + UBSan."""
-    flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
-             f"-march={os.environ.get('POTTSOPS_CPU_ARCH', 'native')}"]
-    if os.environ.get("POTTSOPS_SANITIZE") == "1":
-        flags = [f for f in flags if f != "-O3"] + ["-O1"] + SANITIZE
-    return flags
-
-
-SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
-NVCC_FLAGS = ["-O3", "-lineinfo"]
-
-
-def link_flags():
-    return ["-fopenmp"] + (SANITIZE if os.environ.get("POTTSOPS_SANITIZE") == "1" else [])
+from pottsops._build_settings import (CSRC, NVCC_FLAGS, VERSION, cpu_sources, cuda_sources, cxx_flags,
+                                      host_checks_source, link_flags, sources_digest)
 
 
 def cache_dir():
@@ -76,19 +48,8 @@ class Status:
         self.loaded, self.how, self.reason, self.log, self.module = False, None, None, None, None
 
 
-STATUS = {"cpu": Status(), "cuda": Status(), "emulation": Status()}
+STATUS = {"cpu": Status(), "cuda": Status()}
 _WARNED = set()
-
-
-def sources_digest():
-    """A hash of every C++ / CUDA source file (names and contents): what a build was made from."""
-    digest = hashlib.sha256()
-    for name in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
-        if os.path.isfile(name):
-            digest.update(os.path.relpath(name, CSRC).encode())
-            with open(name, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()[:20]
 
 
 def _key(kind):
@@ -116,7 +77,7 @@ def _import_module(name, path):
 
 
 def _load_file(kind, name, path):
-    """The built file of kind: a Python module (cpu) or a plain library of op kernels (cuda, emulation)."""
+    """The built file of kind: a Python module (cpu) or a plain library of op kernels (cuda)."""
     import torch
     if kind == "cpu":
         module = _import_module(name, path)
@@ -188,9 +149,7 @@ def _find_ninja():
 def _sources(kind):
     if kind == "cpu":
         return cpu_sources()
-    if kind == "cuda":  # the launchers' host checks (grid_args.cpp) are linked into this library too
-        return cuda_sources() + [os.path.join(CSRC, "grid_args.cpp")]
-    return [os.path.join(CSRC, path) for path in TEST_ONLY] + [os.path.join(CSRC, "grid_args.cpp")]
+    return cuda_sources() + [host_checks_source()]  # the launchers' host checks are linked into it too
 
 
 def _build(kind, folder, name):
@@ -200,7 +159,7 @@ def _build(kind, folder, name):
     stale = os.path.join(folder, "lock")  # torch's own lock: left behind by a build that was killed
     if os.path.exists(stale):
         os.remove(stale)
-    what = {"cpu": "the C++ kernels", "cuda": "the CUDA kernels", "emulation": "the test-only device emulation"}[kind]
+    what = {"cpu": "the C++ kernels", "cuda": "the CUDA kernels"}[kind]
     print(f"pottsops: compiling {what} (first use) into {folder} ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     log = os.path.join(folder, "build.log")
@@ -287,12 +246,6 @@ def _finish(kind, status, module, how, folder):
     return True
 
 
-def load_emulation():
-    """The test-only host emulation of the CUDA device code (pottsops_emulated::* ops), built on first use."""
-    ensure("cpu")
-    return ensure("emulation")
-
-
 def describe(kind):
     """One line: how kind's kernels are in use, or why not."""
     status = STATUS[kind]
@@ -304,8 +257,7 @@ def describe(kind):
 def clean():
     """Empties the build cache; returns what was removed."""
     folder = cache_dir()
-    removed = sorted(glob.glob(os.path.join(folder, "cpu-*")) + glob.glob(os.path.join(folder, "cuda-*"))
-                     + glob.glob(os.path.join(folder, "emulation-*")))
+    removed = sorted(glob.glob(os.path.join(folder, "cpu-*")) + glob.glob(os.path.join(folder, "cuda-*")))
     for path in removed:
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     return removed

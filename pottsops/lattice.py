@@ -47,10 +47,6 @@ class Lattice:
     offsets: torch.Tensor  # (M + 1,) segment bounds of each vertex in `order`
     neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
 
-    @property
-    def num_vertices(self):
-        return self.neighbors.shape[0]
-
 
 def _directions(d, device):
     """(2 (d+1), d+1) key steps: for direction j, minus = -u_j, plus = +u_j (image coordinate 0)."""

@@ -1,7 +1,9 @@
 """Neighbourhoods: which pairs of pixels a Potts energy sums over, and their spatial factors g_ij.
 
 Grid and window neighbourhoods are lists of offsets (dy, dx) in one half-plane (dy > 0, or dy == 0 and
-dx > 0), so that each unordered pair {i, j} appears once, as (i, i + offset).
+dx > 0), so that each unordered pair {i, j} appears once, as (i, i + offset).  The dense neighbourhood
+(every pair i != j of an image, Gaussian spatial and colour factors) is an object too, DENSE, so that code
+asks `neighborhood.dense` instead of comparing strings.
 """
 import math
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ class Neighborhood:
     offsets: tuple
     factor: str = "inverse_distance"
     default_sigma_xy: float = 1.0
+    dense = False
 
     @property
     def num_offsets(self):
@@ -41,9 +44,22 @@ class Neighborhood:
         return self.name
 
 
+@dataclass(frozen=True)
+class DenseNeighborhood:
+    """Every pair i != j of an image (bilateral weights from the image; filtered by the lattice or summed
+    exactly, potts.py).  Its spatial bandwidth is potts_energy's sigma_xy."""
+
+    name = "dense"
+    dense = True
+
+    def __repr__(self):
+        return self.name
+
+
 NN4 = Neighborhood("nn4", ((0, 1), (1, 0)))
 NN8 = Neighborhood("nn8", ((0, 1), (1, 0), (1, 1), (1, -1)))
-NAMED = {"nn4": NN4, "nn8": NN8}
+DENSE = DenseNeighborhood()
+NAMED = {"nn4": NN4, "nn8": NN8, "dense": DENSE}
 
 
 def window(radius, dilation=1):
@@ -65,12 +81,13 @@ def window(radius, dilation=1):
                         float(radius * dilation))
 
 
-def as_neighborhood(value, argument="neighborhood"):
-    """A Neighborhood from a name ('nn4', 'nn8') or a Neighborhood (e.g. from window())."""
-    if isinstance(value, Neighborhood):
+def as_neighborhood(value, argument="neighborhood", dense=True):
+    """A Neighborhood (or DENSE) from a name ('nn4', 'nn8', 'dense') or a Neighborhood (e.g. from window());
+    dense=False refuses the dense neighbourhood (where only grids and windows are supported)."""
+    if isinstance(value, Neighborhood) or (dense and value is DENSE):
         return value
-    if isinstance(value, str) and value in NAMED:
+    if isinstance(value, str) and value in NAMED and (dense or value != "dense"):
         return NAMED[value]
-    valid = ", ".join(f"{n!r}" for n in NAMED)
+    valid = ", ".join(f"{n!r}" for n in NAMED if dense or n != "dense")
     raise ValueError(f"{argument}: unknown neighbourhood {value!r}; expected one of {valid} "
                      f"or pottsops.window(radius, dilation)")

@@ -19,7 +19,7 @@ from pottsops.bilateral import prepare_filter
 from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
 from pottsops.potts import REDUCTIONS, potts_energy
-from pottsops.solve import solve
+from pottsops.solver import solve
 from pottsops.unary import self_labeling_loss
 
 __all__ = ["PottsLoss", "DenseCRFLoss", "GatedCRFLoss", "SoftSelfLabelingLoss"]

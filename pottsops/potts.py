@@ -132,10 +132,10 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     _checks.check_labels("y", y)
     relaxation_name(relaxation)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    if isinstance(neighborhood, str) and neighborhood == "dense":
+    neighborhood = as_neighborhood(neighborhood)
+    if neighborhood.dense:
         return _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend,
                             validate, method, precision)
-    neighborhood = as_neighborhood(neighborhood)
     _check_common("y", y, image, weights, mask, neighborhood)
     if sigma_xy is not None:
         _checks.check_positive("sigma_xy", sigma_xy)
@@ -205,7 +205,7 @@ def affinity(image, neighborhood="nn4", *, sigma_rgb=9.0, sigma_xy=None, mask=No
     _checks.check_float("image", image)
     if image.dim() != 4:
         raise ValueError(f"image: expected a 4-D tensor (B, C, H, W), got shape {_checks.shape_str(image)}")
-    neighborhood = as_neighborhood(neighborhood)
+    neighborhood = as_neighborhood(neighborhood, dense=False)
     if sigma_xy is not None:
         _checks.check_positive("sigma_xy", sigma_xy)
     if mask is not None:

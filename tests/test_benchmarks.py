@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pottsops
-from benchmarks import cases, harness, run
+from benchmarks import baselines, cases, harness, run
 from conftest import random_image, soft_labels
 
 
@@ -16,7 +16,7 @@ def test_unfold_baseline_is_the_bilinear_window_energy():
     image = random_image(shape, generator=g)
     window = pottsops.window(3)
     expected = pottsops.potts_energy(y, image, relaxation="bilinear", neighborhood=window, reduction="none")
-    torch.testing.assert_close(cases.unfold_window_potts(y, image, window), expected)
+    torch.testing.assert_close(baselines.unfold_window_potts(y, image, window), expected)
 
 
 def test_check_before_timing_rejects_a_wrong_backend(monkeypatch):

@@ -1,29 +1,60 @@
-"""The CUDA grid, unary and solver kernels' device code run on the host (pottsops/csrc/cpu/device_emulation.cpp, built by the tests only) against
+"""The CUDA grid, unary and solver kernels' device code run on the host (tests/csrc/device_emulation.cpp, built here) against
 the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
 (csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
 the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
 ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
 reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
 the CPU lattice (permutohedral.h), tested in test_dense.py."""
-import importlib
+import hashlib
+import os
+import sys
 
 import pytest
 import torch
 
 import pottsops
-from pottsops import _extension
+from pottsops import _build_settings, _extension
 from conftest import adaptive_step_inputs, cpu_kernels, random_image, random_mask, soft_labels
 from pottsops.neighborhoods import as_neighborhood
 
-solve_module = importlib.import_module("pottsops.solve")
+from pottsops.solver import problem as solver_problem  # noqa: E402
 
 EMULATED = ("grid_potts_energy", "grid_potts_energy_backward", "grid_affinity", "unary_loss", "unary_loss_backward",
             "grid_solver_gradient", "adaptive_step")
 NEIGHBORHOODS = ["nn4", "nn8", pottsops.window(2), pottsops.window(1, dilation=2)]
 NB_IDS = ["nn4", "nn8", "win2", "win1d2"]
 
-if not _extension.load_emulation():  # test-only native code: built here (cached), never part of pottsops._C
-    pytest.skip(f"the device emulation was not built: {_extension.describe('emulation')}", allow_module_level=True)
+EMULATION_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "device_emulation.cpp")
+
+
+def build_emulation():
+    """Builds (once per sources, flags and torch, into the build cache) and loads the emulation's library of
+    pottsops_emulated::* kernels; returns None, or why it could not."""
+    if not _extension.ensure("cpu"):
+        return f"the C++ kernels are not loaded: {_extension.describe('cpu')}"
+    reason = _extension.why_not_buildable("cpu")
+    if reason:
+        return reason
+    from torch.utils import cpp_extension
+    digest = hashlib.sha256()
+    for part in (open(EMULATION_SOURCE, "rb").read(), _build_settings.sources_digest().encode(),
+                 " ".join(_build_settings.cxx_flags()).encode(), torch.__version__.encode(),
+                 sys.implementation.cache_tag.encode()):
+        digest.update(part)
+    key = digest.hexdigest()[:20]
+    folder = os.path.join(_extension.cache_dir(), f"tests-emulation-{key}")
+    os.makedirs(folder, exist_ok=True)
+    print(f"building the test-only device emulation into {folder} (cached)", file=sys.stderr)
+    cpp_extension.load(name=f"pottsops_emulation_{key}", build_directory=folder, is_python_module=False,
+                       sources=[EMULATION_SOURCE, _build_settings.host_checks_source()],
+                       extra_cflags=_build_settings.cxx_flags(), extra_ldflags=_build_settings.link_flags(),
+                       extra_include_paths=[_build_settings.CSRC], verbose=False)
+    return None
+
+
+_WHY_NOT = build_emulation()
+if _WHY_NOT:
+    pytest.skip(f"the device emulation was not built: {_WHY_NOT}", allow_module_level=True)
 
 # The emulated ops take the schemas of the pottsops ops they stand in for.
 _SCHEMAS = torch.library.Library("pottsops_emulated", "DEF")
@@ -137,7 +168,7 @@ def solve_problem(backend, relaxation="cd", unary="cce", neighborhood="nn4", K=4
     seeds[:, 9:11, 4:15] = K - 1
     seeds[-1, 6, 1:5] = 0
     mask = random_mask((B, K, H, W), keep=0.85, generator=g)
-    return solve_module._make_problem(
+    return solver_problem.make_problem(
         logits=logits, image=image, seeds=seeds, relaxation=relaxation, unary=unary, neighborhood=neighborhood,
         eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None, mask=mask, weights=None, ignore_index=255,
         dense_method="lattice", backend=backend)

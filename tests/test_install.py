@@ -16,6 +16,8 @@ import time
 import pytest
 import torch
 
+from pottsops import _build_settings
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: nothing to build on first use")
 
@@ -57,7 +59,10 @@ def test_the_wheel_is_pure_python_with_the_sources(env):
     names = zipfile.ZipFile(wheel).namelist()
     assert wheel.name.endswith("py3-none-any.whl") and not [n for n in names if n.endswith((".so", ".pyd"))]
     assert "pottsops/csrc/ops.cpp" in names and "pottsops/csrc/cuda/grid_potts.cu" in names
-    assert "pottsops/csrc/cpu/device_emulation.cpp" not in names  # test-only native code is not shipped
+    shipped = sorted(n for n in names if n.startswith("pottsops/csrc/"))
+    assert shipped == sorted("pottsops/csrc/" + os.path.relpath(p, _build_settings.CSRC)
+                             for p in _build_settings.source_files())  # what the digest hashes, no more
+    assert "pottsops/_C.json" not in names
     print(f"isolated pip wheel: {seconds:.1f} s")
     assert seconds < 120
 
@@ -154,3 +159,56 @@ def test_nothing_compiles_while_torch_compile_traces(env):
     fast, slow, status = out.strip().splitlines()
     assert abs(float(fast) - float(slow)) <= 1e-9 * abs(float(slow)) and "compiling" not in err, err
     assert "not built yet" in status
+
+
+@pytest.fixture(scope="module")
+def aot(tmp_path_factory):
+    """(a copy of the repository, the ahead-of-time wheel built from it with POTTSOPS_AOT=1 (CPU kernels only),
+    the python of a fresh environment with that wheel installed)."""
+    root = tmp_path_factory.mktemp("aot")
+    tree = root / "tree"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.split()
+    for name in listed:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(tree / name), exist_ok=True)
+            shutil.copy(os.path.join(ROOT, name), tree / name)
+    environment = {**os.environ, "POTTSOPS_AOT": "1", "FORCE_CUDA": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(tree), "--no-build-isolation", "--no-deps", "-q",
+                            "-w", str(root / "wheel")], capture_output=True, text=True, env=environment)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    wheel = next((root / "wheel").glob("pottsops-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    python = str(root / "venv" / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "deps.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    return tree, wheel, python
+
+
+def test_an_ahead_of_time_wheel_loads_its_own_module_without_compiling(aot, tmp_path):
+    """The documented cluster path (POTTSOPS_AOT=1): the wheel carries _C and _C.json, and the installed copy
+    loads that _C, with an empty cache, no warning and nothing compiled."""
+    _, wheel, python = aot
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pottsops/_C.json" in names and [n for n in names if n.startswith("pottsops/_C") and n.endswith(".so")]
+    out, err = run(python, CHECK, tmp_path / "empty-cache").communicate(timeout=300)
+    fast, slow, status = out.strip().splitlines()
+    assert abs(float(fast) - float(slow)) <= 1e-9 * abs(float(slow))
+    assert "ahead-of-time" in status, status
+    assert "compiling" not in err and "skipped" not in err and "Warning" not in err, err
+    assert not (tmp_path / "empty-cache").exists() or not list((tmp_path / "empty-cache").iterdir())
+
+
+def test_a_pure_wheel_from_a_tree_with_an_ahead_of_time_build_carries_no_module(aot, tmp_path):
+    """pip wheel . where an ahead-of-time build left _C in build/lib (and _C.json in the tree): pure Python."""
+    tree, _, _ = aot
+    environment = {k: v for k, v in os.environ.items() if k != "POTTSOPS_AOT"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "-q", "-w", str(tmp_path)],
+                   check=True, capture_output=True, env=environment)
+    import zipfile
+    names = zipfile.ZipFile(next(tmp_path.glob("pottsops-*.whl"))).namelist()
+    assert not [n for n in names if n.startswith("pottsops/_C")], names

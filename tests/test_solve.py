@@ -1,7 +1,5 @@
 """pottsops.solve(): the guarantees of SPEC section 6, convergence, the step rule against its reference,
 the loops against each other, coarse levels, batch independence, backends and errors."""
-import importlib
-
 import pytest
 import torch
 
@@ -9,8 +7,8 @@ import pottsops
 from conftest import adaptive_step_inputs, random_mask
 from benchmarks import solver_problems
 from pottsops import demo, reference
+from pottsops.solver import levels, loop, polish, problem as solver_problem
 
-solve_module = importlib.import_module("pottsops.solve")  # the module: pottsops.solve is the function
 FUSED = [name for name in ("cpu", "cuda") if pottsops.backends()[name].available]
 
 
@@ -40,7 +38,7 @@ def check_guarantees(y, info, seeds, logits, mask=None):
 def make_problem(backend="cpu", neighborhood="nn4", **kwargs):
     args = dict(relaxation="cd", unary="cce", neighborhood=neighborhood, eta=0.3, lam=6.0, sigma_rgb=9.0,
                 sigma_xy=None, mask=None, weights=None, ignore_index=255, dense_method="lattice", backend=backend)
-    return solve_module._make_problem(**dict(args, **kwargs))
+    return solver_problem.make_problem(**dict(args, **kwargs))
 
 
 @pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
@@ -121,7 +119,7 @@ def test_default_solve_converges_on_a_generated_scene():
                          ids=["nn4", "nn8", "win2", "win1d3", "win2d2", "win1d1e7"])
 def test_polish_colours_hold_no_two_neighbours(neighborhood):
     H, W = 11, 13
-    classes, (high, wide) = solve_module._colours(neighborhood, H, W)
+    classes, (high, wide) = polish.colours(neighborhood, H, W)
     colours = []
     for slices in classes:
         colour = torch.zeros(H, W, dtype=torch.bool)
@@ -253,7 +251,7 @@ def test_fused_energy_and_gradient_match_the_reference(backend, relaxation, unar
                 relaxation=relaxation, unary=unary, neighborhood=pottsops.window(2, 1), mask=mask)
     fused = make_problem(backend, **args)
     ref = make_problem("reference", **args)
-    assert type(fused).__name__ == "_FusedProblem" and type(ref).__name__ == "_Problem"
+    assert type(fused) is solver_problem.FusedProblem and type(ref) is solver_problem.Problem
     y = torch.softmax(torch.randn(2, 17, 14, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), 3)
     y = ref.clamp(y.to(device).permute(0, 3, 2, 1))  # a non-contiguous view of labels on the simplex
     for got, expected in zip(fused.gradient(y), ref.gradient(y)):
@@ -289,7 +287,7 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     1 and 2 threads and an image solved alone (images in parallel vs rows in parallel)."""
     logits, image, seeds = problem(B=3, seed=13)
     mask = random_mask((3, 4, 14, 17), keep=0.9, generator=torch.Generator().manual_seed(13))
-    rule = [0.1, *solve_module.BETAS, solve_module.ADAM_EPS, solve_module.LOG_FLOOR]
+    rule = [0.1, *loop.BETAS, loop.ADAM_EPS, solver_problem.LOG_FLOOR]
 
     def run(compiled, threads, images=slice(None)):
         fused = make_problem(logits=logits[images].to(dtype), image=image[images].to(dtype), seeds=seeds[images],
@@ -298,8 +296,10 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
         torch.set_num_threads(threads)
         try:
             trace = []
-            y, energy, steps, _ = solve_module._solve_level(fused, torch.log_softmax(fused.logits, 1), 300, 1e-2,
-                                                              rule, trace, compiled=compiled)
+            theta = fused.clamp_theta(torch.log_softmax(fused.logits, 1))
+            y = fused.clamp(torch.softmax(theta, 1)).contiguous()
+            run_loop = loop.compiled_loop if compiled else loop.adaptive_loop
+            y, energy, steps = run_loop(fused, y, theta, 300, 1e-2, rule, fused.lower_bound(), trace)
         finally:
             torch.set_num_threads(before)
         return y, energy, steps, torch.stack(trace)
@@ -344,7 +344,7 @@ def test_coarse_levels_pool_and_upsample():
     seeds = torch.full((B, H, W), 255)
     seeds[0, 0, 1], seeds[0, 1, 0], seeds[0, 1, 1] = 2, 2, 1
     seeds[0, 0, 0] = 0  # on a pixel that does not exist: ignored
-    coarse_logits, coarse_image, coarse_seeds, coarse_mask, _ = solve_module._coarse(logits, image, seeds, mask,
+    coarse_logits, coarse_image, coarse_seeds, coarse_mask, _ = levels.coarse_inputs(logits, image, seeds, mask,
                                                                                      None, 255, 2)
     assert coarse_image.shape == (1, 1, 3, 4) and coarse_seeds.shape == (1, 3, 4)
     assert float(coarse_image[0, 0, 0, 0]) == (1 + 7 + 8) / 3  # pixel (0, 0) does not exist
@@ -354,17 +354,17 @@ def test_coarse_levels_pool_and_upsample():
     assert int(coarse_seeds[0, 0, 0]) == 2 and (coarse_seeds[0].flatten()[1:] == 255).all()
     assert coarse_mask.all()
     constant = torch.tensor([0.0, -2.0, -9.0], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 3, 4)
-    fine = solve_module._upsample(constant, 2, H, W)
+    fine = levels.upsample(constant, 2, H, W)
     assert fine.shape == (1, K, H, W)
-    assert torch.equal(fine, torch.tensor([0.0, -2.0, solve_module.TRANSFER_FLOOR],
+    assert torch.equal(fine, torch.tensor([0.0, -2.0, levels.TRANSFER_FLOOR],
                                           dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, H, W))
     ramp = torch.zeros(1, K, 3, 4, dtype=torch.float64)
     ramp[0, 1] = torch.arange(4.0) - 4  # class 1 rises along w, class 0 stays the largest
-    fine = solve_module._upsample(ramp, 2, H, W)
+    fine = levels.upsample(ramp, 2, H, W)
     assert torch.allclose(fine[0, 1, 2, 1:6], torch.tensor([-3.75, -3.25, -2.75, -2.25, -1.75], dtype=torch.float64))
-    assert solve_module._levels((1, K, 64, 40), 2) == [4, 2] and solve_module._levels((1, K, 20, 64), 2) == [2]
-    assert solve_module._levels((1, K, 64, 64), 1) == [2] and solve_module._levels((1, K, 64, 64), 0) == []
-    assert solve_module._levels((1, K, 64, 64), 3) == [8, 4, 2]
+    assert levels.level_factors((1, K, 64, 40), 2) == [4, 2] and levels.level_factors((1, K, 20, 64), 2) == [2]
+    assert levels.level_factors((1, K, 64, 64), 1) == [2] and levels.level_factors((1, K, 64, 64), 0) == []
+    assert levels.level_factors((1, K, 64, 64), 3) == [8, 4, 2]
 
 
 def test_mask_and_init():

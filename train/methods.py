@@ -99,7 +99,7 @@ def _gradient_descent_loss(logits, batch, reg):
     sigma = torch.softmax(logits, 1)
     seed_term = _self_labeling(logits, sigma, seeds, 0.0, "cce", mask, reg)
     image = batch["image"]
-    if reg.gd_neighborhood == "dense":
+    if pottsops.neighborhoods.as_neighborhood(reg.gd_neighborhood).dense:
         if reg.gd_scale != 1.0:  # rloss's scale_factor: probabilities, image and sigma_xy scaled together
             size = [max(1, round(s * reg.gd_scale)) for s in sigma.shape[2:]]
             sigma = F.interpolate(sigma, size=size, mode="bilinear", align_corners=False)
