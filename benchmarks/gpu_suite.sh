@@ -56,7 +56,7 @@ for step in "${steps[@]}"; do
         --configs cd+cce q+cce bl+cce --baseline-images 1 --out "$OUT/solver-quality" >> "$OUT/bench.log" 2>&1 \
         && $PY -m benchmarks.solver_report --out "$OUT/solver-quality" > /dev/null 2>&1 || failed+=(solver-quality)
       cp "$OUT/solver-quality/report.md" "$OUT/solver-quality.md" 2>/dev/null
-      cp "$OUT/solver-quality/runs.csv" "$OUT/solver-quality.csv" 2>/dev/null
+      gzip -dc "$OUT/solver-quality/runs.csv.gz" > "$OUT/solver-quality.csv" 2>/dev/null
       rm -rf "$OUT/solver-quality"  # the two files above are what comes back
       grep -A 12 "^| start" "$OUT/solver-quality.md" 2>/dev/null | head -n 14
       ;;

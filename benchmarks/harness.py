@@ -7,6 +7,7 @@ recorded as such and not timed.
 """
 import csv
 import ctypes
+import gzip
 import os
 import platform
 import statistics
@@ -273,10 +274,17 @@ CSV_FIELDS = ["op", "variant", "shape", "dtype", "direction", "backend", "metric
               "triton", "sha"]
 
 
+def open_text(path, mode="r"):
+    """A text file, gzip-compressed where its name ends in .gz (raw per-run logs are kept compressed in git)."""
+    if path.endswith(".gz"):
+        return gzip.open(path, mode + "t", newline="")
+    return open(path, mode, newline="")
+
+
 def append_rows(path, fields, rows):
-    """Appends rows (dicts) to a CSV file, with the header when the file is new."""
+    """Appends rows (dicts) to a CSV file (gzip where the name ends in .gz), with the header when it is new."""
     new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
+    with open_text(path, "a") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()

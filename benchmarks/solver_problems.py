@@ -7,7 +7,7 @@ starts, the energy written independently of the solver, and its lowest known val
 - Starts: "zero" (zero logits: the scribbles alone) and "noisy": logits 3 * blur_6(one_hot(ground truth)
   + 3 N(0, 1)), a stand-in for a network trained on scribbles (its argmax scores mIoU 0.64 on both sets;
   errors come in blobs, as a network's do).
-- The energy of SPEC section 6 through the reference ops, and its parts: excess(y) = E(y) - L, with L the
+- The energy of docs/contract.md §6 through the reference ops, and its parts: excess(y) = E(y) - L, with L the
   unary's lower bound (eta times the sum over the unlabeled pixels of min_y H(y, sigma)): the energy less
   what no labelling can change.  With zero logits and cce, L is the whole unary and the excess is the
   Potts energy.  Gaps are relative to the lowest known excess: (E - E*) / (E* - L), or to a thousandth of

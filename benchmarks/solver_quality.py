@@ -22,7 +22,7 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    image (once per dataset), scikit-image's random walker (beta 130, mode cg_j) for the labels' quality
    (--baseline-images 0: no baselines, e.g. to measure another version of pottsops beside these rows).
 
-Writes runs.csv (one row per image and method), curves.csv (median gap against steps and seconds per
+Writes runs.csv.gz (one row per image and method), curves.csv.gz (median gap against steps and seconds per
 configuration and method, of the latest run of each), best_energies.csv, report.md and curves.png under
 --out.  Needs scikit-image.
 """
@@ -210,9 +210,9 @@ def replace_curves(path, key, rows):
     """curves.csv with the rows of configuration key replaced: the curves are the latest run's."""
     kept = []
     if os.path.exists(path):
-        with open(path, newline="") as f:
+        with harness.open_text(path) as f:
             kept = [r for r in csv.DictReader(f) if tuple(r[k] for k in CURVE_FIELDS[:5]) != key]
-    with open(path, "w", newline="") as f:
+    with harness.open_text(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
         writer.writeheader()
         writer.writerows(kept + rows)
@@ -239,11 +239,11 @@ def main(argv=None):
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
     best_path = os.path.join(args.out, "best_energies.csv")
-    runs_path = os.path.join(args.out, "runs.csv")
+    runs_path = os.path.join(args.out, "runs.csv.gz")
     best = read_best(best_path)
     done = set()
     if os.path.exists(runs_path):
-        with open(runs_path, newline="") as f:
+        with harness.open_text(runs_path) as f:
             done = {(r["dataset"], r["start"], r["relaxation"], r["unary"], r["neighborhood"], r["label"])
                     for r in csv.DictReader(f)}
     for dataset in args.datasets:
@@ -259,7 +259,7 @@ def main(argv=None):
                     rows, curves = run_config(images, dataset, start, relaxation, unary, neighborhood, args, best)
                     write_best(best_path, best)
                     harness.append_rows(runs_path, RUN_FIELDS, rows)
-                    replace_curves(os.path.join(args.out, "curves.csv"), key, curve_rows(key, curves))
+                    replace_curves(os.path.join(args.out, "curves.csv.gz"), key, curve_rows(key, curves))
                     solved = [r for r in rows if r["method"] == "solve"]
                     print(f"{' '.join(key)}: {time.perf_counter() - began:.0f} s; solve: median gap "
                           f"{statistics.median(float(r['gap']) for r in solved):.1e}, median "

@@ -19,7 +19,7 @@ AIM = 1e-2
 
 
 def read(path):
-    with open(path, newline="") as f:
+    with harness.open_text(path) as f:
         return list(csv.DictReader(f))
 
 
@@ -172,8 +172,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/solver-quality")
     args = parser.parse_args(argv)
-    rows = read(os.path.join(args.out, "runs.csv"))
-    curves = read(os.path.join(args.out, "curves.csv"))
+    rows = read(os.path.join(args.out, "runs.csv.gz"))
+    curves = read(os.path.join(args.out, "curves.csv.gz"))
     bad = [r for r in rows if r["check"]]
     env = harness.environment(__import__("torch").device("cpu"))
     lines = ["# solve(): time to quality on CamVid and ACDC", "",

@@ -11,7 +11,7 @@ Public API:
     RELAXATIONS, UNARIES             accepted names (aliases in pottsops.names)
 """
 from pottsops._backend import backends
-from pottsops.bilateral import bilateral_filter
+from pottsops.lattice import bilateral_filter
 from pottsops.names import RELAXATIONS, UNARIES
 from pottsops.neighborhoods import Neighborhood, window
 from pottsops.potts import affinity, potts_energy

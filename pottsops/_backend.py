@@ -1,4 +1,4 @@
-"""Which backend runs an op (SPEC section 7), decided in this one place.
+"""Which backend runs an op (docs/contract.md §7), decided in this one place.
 
 auto: CUDA tensors use the CUDA extension, else Triton, else reference; CPU tensors use the C++
 extension, else reference.  POTTSOPS_BACKEND overrides auto.  An explicit backend that cannot run

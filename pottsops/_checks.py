@@ -1,5 +1,5 @@
 """Argument checks shared by the public functions: each error names the argument, what was expected
-and what was given (SPEC section 8)."""
+and what was given (docs/contract.md §8)."""
 import math
 
 import torch

@@ -52,13 +52,13 @@ def _register():
         B, d, H, W = features.shape
         weights = torch.float64 if features.dtype == torch.float64 else torch.float32
         vertices = torch.library.get_ctx().new_dynamic_size()  # the lattice's size depends on the data
-        if features.device.type == "cuda":  # pottsops/lattice.py build_tensors
+        if features.device.type == "cuda":  # pottsops/lattice_tensors.py build_tensors
             entries = B * H * W * (d + 1)
             return [features.new_empty(B, H * W, d + 1, dtype=weights), *(features.new_empty(entries, dtype=torch.long)
                                                                           for _ in range(2)),
                     features.new_empty(vertices + 1, dtype=torch.long),
                     features.new_empty(vertices, d + 1, 2, dtype=torch.long)]
-        return [features.new_empty(B, H * W, d + 1, dtype=torch.int32),  # csrc/cpu/permutohedral.cpp
+        return [features.new_empty(B, H * W, d + 1, dtype=torch.int32),  # csrc/cpu/lattice.cpp
                 features.new_empty(B, H * W, d + 1, dtype=weights),
                 features.new_empty(vertices, d + 1, 2, dtype=torch.int32), features.new_empty(B + 1, dtype=torch.long)]
 
@@ -168,7 +168,7 @@ def on_load(kind):
     if kind == "cpu":
         _register()
     elif kind == "cuda":
-        from pottsops import lattice
-        torch.library.register_kernel("pottsops::lattice_build", "cuda", lattice.build_tensors)
-        torch.library.register_kernel("pottsops::lattice_filter", "cuda", lattice.filter_tensors)
-        torch.library.register_kernel("pottsops::lattice_quadratic", "cuda", lattice.quadratic_tensors)
+        from pottsops import lattice_tensors
+        torch.library.register_kernel("pottsops::lattice_build", "cuda", lattice_tensors.build_tensors)
+        torch.library.register_kernel("pottsops::lattice_filter", "cuda", lattice_tensors.filter_tensors)
+        torch.library.register_kernel("pottsops::lattice_quadratic", "cuda", lattice_tensors.quadratic_tensors)

@@ -18,7 +18,7 @@ memory stays O(B K N) (never N x N); see pottsops.reference.dense_potts_energy.
 """
 import torch
 
-from pottsops import _backend, bilateral, reference
+from pottsops import _backend, lattice, reference
 from pottsops.names import relaxation_name
 
 LATTICE_RELAXATIONS = ("bilinear", "quadratic", "normalized_quadratic")
@@ -62,10 +62,10 @@ class DenseEnergy:
     lattice) made once, then energy(y) -> (B,) per call.  sigma_rgb a number or a (B,) tensor."""
 
     def __init__(self, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32"):
-        self.features = bilateral.bilateral_features(image, sigma_xy, sigma_rgb)
+        self.features = lattice.bilateral_features(image, sigma_xy, sigma_rgb)
         self.mask, self.relaxation, self.method, self.eps = mask, relaxation_name(relaxation), method, eps
         self.backend, self.precision = backend, precision
-        self.filter = bilateral.LatticeFilter(self.features, backend) if method == "lattice" else None
+        self.filter = lattice.LatticeFilter(self.features, backend) if method == "lattice" else None
 
     def __call__(self, y):
         if self.method == "lattice":

@@ -1,167 +1,115 @@
-"""The permutohedral lattice as tensor operations, for any device (the CUDA lattice_build and lattice_filter
-ops are these functions).
+"""Bilateral (Gaussian) filtering over joint position and colour space.
 
-Same operator as the C++ filter (csrc/cpu/permutohedral.cpp): alpha S^T C^T C S with two rings of blur
-vertices around the splatted ones, built here with sorting instead of a hash table:
+    out_i = sum_j exp(-|p_i - p_j|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_rgb^2)) values_j
 
-1. lattice_simplex (a kernel): each pixel's d+1 simplex vertices (keys) and barycentric weights;
-2. vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a first
-   coordinate, so one lattice holds the whole batch), grown by two rings of neighbours, each ring a
-   torch.unique of vertices and their 2 (d+1) neighbours (the entries' vertex indices are remapped after
-   each); an image whose lattice a ring would take past vertex_budget keeps the vertices before it, and
-   grows no further, as in the C++ lattice;
-3. the neighbour table: vertices and their neighbours through one more torch.unique;
-4. filtering: splat as a segment sum over the entries sorted by vertex (deterministic), the 2 (d+1) blur
-   passes as gathers, the slice as a gather and a weighted sum.
-
-Everything is sorted, never atomically accumulated, so results are bitwise reproducible.
+over all pixels j of the same image (j = i included).  The fast backends approximate it with the
+permutohedral lattice (Adams et al. 2010) in O(N); the reference computes the exact sum in O(N^2)
+(chunked, small images only) and is the oracle the lattice's error is measured against.
 """
-import math
-from dataclasses import dataclass
-
 import torch
 
-from pottsops import reference
+from pottsops import _backend, _checks, reference
 
-RINGS = 2  # csrc/pottsops/bilateral_args.h kLatticeRings
+MAX_FEATURE = 2.0 ** 24  # csrc/pottsops/lattice_args.h kMaxLatticeFeature: the lattice's coordinate range
+MAX_LATTICE_DIM = 16  # csrc/pottsops/lattice.h kMaxLatticeDim: 2 positions + up to 14 image channels
 
-
-def vertex_budget(n, d):
-    """csrc/pottsops/bilateral_args.h lattice_vertex_budget: the most vertices of one image's lattice
-    before its blur rings are left out."""
-    return min(max(16 * n * (d + 1), 1 << 18), 1 << 30)
+FILTER_BACKENDS = ("cuda", "cpu", "reference")
 
 
-def lattice_scale(d):
-    """alpha of csrc/pottsops/bilateral_args.h lattice_scale."""
-    return (4.0 * math.pi / 3.0) ** (d / 2.0) * math.sqrt(d + 1.0)
+def bilateral_features(image, sigma_xy, sigma_rgb):
+    """(B, 2 + C, H, W) features: row / sigma_xy, column / sigma_xy, image / sigma_rgb.
+
+    sigma_rgb is a number or a (B,) tensor (one bandwidth per image)."""
+    B, C, H, W = image.shape
+    dtype = reference.accumulation_dtype(image.dtype)
+    rows = torch.arange(H, device=image.device, dtype=dtype).view(1, 1, H, 1).expand(B, 1, H, W)
+    cols = torch.arange(W, device=image.device, dtype=dtype).view(1, 1, 1, W).expand(B, 1, H, W)
+    if isinstance(sigma_rgb, torch.Tensor):
+        sigma_rgb = sigma_rgb.to(device=image.device, dtype=dtype).view(B, 1, 1, 1)
+    image = image.to(dtype)
+    if image.numel():  # the filter depends on differences only: from 0 up, the lattice's coordinates stay small
+        image = image - image.amin((2, 3), keepdim=True)
+    return torch.cat([rows / sigma_xy, cols / sigma_xy, image / sigma_rgb], 1)
 
 
-@dataclass
-class Lattice:
-    d: int
-    shape: tuple          # (B, N)
-    weights: torch.Tensor  # (B * N * (d+1),) barycentric weight of each entry
-    entry_vertex: torch.Tensor  # (B * N * (d+1),) vertex of each entry
-    order: torch.Tensor    # entries sorted by vertex (stable)
-    offsets: torch.Tensor  # (M + 1,) segment bounds of each vertex in `order`
-    neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
+def check_bandwidth(name, sigma, dtype):
+    """sigma > 0 whose inverse is finite in the features' dtype."""
+    _checks.check_positive(name, sigma)
+    if not 1.0 / sigma <= torch.finfo(dtype).max:
+        raise ValueError(f"{name}: expected a number whose inverse is finite in {dtype}, got {sigma!r}")
 
 
-def _directions(d, device):
-    """(2 (d+1), d+1) key steps: for direction j, minus = -u_j, plus = +u_j (image coordinate 0)."""
-    steps = torch.zeros(d + 1, 2, d + 1, dtype=torch.int32, device=device)
-    for j in range(d + 1):
-        for plus, sign in ((0, -1), (1, 1)):
-            steps[j, plus, 1:] = sign
-            if j < d:
-                steps[j, plus, 1 + j] = -sign * d
-    return steps.view(2 * (d + 1), d + 1)
+def check_lattice_range(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb"):
+    """The lattice's coordinates (positions / sigma_xy, colours from their least * inv_sigma_rgb, a number
+    or (B,)) stay within its range, or the error names the bandwidth that is too small."""
+    H, W = image.shape[2:]
+    if (max(H, W) - 1) / sigma_xy > MAX_FEATURE:
+        raise ValueError(f"sigma_xy: expected at least {(max(H, W) - 1) / MAX_FEATURE:.3g} for a {H} x {W} image "
+                         f"(positions / sigma_xy beyond 2^24 leave the lattice's range), got {sigma_xy!r}")
+    if torch.compiler.is_compiling() or not image.numel():
+        return
+    scale = inv_sigma_rgb.to(image.device).view(-1, 1, 1, 1) if isinstance(inv_sigma_rgb, torch.Tensor) \
+        else inv_sigma_rgb
+    spread = image.amax((2, 3), keepdim=True).double() - image.amin((2, 3), keepdim=True).double()
+    largest = float((spread * scale).amax())
+    if largest > MAX_FEATURE:
+        raise ValueError(f"{rgb_name}: colour differences / sigma_rgb reach {largest:.3g}, beyond the lattice's "
+                         "range 2^24: a sigma_rgb too small for the image's values")
 
 
-def _with_neighbors(vertices, steps):
-    return torch.cat([vertices, (vertices[:, None, :] + steps[None]).view(-1, vertices.shape[1])])
+class LatticeFilter:
+    """The filter of one batch of already-scaled features (B, d, H, W), the lattice built once: building it
+    costs about as much as filtering a few dozen channels, so a caller that filters values of the same
+    images again (the solver's steps) keeps this object.  filter(values (B, C, H, W)) -> (B, C, H, W)."""
+
+    def __init__(self, features, backend="auto"):
+        self.features = features
+        impl = _backend.resolve(backend, features.device, FILTER_BACKENDS, "bilateral_filter")
+        self.lattice = None if impl == "reference" else torch.ops.pottsops.lattice_build(features)
+
+    def __call__(self, values):
+        if self.lattice is None:
+            return reference.bilateral_filter(values, self.features)
+        return torch.ops.pottsops.lattice_filter(values, self.lattice)
+
+    def quadratic(self, values):
+        """(A values, forms (B, C)): forms[b, c] = values[b, c] . (A values)[b, c] over the pixels, with the
+        gradient 2 A values, which the backward pass takes from the filtered values (no second filtering)."""
+        if self.lattice is None:
+            filtered = reference.bilateral_filter(values, self.features)
+            return filtered, (values * filtered).sum((2, 3))
+        return torch.ops.pottsops.lattice_quadratic(values, self.lattice)
 
 
-def _unique_rows(rows):
-    """torch.unique(rows, dim=0, return_inverse=True) for int32 rows; packed into one int64 per row
-    (a much faster 1-D sort) when the columns' ranges fit in 62 bits, as they do for images."""
-    lo = rows.min(0).values.to(torch.int64)
-    span = rows.max(0).values.to(torch.int64) - lo + 1
-    bits = [max(1, int(s - 1).bit_length()) for s in span.tolist()]
-    if sum(bits) > 62:
-        return torch.unique(rows, dim=0, return_inverse=True)
-    shifts = torch.tensor([sum(bits[i + 1:]) for i in range(len(bits))], dtype=torch.int64, device=rows.device)
-    packed = ((rows.to(torch.int64) - lo) << shifts).sum(1)
-    unique, inverse = torch.unique(packed, return_inverse=True)
-    masks = torch.tensor([(1 << b) - 1 for b in bits], dtype=torch.int64, device=rows.device)
-    return (((unique[:, None] >> shifts) & masks) + lo).to(torch.int32), inverse
+def bilateral_filter(values, image, sigma_xy, sigma_rgb, *, backend="auto"):
+    """Gaussian filter of values (B, C, H, W) over position and image colour, all C channels at once.
+
+    values: (B, C, H, W) floating; gradients flow to it (the filter is linear and symmetric).
+    image: (B, C_f, H, W) features (1 channel for grey MRI, 3 for RGB); no gradient flows to it.
+    sigma_xy, sigma_rgb: bandwidths in pixels and in image units, > 0.
+    backend: 'cuda' or 'cpu' (lattice), 'reference' (exact, O(N^2): small images), or 'auto'.
+
+    >>> ones = torch.ones(1, 1, 64, 64)
+    >>> degree = pottsops.bilateral_filter(ones, image, sigma_xy=10.0, sigma_rgb=15.0)  # sum_j w_ij
+    """
+    _checks.check_float("values", values)
+    if values.dim() != 4:
+        raise ValueError(f"values: expected a 4-D tensor (B, C, H, W), got shape {_checks.shape_str(values)}")
+    _checks.check_image("image", image, "values", values)
+    return prepare_filter(image, sigma_xy, sigma_rgb, backend=backend)(values)
 
 
-def build(features, rings=RINGS):
-    """The lattice of features (B, d, H, W) (already divided by their sigmas)."""
-    B, d = features.shape[:2]
-    N = features.shape[2] * features.shape[3]
-    keys, weights = torch.ops.pottsops.lattice_simplex(features)
-    image = torch.arange(B, device=features.device, dtype=torch.int32).view(B, 1, 1, 1).expand(B, N, d + 1, 1)
-    rows = torch.cat([image, keys], 3).view(-1, d + 1)
-    vertices, entry_vertex = _unique_rows(rows)
-    steps = _directions(d, features.device)
-    growing = torch.ones(B, dtype=torch.bool, device=features.device)
-    for _ in range(rings):
-        grown, inverse = _unique_rows(_with_neighbors(vertices, steps))
-        counts = torch.bincount(grown[:, 0].long(), minlength=B)
-        growing &= counts <= vertex_budget(N, d)
-        keep = growing[grown[:, 0].long()]
-        keep[inverse[:vertices.shape[0]]] = True  # the vertices before this ring stay
-        new_index = keep.long().cumsum(0) - 1
-        entry_vertex = new_index[inverse[entry_vertex]]
-        vertices = grown[keep]
-    M = vertices.shape[0]
-    every, inverse = _unique_rows(_with_neighbors(vertices, steps))
-    vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)
-    vertex_of[inverse[:M]] = torch.arange(M, device=features.device)
-    neighbors = vertex_of[inverse[M:]].view(M, d + 1, 2)
-    order = torch.argsort(entry_vertex, stable=True)
-    counts = torch.bincount(entry_vertex, minlength=M)
-    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return Lattice(d, (B, N), weights.reshape(-1), entry_vertex, order, offsets, neighbors)
-
-
-def filter_values(lattice, values):
-    """alpha S^T C^T C S values for values (B, C, H, W) on the lattice of their image."""
-    B, C, H, W = values.shape
-    d = lattice.d
-    acc = lattice.weights.dtype
-    rows = values.to(acc).flatten(2).transpose(1, 2).reshape(B * H * W, 1, C).expand(-1, d + 1, C).reshape(-1, C)
-    rows = rows * lattice.weights[:, None]
-    grid = torch.ops.pottsops.segment_sum(rows[lattice.order], lattice.offsets)
-    for j in range(d + 1):  # C_0 .. C_d: average with the plus neighbour
-        grid = _average(grid, lattice.neighbors[:, j, 1])
-    for j in reversed(range(d + 1)):  # C_d^T .. C_0^T: average with the minus neighbour
-        grid = _average(grid, lattice.neighbors[:, j, 0])
-    sliced = (grid[lattice.entry_vertex] * lattice.weights[:, None]).view(B * H * W, d + 1, C).sum(1)
-    out = lattice_scale(d) * sliced
-    return reference.narrow(out.view(B, H * W, C).transpose(1, 2).reshape(B, C, H, W), values.dtype)
-
-
-def _average(grid, neighbor):
-    present = (neighbor >= 0)[:, None]
-    return 0.5 * (grid + torch.where(present, grid[neighbor.clamp(min=0)], 0))
-
-
-def build_tensors(features):
-    """pottsops::lattice_build on CUDA: the lattice as the list of tensors lattice_filter takes back."""
-    lattice = build(features)
-    B, N = lattice.shape
-    return [lattice.weights.view(B, N, lattice.d + 1), lattice.entry_vertex, lattice.order, lattice.offsets,
-            lattice.neighbors]
-
-
-def filter_tensors(values, tensors):
-    """pottsops::lattice_filter on CUDA, its lattice checked first (a wrong index would read out of bounds)."""
-    if len(tensors) != 5:
-        raise ValueError(f"lattice: expected the 5 tensors lattice_build returns on CUDA, got {len(tensors)}")
-    weights, entry_vertex, order, offsets, neighbors = tensors
-    B, C, H, W = values.shape
-    if weights.dim() != 3 or weights.shape[:2] != (B, H * W) or not weights.is_floating_point():
-        raise ValueError(f"lattice[0]: expected floating weights ({B}, {H * W}, d+1), got {tuple(weights.shape)}")
-    d, entries = weights.shape[2] - 1, weights.numel()
-    M = neighbors.shape[0]
-    ok = (entry_vertex.shape == (entries,) and order.shape == (entries,) and offsets.shape == (M + 1,)
-          and neighbors.shape == (M, d + 1, 2) and all(t.dtype == torch.int64 for t in tensors[1:]))
-    if ok and entries:
-        ok = bool((entry_vertex.min() >= 0) & (entry_vertex.max() < M) & (order.min() >= 0) & (order.max() < entries)
-                  & (neighbors.min() >= -1) & (neighbors.max() < M) & (offsets[0] == 0) & (offsets[-1] == entries)
-                  & (offsets.diff() >= 0).all())
-    if not ok:
-        raise ValueError("lattice: expected the tensors lattice_build made for these values (shapes, int64 indices "
-                         "inside the lattice)")
-    return filter_values(Lattice(d, (B, H * W), weights.reshape(-1), entry_vertex, order, offsets, neighbors), values)
-
-
-def quadratic_tensors(values, tensors):
-    """pottsops::lattice_quadratic on CUDA: the filter and the per-channel forms values . filtered."""
-    filtered = filter_tensors(values, tensors)
-    acc = torch.float64 if values.dtype == torch.float64 else torch.float32
-    return filtered, (values.to(acc) * filtered.to(acc)).sum((2, 3))
+def prepare_filter(image, sigma_xy, sigma_rgb, *, backend="auto"):
+    """bilateral_filter's arguments but the values checked, and its LatticeFilter (lattice built once)."""
+    dtype = reference.accumulation_dtype(image.dtype)
+    check_bandwidth("sigma_xy", sigma_xy, dtype)
+    check_bandwidth("sigma_rgb", sigma_rgb, dtype)
+    if 2 + image.shape[1] > MAX_LATTICE_DIM:
+        raise ValueError(f"image: expected at most {MAX_LATTICE_DIM - 2} channels (the lattice has 2 + C_f <= "
+                         f"{MAX_LATTICE_DIM} dimensions), got {image.shape[1]}")
+    image = image.detach()
+    if not torch.compiler.is_compiling():
+        _checks.check_finite("image", image)
+    if _backend.resolve(backend, image.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
+        check_lattice_range(image, sigma_xy, 1.0 / sigma_rgb)
+    return LatticeFilter(bilateral_features(image, sigma_xy, sigma_rgb), backend)

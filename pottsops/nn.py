@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pottsops import _checks
-from pottsops.bilateral import prepare_filter
+from pottsops.lattice import prepare_filter
 from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
 from pottsops.potts import REDUCTIONS, potts_energy

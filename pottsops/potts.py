@@ -1,7 +1,7 @@
 """Potts energies of soft labelings over grid and window neighbourhoods, and their edge weights."""
 import torch
 
-from pottsops import _backend, _checks, bilateral, dense, reference
+from pottsops import _backend, _checks, lattice, dense, reference
 from pottsops.names import relaxation_index, relaxation_name
 from pottsops.neighborhoods import NN4, as_neighborhood
 
@@ -176,7 +176,7 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
     _checks.check_image("image", image, "y", like)
     _checks.check_mask(mask, "y", like)
     sigma_xy = DENSE_SIGMA_XY if sigma_xy is None else sigma_xy
-    bilateral.check_bandwidth("sigma_xy", sigma_xy, reference.accumulation_dtype(image.dtype))
+    lattice.check_bandwidth("sigma_xy", sigma_xy, reference.accumulation_dtype(image.dtype))
     _checks.check_number("eps", eps)
     dense.check_method(method, relaxation)
     _checks.check_choice("precision", precision, dense.PRECISIONS)
@@ -187,7 +187,7 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
         _checks.check_finite("image", image, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)
     if method == "lattice":
-        bilateral.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
+        lattice.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
     energy = dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
                                precision)
     if mask is None:

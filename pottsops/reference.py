@@ -10,12 +10,14 @@ from pottsops.names import RELAXATIONS, UNARIES
 
 
 def accumulation_dtype(dtype):
+    """The dtype a computation on dtype runs in, for every Python path (the kernels: at::opmath_type, the same rule):
+    float64 stays float64, everything else (float32, float16, bfloat16) accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def narrow(t, dtype):
     """t as dtype; into fp16 or bf16 saturated at its largest finite value, as the kernels store (a gradient
-    of order 1/eps stays finite: SPEC section 8)."""
+    of order 1/eps stays finite: docs/contract.md §8)."""
     if dtype in (torch.float16, torch.bfloat16):
         top = torch.finfo(dtype).max
         t = t.clamp(-top, top)
@@ -41,7 +43,7 @@ def widen(t):
 
 
 def pair_potential(relaxation, p, q, eps=1e-8):
-    """P(p, q) over dim 1 for a relaxation given by its long name (SPEC section 3)."""
+    """P(p, q) over dim 1 for a relaxation given by its long name (docs/contract.md §3)."""
     return pair_value(relaxation, (p * q).sum(1), (p * p).sum(1), (q * q).sum(1), eps)
 
 
@@ -56,7 +58,7 @@ def pair_value(relaxation, s, a, b, eps=1e-8):
     if relaxation == "collision_ce":
         return -torch.log(s + eps)
     if relaxation == "log_quadratic":
-        # 1 - |p - q|^2 / 2 >= 0 on the simplex; the clamp only absorbs rounding and leaves the SPEC's partials
+        # 1 - |p - q|^2 / 2 >= 0 on the simplex; the clamp only absorbs rounding and leaves the contract's partials
         # (-1/u, 1/(2u) at u = the clamped value + eps), as in the kernels: one-hot neighbours of different
         # classes, where the value is exactly 0, get them too.
         x = 1 - 0.5 * (a + b) + s

@@ -4,18 +4,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pottsops
-from pottsops import bilateral, potts, reference
+from pottsops import lattice, potts, reference
 from pottsops.nn import DenseCRFLoss
 from conftest import backend_id, fast_backends, random_image, random_mask, shape_id, soft_labels
 
-LATTICE_BACKENDS = [b for b in bilateral.FILTER_BACKENDS if b != "reference" and pottsops.backends()[b].available]
+LATTICE_BACKENDS = [b for b in lattice.FILTER_BACKENDS if b != "reference" and pottsops.backends()[b].available]
 LATTICE_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 
 
 def brute_force_energy(y, image, relaxation, sigma_xy, sigma_rgb, mask=None):
     """sum over unordered pairs i < j of w_ij P(y_i, y_j), the N x N weights materialised (float64)."""
     B, K, H, W = y.shape
-    features = bilateral.bilateral_features(image.double(), sigma_xy, sigma_rgb).flatten(2).transpose(1, 2)
+    features = lattice.bilateral_features(image.double(), sigma_xy, sigma_rgb).flatten(2).transpose(1, 2)
     w = torch.exp(-0.5 * torch.cdist(features, features).square())
     Y = y.double().flatten(2)  # (B, K, N)
     P = reference.pair_potential(relaxation, Y[:, :, :, None], Y[:, :, None, :])  # (B, N, N)
@@ -180,17 +180,17 @@ def test_segment_sum_in_order():
 def test_tensor_lattice_is_the_cpu_lattice(channels):
     """pottsops.lattice (the CUDA filter's algorithm: sorting instead of hashing), run on CPU tensors,
     gives the C++ lattice's result."""
-    from pottsops import lattice
+    from pottsops import lattice_tensors
     g = torch.Generator().manual_seed(8)
     image = random_image((2, 1, 13, 17), channels=channels, generator=g, dtype=torch.float64)
     values = torch.randn(2, 4, 13, 17, generator=g, dtype=torch.float64)
-    features = bilateral.bilateral_features(image, 3.0, 12.0)
+    features = lattice.bilateral_features(image, 3.0, 12.0)
     _, weights = torch.ops.pottsops.lattice_simplex(features)
     assert weights.min() > -1e-12 and torch.allclose(weights.sum(2), torch.ones_like(weights.sum(2)))
     cpu = torch.ops.pottsops.lattice_build(features)
-    torch.testing.assert_close(lattice.filter_tensors(values, lattice.build_tensors(features)),
+    torch.testing.assert_close(lattice_tensors.filter_tensors(values, lattice_tensors.build_tensors(features)),
                                torch.ops.pottsops.lattice_filter(values, cpu), rtol=1e-12, atol=1e-12)
-    assert lattice.build(features).neighbors.shape[0] == cpu[2].shape[0]  # the same vertices, rings included
+    assert lattice_tensors.build(features).neighbors.shape[0] == cpu[2].shape[0]  # the same vertices, rings included
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA lattice is checked on the GPU suite")
@@ -251,12 +251,12 @@ def test_one_filtering_per_energy_and_none_in_backward(relaxation):
 def test_reusing_a_lattice_gives_identical_results():
     """A lattice built once (the solver's steps) filters exactly as one built for each call."""
     y, image, mask = random_problem((2, 5, 11, 14), seed=11)
-    features = bilateral.bilateral_features(image.float(), 4.0, 15.0)
-    once = bilateral.LatticeFilter(features, "cpu")
+    features = lattice.bilateral_features(image.float(), 4.0, 15.0)
+    once = lattice.LatticeFilter(features, "cpu")
     for seed in (0, 1):
         values = torch.randn(2, 6, 11, 14, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(once(values), bilateral.LatticeFilter(features, "cpu")(values))
-        assert all(torch.equal(a, b) for a, b in zip(once.quadratic(values), bilateral.LatticeFilter(features, "cpu")
+        assert torch.equal(once(values), lattice.LatticeFilter(features, "cpu")(values))
+        assert all(torch.equal(a, b) for a, b in zip(once.quadratic(values), lattice.LatticeFilter(features, "cpu")
                                                      .quadratic(values)))
     prepared = potts.prepare_dense(y, image, "q", 20.0, 5.0, None, mask, 1e-8, "cpu", "lattice", "fp32")
     fresh = pottsops.potts_energy(y, image, relaxation="q", neighborhood="dense", sigma_xy=5.0, sigma_rgb=20.0,
@@ -270,13 +270,13 @@ def test_quadratic_forms_are_values_dot_filtered_and_gradcheck(dtype):
     gradient (2 filtered, no filtering) passes gradcheck in float64."""
     g = torch.Generator().manual_seed(12)
     image = random_image((2, 1, 9, 10), generator=g, dtype=torch.float64)
-    features = bilateral.bilateral_features(image, 3.0, 12.0).to(dtype)
-    lattice = torch.ops.pottsops.lattice_build(features)
+    features = lattice.bilateral_features(image, 3.0, 12.0).to(dtype)
+    built = torch.ops.pottsops.lattice_build(features)
     values = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64).to(dtype)
-    filtered, forms = torch.ops.pottsops.lattice_quadratic(values, lattice)
-    assert torch.equal(filtered, torch.ops.pottsops.lattice_filter(values, lattice))
+    filtered, forms = torch.ops.pottsops.lattice_quadratic(values, built)
+    assert torch.equal(filtered, torch.ops.pottsops.lattice_filter(values, built))
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(forms, (values * filtered).sum((2, 3)), rtol=tol, atol=tol)
     if dtype == torch.float64:
-        assert torch.autograd.gradcheck(lambda v: torch.ops.pottsops.lattice_quadratic(v, lattice)[1],
+        assert torch.autograd.gradcheck(lambda v: torch.ops.pottsops.lattice_quadratic(v, built)[1],
                                         (values.requires_grad_(),))

@@ -4,7 +4,7 @@ the reference ops.  CI has no GPU: this is where it tests the code each CUDA thr
 the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
 ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
 reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
-the CPU lattice (permutohedral.h), tested in test_dense.py."""
+the CPU lattice (lattice.h), tested in test_dense.py."""
 import hashlib
 import os
 import sys

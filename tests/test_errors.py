@@ -1,4 +1,4 @@
-"""Every error of SPEC section 8 names the argument, what was expected and what was given."""
+"""Every error of docs/contract.md §8 names the argument, what was expected and what was given."""
 import pytest
 import torch
 

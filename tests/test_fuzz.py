@@ -1,4 +1,4 @@
-"""Nothing a user passes crashes the process (SPEC section 8): random calls of every public function and
+"""Nothing a user passes crashes the process (docs/contract.md §8): random calls of every public function and
 registered op (tests/fuzz.py), each batch in its own process so that a crash or a hang is a failure here and
 not a dead pytest, and the cases the fuzz run of issue 16 found, one by one.
 
@@ -173,7 +173,7 @@ def test_silent_wrong_values_are_right_now():
 
 @pytest.mark.parametrize("backend", ["reference"] + [b for b in ("cpu", "triton") if STATUS[b].available])
 def test_one_hot_neighbours_of_different_classes_agree_and_stay_finite(backend):
-    """The lq gradient at one-hot neighbours of different classes (where its clamp sits at 0) is the SPEC's
+    """The lq gradient at one-hot neighbours of different classes (where its clamp sits at 0) is the contract's
     partials on every backend; fp16 and bf16 gradients of order 1/eps saturate instead of becoming Inf, and
     energies of reduced precision come back in float32 (fp16 ends at 65504)."""
     y = torch.zeros(1, 3, 2, 3, dtype=torch.float64)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pottsops
-from pottsops import _extension, bilateral
+from pottsops import _extension, lattice
 from pottsops.neighborhoods import NN8
 from conftest import backend_id, fast_backends, interpreted, random_image, random_mask, soft_labels
 
@@ -95,7 +95,7 @@ def test_compile_fullgraph(pair):
     torch.testing.assert_close(got_grad, expected_grad)
 
 
-@pytest.mark.parametrize("pair", [p for p in fast_backends() if p[0] in bilateral.FILTER_BACKENDS], ids=backend_id)
+@pytest.mark.parametrize("pair", [p for p in fast_backends() if p[0] in lattice.FILTER_BACKENDS], ids=backend_id)
 def test_opcheck_lattice(pair):
     device = pair[1]
     values = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)

@@ -1,4 +1,4 @@
-"""potts_energy and affinity of every fast backend against the reference (SPEC sections 3-4)."""
+"""potts_energy and affinity of every fast backend against the reference (docs/contract.md §3-4)."""
 import pytest
 import torch
 

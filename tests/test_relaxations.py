@@ -1,5 +1,8 @@
-"""The relaxation table: the SPEC's sanity values (paper Fig. 1) through the reference and through every
-backend's kernels, and finiteness on one-hot labels."""
+"""The relaxation table: the contract's sanity values (paper Fig. 1) through the reference and through every
+backend's kernels, finiteness on one-hot labels, and no fallback for an unknown index."""
+import importlib.util
+import os
+
 import pytest
 import torch
 
@@ -68,3 +71,27 @@ def test_aliases_name_the_same_relaxation(relaxation):
     alias = next(a for a, name in RELAXATION_ALIASES.items() if name == relaxation)
     y = torch.softmax(torch.randn(1, 4, 5, 6, dtype=torch.float64), 1)
     assert pottsops.potts_energy(y, relaxation=alias) == pottsops.potts_energy(y, relaxation=relaxation)
+
+
+
+if importlib.util.find_spec("triton") is not None:
+    import triton
+    import triton.language as tl
+
+    from pottsops.triton.math import pair_terms
+
+    @triton.jit
+    def _pair_value_kernel(out, REL: tl.constexpr):
+        half = tl.full((1,), 0.5, tl.float32)
+        value, _, _, _ = pair_terms(half, half, half, 1e-8, REL)
+        tl.store(out + tl.arange(0, 1), value)
+
+
+def test_an_unknown_relaxation_index_is_an_error_in_the_triton_table():
+    """The Triton table has no fallback: an index past it fails to compile (the C++ dispatcher raises too)."""
+    if importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the triton package and its interpreter (TRITON_INTERPRET=1, set by conftest without a GPU)")
+    out = torch.zeros(1)
+    _pair_value_kernel[(1,)](out, REL=len(pottsops.RELAXATIONS) - 1)
+    with pytest.raises(Exception, match="unknown relaxation index"):
+        _pair_value_kernel[(1,)](out, REL=len(pottsops.RELAXATIONS))

@@ -1,4 +1,4 @@
-"""pottsops.solve(): the guarantees of SPEC section 6, convergence, the step rule against its reference,
+"""pottsops.solve(): the guarantees of docs/contract.md §6, convergence, the step rule against its reference,
 the loops against each other, coarse levels, batch independence, backends and errors."""
 import pytest
 import torch

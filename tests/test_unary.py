@@ -1,4 +1,4 @@
-"""Fused unaries and the self-labeling loss against the reference (SPEC section 5)."""
+"""Fused unaries and the self-labeling loss against the reference (docs/contract.md §5)."""
 import pytest
 import torch
 import torch.nn.functional as F

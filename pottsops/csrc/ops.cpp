@@ -3,6 +3,10 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "pottsops/lattice_args.h"
+#include "pottsops/grid_args.h"
+#include "pottsops/relaxations.h"
+
 TORCH_LIBRARY(pottsops, m) {
   // Energy per image (B,) of the Potts relaxation `relaxation` (index into the table of
   // csrc/pottsops/relaxations.h) over the pairs (i, i + offset) of a grid/window neighbourhood.
@@ -32,7 +36,7 @@ TORCH_LIBRARY(pottsops, m) {
   // included), approximated with the permutohedral lattice, in two ops: lattice_build(features) builds
   // each image's lattice once, from features (B, d, H, W) (pixel positions and colours already divided by
   // their sigma), and lattice_filter(values (B, C, H, W), lattice) filters with it, linear and symmetric in
-  // values.  The lattice's tensors depend on the device (csrc/cpu/permutohedral.cpp, pottsops/lattice.py);
+  // values.  The lattice's tensors depend on the device (csrc/cpu/lattice.cpp, pottsops/lattice_tensors.py);
   // they are made by lattice_build and only read by lattice_filter, which checks them.
   m.def("lattice_build(Tensor features) -> Tensor[]");
   m.def("lattice_filter(Tensor values, Tensor[] lattice) -> Tensor");
@@ -40,13 +44,13 @@ TORCH_LIBRARY(pottsops, m) {
   // pixels, in float32, or float64 for float64 values), whose gradient 2 filtered needs no second filtering;
   // filtered is not differentiable here (lattice_filter's is).
   m.def("lattice_quadratic(Tensor values, Tensor[] lattice) -> (Tensor, Tensor)");
-  // Building blocks of the device lattice (pottsops/lattice.py): the enclosing simplex of every pixel,
+  // Building blocks of the device lattice (pottsops/lattice_tensors.py): the enclosing simplex of every pixel,
   // keys (B, N, d+1, d) int32 and barycentric weights (B, N, d+1), N = H * W ...
   m.def("lattice_simplex(Tensor features) -> (Tensor, Tensor)");
   // ... and out[s] = sum of rows[offsets[s]:offsets[s+1]] in order (deterministic, no atomics);
   // rows (R, C), offsets (S + 1,) int64.
   m.def("segment_sum(Tensor rows, Tensor offsets) -> Tensor");
-  // The fused solver (pottsops/solve.py).  grid_solver_gradient: per image eta H(y, sigma) summed over the
+  // The fused solver (pottsops/solver/).  grid_solver_gradient: per image eta H(y, sigma) summed over the
   // unlabeled pixels plus lam times the Potts energy (B,), and its gradient lam potts_grad + eta dH/dy
   // (zero on seeded pixels), in one pass; operand: the one tensor the unary reads, sigma for cce and rce,
   // log sigma for ce (fixed during a solve, so computed once).
@@ -61,7 +65,7 @@ TORCH_LIBRARY(pottsops, m) {
   m.def(
       "adaptive_step(Tensor(a!) theta, Tensor(b!) m, Tensor(c!) v, Tensor(d!) y, Tensor grad, Tensor steps, "
       "Tensor scale, Tensor seeds, Tensor seeded, float[] rule) -> ()");
-  // adaptive_solve (CPU): the whole loop of pottsops/solve.py from y and theta: grid_solver_gradient's
+  // adaptive_solve (CPU): the whole loop of pottsops/solver/loop.py from y and theta: grid_solver_gradient's
   // energy, adaptive_step, the best labels kept; every `window` steps adaptive_window_check halves an
   // image's learning rate or stops it; at most `iters` steps -> (best y, its energy (B,), the lowest energy
   // after each step (T + 1, B), steps per image (B,) int64).
@@ -90,9 +94,24 @@ bool compiled_with_openmp() {
 #endif
 }
 
+// The limits and table sizes the Python layer mirrors (tests/test_constants.py compares them).
+pybind11::dict constants() {
+  pybind11::dict d;
+  d["max_offsets"] = pottsops::kMaxOffsets;
+  d["max_lattice_feature"] = pottsops::kMaxLatticeFeature;
+  d["max_lattice_pixels"] = pottsops::kMaxLatticePixels;
+  d["max_lattice_dim"] = pottsops::kMaxLatticeDim;
+  d["lattice_rings"] = pottsops::kLatticeRings;
+  d["num_relaxations"] = static_cast<int>(pottsops::kNumRelaxations);
+  d["num_unaries"] = static_cast<int>(pottsops::kNumUnaries);
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("constants", &constants, "the limits and table sizes of the kernels, which the Python layer mirrors");
+  m.def("lattice_vertex_budget", &pottsops::lattice_vertex_budget, "the most vertices of one image's lattice");
   m.def("compiled_with_cuda", &compiled_with_cuda, "whether the CUDA kernels were built");
   m.def("compiled_with_openmp", &compiled_with_openmp, "whether the CPU kernels run in parallel");
 }

@@ -41,8 +41,8 @@ def coarse_inputs(logits, image, seeds, mask, weights, ignore_index, f):
 
 def upsample(theta, f, H, W):
     """Coarse pseudo-logits as the start of the level f times finer: interpolated bilinearly between the
-    blocks' centres (a smoother start than repeating each block's: measured, the gaps after the default run
-    fall by a third to a half on zero starts), normalised (largest 0) and floored at TRANSFER_FLOOR, so that
+    blocks' centres (a smoother start than repeating each block's; docs/solver.md has the comparison),
+    normalised (largest 0) and floored at TRANSFER_FLOOR, so that
     no label is ruled out at the start."""
     Hc, Wc = theta.shape[2:]
     theta = F.interpolate(theta, size=(Hc * f, Wc * f), mode="bilinear", align_corners=False)[:, :, :H, :W]

@@ -62,7 +62,7 @@ def polish(problem, y, best, lower, tol):
     turn; a pixel moves only where that does not raise its energy, so the energy never rises.  An image
     stops after a sweep that lowered its energy by at most tol times its excess over lower (the solver's
     rule), or after MAX_SWEEPS.  The minima are one-hot labels (ce) or mixtures of two (cce), and lower
-    than where the smooth steps stop (measured: CamVid median gaps 0.07 -> 0.005; docs/solver.md).
+    than where the smooth steps stop (docs/solver.md has the measurements).
     Returns (y, its energy, sweeps per image; 0 where rounding kept the soft y)."""
     B, K, H, W = y.shape
     soft, sigma = y, torch.softmax(problem.logits, 1)

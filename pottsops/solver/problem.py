@@ -121,7 +121,7 @@ def grid_op_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, m
     if weights is not None:
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
-    elif image is not None:  # the edge weights once per solve, not at every step (about 10 % of a step)
+    elif image is not None:  # the edge weights once per solve, not at every step
         inv = inv_two_sigma2(image, sigma_rgb, mask)
         weights = torch.ops.pottsops.grid_affinity(image, mask, inv, offsets, spatial)
     weights = None if weights is None else weights.detach().to(logits.dtype).contiguous()
@@ -131,7 +131,7 @@ def grid_op_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, m
 def make_problem(logits, image, seeds, relaxation, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights,
                   ignore_index, dense_method, backend):
     """The FusedProblem where the compiled ops can run the step, else the Problem."""
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = reference.accumulation_dtype(logits.dtype)
     logits = logits.detach().to(dtype).contiguous()
     image = None if image is None else image.detach()
     seeded = (seeds != ignore_index).contiguous()

@@ -13,6 +13,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from pottsops import _ops
+from pottsops.reference import accumulation_dtype  # the one rule: float64 stays, the rest in float32
 from pottsops.triton import checks
 from pottsops.triton.math import narrow, pair_terms
 
@@ -20,8 +21,6 @@ MAX_CLASSES = 1024
 TILE = 4096  # elements of a [BLOCK_K, BLOCK_P] tile
 
 
-def accumulation_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _blocks(K, HW):

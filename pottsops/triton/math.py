@@ -27,7 +27,8 @@ def pair_terms(s, a, b, eps, REL: tl.constexpr):
     elif REL == 4:  # log-quadratic; the clamp only absorbs rounding (see relaxations.h)
         u = tl.maximum(1 - 0.5 * (a + b) + s, zero) + eps
         value, d_s, d_a, d_b = -tl.log(u), -1 / u, 0.5 / u, 0.5 / u
-    else:  # collision divergence
+    else:  # collision divergence (REL == 5; triton/checks.py refuses any other index before a launch)
+        tl.static_assert(REL == 5, "unknown relaxation index")
         norm = tl.sqrt(a * b)
         u = s + eps * norm
         value, d_s, d_a, d_b = -tl.log(u / norm), -1 / u, 0.5 * s / (a * u), 0.5 * s / (b * u)

@@ -45,7 +45,8 @@ def _reduce(z, y, k_ok, eps, UNARY: tl.constexpr):
     elif UNARY == 1:  # CE
         dot = tl.sum(y * tl.where(k_ok, z, 0), 0)  # padded classes: y = 0, z = -inf
         value = lse * sum_y - dot
-    else:  # reverse CE
+    else:  # reverse CE (UNARY == 2; triton/checks.py refuses any other index before a launch)
+        tl.static_assert(UNARY == 2, "unknown unary index")
         dot = tl.sum(-sigma * tl.log(y + eps), 0)
         value = dot
     return sigma, lse, dot, sum_y, value

@@ -1,4 +1,4 @@
-// The solver on the CPU (pottsops/solve.py): one step of the adaptive rule (adaptive_step, the op the
+// The solver on the CPU (pottsops/solver/): one step of the adaptive rule (adaptive_step, the op the
 // Python loop calls) and the whole loop in one op (adaptive_solve), image by image.  Rows run in parallel;
 // per-image sums go through per-row partials summed in a fixed order (deterministic for any thread count).
 #include <ATen/Parallel.h>
@@ -61,7 +61,7 @@ void adaptive_step_cpu(const at::Tensor& theta, const at::Tensor& m, const at::T
   });
 }
 
-// The loop of pottsops/solve.py (_adaptive_loop: the same arithmetic in the same dtype, the same checks),
+// The loop of pottsops/solver/loop.py (adaptive_loop: the same arithmetic in the same dtype, the same checks),
 // one image at a time.  An image's iterate and its best labels live in two buffers: a step writes the new
 // labels over the iterate, or into the other buffer while the iterate is the best (no copies; the image's
 // working set stays in cache).  Images run in parallel, handed out one by one, when there are at least as

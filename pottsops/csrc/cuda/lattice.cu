@@ -1,5 +1,5 @@
 // Building blocks of the permutohedral lattice on CUDA (the construction and the blur are tensor
-// operations in pottsops/lattice.py): the enclosing simplex of every pixel of a batch, one thread per
+// operations in pottsops/lattice_tensors.py): the enclosing simplex of every pixel of a batch, one thread per
 // pixel, and a deterministic segment sum (the splat), one thread per (segment, channel) summing its rows
 // in order, no atomics.
 #include <ATen/OpMathType.h>
@@ -8,10 +8,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "pottsops/bilateral_args.h"
+#include "pottsops/lattice_args.h"
 #include "pottsops/cuda_launch.cuh"
 #include "pottsops/grid_args.h"  // accumulation_type
-#include "pottsops/permutohedral.h"
+#include "pottsops/lattice.h"
 
 namespace pottsops {
 namespace {

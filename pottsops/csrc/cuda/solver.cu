@@ -1,4 +1,4 @@
-// The solver's step on CUDA (adaptive_step; pottsops/solve.py replays it with grid_solver_gradient from CUDA
+// The solver's step on CUDA (adaptive_step; pottsops/solver/loop.py replays it with grid_solver_gradient from CUDA
 // graphs): one thread per pixel runs adaptive_pixel (pottsops/solver_math.h), the per-pixel form of the
 // rule the CPU loop runs over rows.  No reductions: every value is written by the thread of its pixel.
 #include <c10/cuda/CUDAException.h>

@@ -1,5 +1,5 @@
 // What the CUDA kernels' device code needs in order to compile for the host too: csrc/cpu/
-// device_emulation.cpp runs the per-thread code of csrc/cuda/*.cuh there, so that CI, which has no GPU,
+// tests/csrc/device_emulation.cpp runs the per-thread code of csrc/cuda/*.cuh there, so that CI, which has no GPU,
 // tests it.  POTTS_DEVICE marks a function a CUDA thread runs; POTTS_UNROLL asks nvcc to unroll a loop.
 #pragma once
 

@@ -87,7 +87,7 @@ View4<const T> const_pixel_view(const at::Tensor& t) {
 }
 
 // v as a T; into fp16 or bf16, saturated at the type's largest finite value, so that a gradient of order
-// 1/eps stays finite (SPEC section 8: no Inf from valid input in any dtype).  NaN stays NaN.
+// 1/eps stays finite (docs/contract.md §8: no Inf from valid input in any dtype).  NaN stays NaN.
 template <typename T, typename A>
 POTTS_HD T narrow(A v) {
   if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {

@@ -22,7 +22,8 @@
 
 namespace pottsops {
 
-// Order matters: the Python layer passes these indices (pottsops/relaxations.py RELAXATIONS).
+// Order matters: the Python layer passes these indices (pottsops/names.py RELAXATIONS; tests/test_constants.py
+// checks the two agree).
 enum Relaxation : int {
   kBilinear = 0,
   kQuadratic = 1,
@@ -107,7 +108,9 @@ POTTS_HD PairTerms<T> pair_terms(T s, T a, T b, T eps) {
 }
 
 // Runs the trailing lambda body with the relaxation index as the compile-time constant R, like
-// AT_DISPATCH_*: POTTS_DISPATCH_RELAXATION(relaxation, [&] { kernel<R>(...); });
+// AT_DISPATCH_*: POTTS_DISPATCH_RELAXATION(relaxation, [&] { kernel<R>(...); }).  An index outside the table
+// is an error (TORCH_CHECK, expanded where the macro is used: host code that includes torch), never a
+// silent fallback to another relaxation.
 #define POTTS_RELAXATION_CASE(value, ...) \
   case value: {                            \
     constexpr int R = value;               \
@@ -121,10 +124,10 @@ POTTS_HD PairTerms<T> pair_terms(T s, T a, T b, T eps) {
     POTTS_RELAXATION_CASE(::pottsops::kNormalizedQuadratic, __VA_ARGS__)             \
     POTTS_RELAXATION_CASE(::pottsops::kCollisionCE, __VA_ARGS__)                     \
     POTTS_RELAXATION_CASE(::pottsops::kLogQuadratic, __VA_ARGS__)                    \
-    default: {                                                                       \
-      constexpr int R = ::pottsops::kCollisionDivergence;                            \
-      __VA_ARGS__();                                                                 \
-    }                                                                                \
+    POTTS_RELAXATION_CASE(::pottsops::kCollisionDivergence, __VA_ARGS__)             \
+    default:                                                                         \
+      TORCH_CHECK(false, "relaxation: unknown index ", (relaxation), ", expected 0 to ", \
+                  ::pottsops::kNumRelaxations - 1);                                  \
   }
 
 // ---------------------------------------------------------------------------------------------------
@@ -192,10 +195,10 @@ POTTS_HD T unary_grad_label(T z, T y, T sigma, T dot, T lse, T eps) {
   switch (kind) {                                                        \
     POTTS_UNARY_CASE(::pottsops::kUnaryCollisionCE, __VA_ARGS__)         \
     POTTS_UNARY_CASE(::pottsops::kUnaryCE, __VA_ARGS__)                  \
-    default: {                                                           \
-      constexpr int U = ::pottsops::kUnaryReverseCE;                     \
-      __VA_ARGS__();                                                     \
-    }                                                                    \
+    POTTS_UNARY_CASE(::pottsops::kUnaryReverseCE, __VA_ARGS__)           \
+    default:                                                             \
+      TORCH_CHECK(false, "kind: unknown unary index ", (kind), ", expected 0 to ", \
+                  ::pottsops::kNumUnaries - 1);                          \
   }
 
 }  // namespace pottsops

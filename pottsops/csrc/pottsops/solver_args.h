@@ -57,7 +57,7 @@ inline void check_grid_solver_args(const at::Tensor& y, const at::Tensor& operan
 }
 
 // The constants of the adaptive step rule (solver_math.h) as the ops take them: rule = [lr, beta1, beta2,
-// eps, log_floor] (pottsops/solve.py's ADAPTIVE_RULE order).
+// eps, log_floor] (the order of `rule` in pottsops/solver/__init__.py).
 struct AdaptiveRule {
   double lr, beta1, beta2, eps, log_floor;
 

@@ -1,4 +1,4 @@
-// The step rule of the solver (pottsops/solve.py), shared by the CPU loop (solver_row.h, cpu/solver.cpp)
+// The step rule of the solver (pottsops/solver/), shared by the CPU loop (solver_row.h, cpu/solver.cpp)
 // and the CUDA step kernel (cuda/solver.cu).
 //
 // Adaptive mirror descent: per pixel i and class k, the pseudo-logit theta (log y up to a per-pixel

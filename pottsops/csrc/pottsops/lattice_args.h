@@ -8,7 +8,7 @@
 #include <cmath>
 #include <vector>
 
-#include "pottsops/permutohedral.h"
+#include "pottsops/lattice.h"
 
 namespace pottsops {
 
@@ -37,7 +37,7 @@ inline void check_lattice_feature_values(const at::Tensor& features) {
               "colours / sigma_rgb: a sigma too small for the image), got ", largest);
 }
 
-// The lattice of a batch on the CPU, as lattice_build returns it (csrc/cpu/permutohedral.cpp): image b's
+// The lattice of a batch on the CPU, as lattice_build returns it (csrc/cpu/lattice.cpp): image b's
 // vertices are rows vertex_offsets[b] .. vertex_offsets[b + 1] of neighbors, and its indices count from
 // its first vertex.
 struct CpuLattice {

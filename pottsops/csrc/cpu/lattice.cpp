@@ -24,9 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "pottsops/bilateral_args.h"
+#include "pottsops/lattice_args.h"
 #include "pottsops/grid_args.h"  // accumulation_type, narrow
-#include "pottsops/permutohedral.h"
+#include "pottsops/lattice.h"
 
 namespace pottsops {
 namespace {

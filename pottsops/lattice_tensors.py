@@ -1,0 +1,167 @@
+"""The permutohedral lattice as tensor operations, for any device (the CUDA lattice_build and lattice_filter
+ops are these functions).
+
+Same operator as the C++ filter (csrc/cpu/lattice.cpp): alpha S^T C^T C S with two rings of blur
+vertices around the splatted ones, built here with sorting instead of a hash table:
+
+1. lattice_simplex (a kernel): each pixel's d+1 simplex vertices (keys) and barycentric weights;
+2. vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a first
+   coordinate, so one lattice holds the whole batch), grown by two rings of neighbours, each ring a
+   torch.unique of vertices and their 2 (d+1) neighbours (the entries' vertex indices are remapped after
+   each); an image whose lattice a ring would take past vertex_budget keeps the vertices before it, and
+   grows no further, as in the C++ lattice;
+3. the neighbour table: vertices and their neighbours through one more torch.unique;
+4. filtering: splat as a segment sum over the entries sorted by vertex (deterministic), the 2 (d+1) blur
+   passes as gathers, the slice as a gather and a weighted sum.
+
+Everything is sorted, never atomically accumulated, so results are bitwise reproducible.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pottsops import reference
+
+RINGS = 2  # csrc/pottsops/lattice_args.h kLatticeRings
+
+
+def vertex_budget(n, d):
+    """csrc/pottsops/lattice_args.h lattice_vertex_budget: the most vertices of one image's lattice
+    before its blur rings are left out."""
+    return min(max(16 * n * (d + 1), 1 << 18), 1 << 30)
+
+
+def lattice_scale(d):
+    """alpha of csrc/pottsops/lattice_args.h lattice_scale."""
+    return (4.0 * math.pi / 3.0) ** (d / 2.0) * math.sqrt(d + 1.0)
+
+
+@dataclass
+class Lattice:
+    d: int
+    shape: tuple          # (B, N)
+    weights: torch.Tensor  # (B * N * (d+1),) barycentric weight of each entry
+    entry_vertex: torch.Tensor  # (B * N * (d+1),) vertex of each entry
+    order: torch.Tensor    # entries sorted by vertex (stable)
+    offsets: torch.Tensor  # (M + 1,) segment bounds of each vertex in `order`
+    neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
+
+
+def _directions(d, device):
+    """(2 (d+1), d+1) key steps: for direction j, minus = -u_j, plus = +u_j (image coordinate 0)."""
+    steps = torch.zeros(d + 1, 2, d + 1, dtype=torch.int32, device=device)
+    for j in range(d + 1):
+        for plus, sign in ((0, -1), (1, 1)):
+            steps[j, plus, 1:] = sign
+            if j < d:
+                steps[j, plus, 1 + j] = -sign * d
+    return steps.view(2 * (d + 1), d + 1)
+
+
+def _with_neighbors(vertices, steps):
+    return torch.cat([vertices, (vertices[:, None, :] + steps[None]).view(-1, vertices.shape[1])])
+
+
+def _unique_rows(rows):
+    """torch.unique(rows, dim=0, return_inverse=True) for int32 rows; packed into one int64 per row
+    (a much faster 1-D sort) when the columns' ranges fit in 62 bits, as they do for images."""
+    lo = rows.min(0).values.to(torch.int64)
+    span = rows.max(0).values.to(torch.int64) - lo + 1
+    bits = [max(1, int(s - 1).bit_length()) for s in span.tolist()]
+    if sum(bits) > 62:
+        return torch.unique(rows, dim=0, return_inverse=True)
+    shifts = torch.tensor([sum(bits[i + 1:]) for i in range(len(bits))], dtype=torch.int64, device=rows.device)
+    packed = ((rows.to(torch.int64) - lo) << shifts).sum(1)
+    unique, inverse = torch.unique(packed, return_inverse=True)
+    masks = torch.tensor([(1 << b) - 1 for b in bits], dtype=torch.int64, device=rows.device)
+    return (((unique[:, None] >> shifts) & masks) + lo).to(torch.int32), inverse
+
+
+def build(features, rings=RINGS):
+    """The lattice of features (B, d, H, W) (already divided by their sigmas)."""
+    B, d = features.shape[:2]
+    N = features.shape[2] * features.shape[3]
+    keys, weights = torch.ops.pottsops.lattice_simplex(features)
+    image = torch.arange(B, device=features.device, dtype=torch.int32).view(B, 1, 1, 1).expand(B, N, d + 1, 1)
+    rows = torch.cat([image, keys], 3).view(-1, d + 1)
+    vertices, entry_vertex = _unique_rows(rows)
+    steps = _directions(d, features.device)
+    growing = torch.ones(B, dtype=torch.bool, device=features.device)
+    for _ in range(rings):
+        grown, inverse = _unique_rows(_with_neighbors(vertices, steps))
+        counts = torch.bincount(grown[:, 0].long(), minlength=B)
+        growing &= counts <= vertex_budget(N, d)
+        keep = growing[grown[:, 0].long()]
+        keep[inverse[:vertices.shape[0]]] = True  # the vertices before this ring stay
+        new_index = keep.long().cumsum(0) - 1
+        entry_vertex = new_index[inverse[entry_vertex]]
+        vertices = grown[keep]
+    M = vertices.shape[0]
+    every, inverse = _unique_rows(_with_neighbors(vertices, steps))
+    vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)
+    vertex_of[inverse[:M]] = torch.arange(M, device=features.device)
+    neighbors = vertex_of[inverse[M:]].view(M, d + 1, 2)
+    order = torch.argsort(entry_vertex, stable=True)
+    counts = torch.bincount(entry_vertex, minlength=M)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return Lattice(d, (B, N), weights.reshape(-1), entry_vertex, order, offsets, neighbors)
+
+
+def filter_values(lattice, values):
+    """alpha S^T C^T C S values for values (B, C, H, W) on the lattice of their image."""
+    B, C, H, W = values.shape
+    d = lattice.d
+    acc = lattice.weights.dtype
+    rows = values.to(acc).flatten(2).transpose(1, 2).reshape(B * H * W, 1, C).expand(-1, d + 1, C).reshape(-1, C)
+    rows = rows * lattice.weights[:, None]
+    grid = torch.ops.pottsops.segment_sum(rows[lattice.order], lattice.offsets)
+    for j in range(d + 1):  # C_0 .. C_d: average with the plus neighbour
+        grid = _average(grid, lattice.neighbors[:, j, 1])
+    for j in reversed(range(d + 1)):  # C_d^T .. C_0^T: average with the minus neighbour
+        grid = _average(grid, lattice.neighbors[:, j, 0])
+    sliced = (grid[lattice.entry_vertex] * lattice.weights[:, None]).view(B * H * W, d + 1, C).sum(1)
+    out = lattice_scale(d) * sliced
+    return reference.narrow(out.view(B, H * W, C).transpose(1, 2).reshape(B, C, H, W), values.dtype)
+
+
+def _average(grid, neighbor):
+    present = (neighbor >= 0)[:, None]
+    return 0.5 * (grid + torch.where(present, grid[neighbor.clamp(min=0)], 0))
+
+
+def build_tensors(features):
+    """pottsops::lattice_build on CUDA: the lattice as the list of tensors lattice_filter takes back."""
+    lattice = build(features)
+    B, N = lattice.shape
+    return [lattice.weights.view(B, N, lattice.d + 1), lattice.entry_vertex, lattice.order, lattice.offsets,
+            lattice.neighbors]
+
+
+def filter_tensors(values, tensors):
+    """pottsops::lattice_filter on CUDA, its lattice checked first (a wrong index would read out of bounds)."""
+    if len(tensors) != 5:
+        raise ValueError(f"lattice: expected the 5 tensors lattice_build returns on CUDA, got {len(tensors)}")
+    weights, entry_vertex, order, offsets, neighbors = tensors
+    B, C, H, W = values.shape
+    if weights.dim() != 3 or weights.shape[:2] != (B, H * W) or not weights.is_floating_point():
+        raise ValueError(f"lattice[0]: expected floating weights ({B}, {H * W}, d+1), got {tuple(weights.shape)}")
+    d, entries = weights.shape[2] - 1, weights.numel()
+    M = neighbors.shape[0]
+    ok = (entry_vertex.shape == (entries,) and order.shape == (entries,) and offsets.shape == (M + 1,)
+          and neighbors.shape == (M, d + 1, 2) and all(t.dtype == torch.int64 for t in tensors[1:]))
+    if ok and entries:
+        ok = bool((entry_vertex.min() >= 0) & (entry_vertex.max() < M) & (order.min() >= 0) & (order.max() < entries)
+                  & (neighbors.min() >= -1) & (neighbors.max() < M) & (offsets[0] == 0) & (offsets[-1] == entries)
+                  & (offsets.diff() >= 0).all())
+    if not ok:
+        raise ValueError("lattice: expected the tensors lattice_build made for these values (shapes, int64 indices "
+                         "inside the lattice)")
+    return filter_values(Lattice(d, (B, H * W), weights.reshape(-1), entry_vertex, order, offsets, neighbors), values)
+
+
+def quadratic_tensors(values, tensors):
+    """pottsops::lattice_quadratic on CUDA: the filter and the per-channel forms values . filtered."""
+    filtered = filter_tensors(values, tensors)
+    acc = reference.accumulation_dtype(values.dtype)
+    return filtered, (values.to(acc) * filtered.to(acc)).sum((2, 3))
