@@ -6,6 +6,7 @@
 #include "pottsops/lattice_args.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 
 TORCH_LIBRARY(pottsops, m) {
   // Energy per image (B,) of the Potts relaxation `relaxation` (index into the table of

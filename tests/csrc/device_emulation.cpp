@@ -19,6 +19,7 @@
 #include "pottsops/solver_args.h"
 #include "pottsops/solver_math.h"
 #include "pottsops/unary_args.h"
+#include "pottsops/unaries.h"
 
 namespace pottsops {
 namespace {

@@ -17,7 +17,7 @@
 
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
-#include "pottsops/solver_row.h"
+#include "cpu/solver_row.h"
 
 namespace pottsops {
 // A ring of per-row records keyed by (image, row), holding rows h - size + 1 .. h when used in order.

@@ -7,6 +7,7 @@
 #include "cpu/grid_kernel.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/solver_args.h"
+#include "pottsops/unaries.h"
 
 namespace pottsops {
 namespace {

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "pottsops/lattice_args.h"
-#include "pottsops/grid_args.h"  // accumulation_type, narrow
+#include "pottsops/tensor_views.h"  // accumulation_type, narrow
 #include "pottsops/lattice.h"
 
 namespace pottsops {

@@ -13,9 +13,10 @@
 #include "cpu/grid_kernel.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 #include "pottsops/solver_args.h"
 #include "pottsops/solver_math.h"
-#include "pottsops/solver_row.h"
+#include "cpu/solver_row.h"
 
 namespace pottsops {
 namespace {

@@ -9,6 +9,7 @@
 
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 #include "pottsops/unary_args.h"
 
 namespace pottsops {

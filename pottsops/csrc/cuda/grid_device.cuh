@@ -14,6 +14,7 @@
 #include "pottsops/device_code.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 
 namespace pottsops {
 

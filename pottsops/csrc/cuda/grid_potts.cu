@@ -14,7 +14,7 @@
 #include <torch/library.h>
 
 #include "cuda/grid_device.cuh"
-#include "pottsops/cuda_launch.cuh"
+#include "cuda/launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
 #include "pottsops/solver_args.h"

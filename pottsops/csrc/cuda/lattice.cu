@@ -9,8 +9,8 @@
 #include <torch/library.h>
 
 #include "pottsops/lattice_args.h"
-#include "pottsops/cuda_launch.cuh"
-#include "pottsops/grid_args.h"  // accumulation_type
+#include "cuda/launch.cuh"
+#include "pottsops/tensor_views.h"  // accumulation_type
 #include "pottsops/lattice.h"
 
 namespace pottsops {

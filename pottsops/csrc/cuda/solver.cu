@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "pottsops/cuda_launch.cuh"
+#include "cuda/launch.cuh"
 #include "pottsops/device_code.h"
 #include "pottsops/solver_args.h"
 #include "pottsops/solver_math.h"

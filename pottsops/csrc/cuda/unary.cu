@@ -7,9 +7,10 @@
 #include <torch/library.h>
 
 #include "cuda/unary_device.cuh"
-#include "pottsops/cuda_launch.cuh"
+#include "cuda/launch.cuh"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 #include "pottsops/unary_args.h"
 
 namespace pottsops {

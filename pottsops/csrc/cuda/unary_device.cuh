@@ -8,8 +8,9 @@
 #include <cmath>
 
 #include "pottsops/device_code.h"
-#include "pottsops/grid_args.h"  // View4
+#include "pottsops/tensor_views.h"  // View4
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 #include "pottsops/unary_args.h"
 
 namespace pottsops {

@@ -1,7 +1,14 @@
-// What the CUDA kernels' device code needs in order to compile for the host too: csrc/cpu/
-// tests/csrc/device_emulation.cpp runs the per-thread code of csrc/cuda/*.cuh there, so that CI, which has no GPU,
-// tests it.  POTTS_DEVICE marks a function a CUDA thread runs; POTTS_UNROLL asks nvcc to unroll a loop.
+// What code shared by the host and the device needs in order to compile for both: POTTS_HD marks a function
+// both call (the math headers); POTTS_DEVICE a function a CUDA thread runs, compiled for the host too, where
+// tests/csrc/device_emulation.cpp runs the per-thread code of csrc/cuda/*.cuh so that CI, which has no GPU,
+// tests it; POTTS_UNROLL asks nvcc to unroll a loop.
 #pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define POTTS_HD __host__ __device__ __forceinline__
+#else
+#define POTTS_HD inline __attribute__((always_inline))  // inlined into the loops, which then vectorise
+#endif
 
 #if defined(__CUDACC__)
 #define POTTS_DEVICE __device__

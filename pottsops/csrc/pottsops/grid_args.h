@@ -1,13 +1,13 @@
-// Host-side description of a grid/window Potts problem, shared by the CPU and CUDA launchers.
+// Host-side description of a grid/window Potts problem, shared by the CPU and CUDA launchers: the checked
+// arguments of the grid ops (the views of their tensors: tensor_views.h).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
-#include <type_traits>
 #include <vector>
 
-#include "pottsops/relaxations.h"  // POTTS_HD
+#include "pottsops/tensor_views.h"
 
 namespace pottsops {
 
@@ -49,64 +49,5 @@ at::Tensor weights_grad_buffer(const GridArgs& args, bool weights_grad);
 GridArgs make_affinity_args(const at::Tensor& image, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
                             at::ArrayRef<double> spatial);
-
-inline at::ScalarType accumulation_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// A strided 4-D view: element (n, c, h, w) of a tensor of any memory layout, on host or device.
-template <typename T>
-struct View4 {
-  T* data;
-  int64_t sn, sc, sh, sw;
-  POTTS_HD int64_t offset(int64_t n, int64_t c, int64_t h, int64_t w) const {
-    return n * sn + c * sc + h * sh + w * sw;
-  }
-  POTTS_HD T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[offset(n, c, h, w)]; }
-};
-
-template <typename T>
-View4<T> view4(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-template <typename T>
-View4<const T> const_view4(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-// A (B, H, W) tensor (mask, per-pixel loss) as a 4-D view with a unit channel dimension.
-template <typename T>
-View4<T> pixel_view(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
-}
-
-template <typename T>
-View4<const T> const_pixel_view(const at::Tensor& t) {
-  return {t.data_ptr<T>(), t.stride(0), 0, t.stride(1), t.stride(2)};
-}
-
-// v as a T; into fp16 or bf16, saturated at the type's largest finite value, so that a gradient of order
-// 1/eps stays finite (docs/contract.md §8: no Inf from valid input in any dtype).  NaN stays NaN.
-template <typename T, typename A>
-POTTS_HD T narrow(A v) {
-  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
-    const A top = std::is_same_v<T, c10::Half> ? A(65504.0f) : A(3.38953139e38f);
-    v = v > top ? top : (v < -top ? -top : v);
-  }
-  return static_cast<T>(v);
-}
-
-// Copies n strided elements to/from a contiguous buffer, converting the type (narrow); the unit-stride case
-// is separate so that it vectorises.
-template <typename From, typename To>
-inline void copy_strided(const From* __restrict__ src, int64_t src_stride, To* __restrict__ dst,
-                         int64_t dst_stride, int64_t n) {
-  if (src_stride == 1 && dst_stride == 1) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = narrow<To>(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i * dst_stride] = narrow<To>(src[i * src_stride]);
-  }
-}
 
 }  // namespace pottsops

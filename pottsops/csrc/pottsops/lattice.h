@@ -13,7 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "pottsops/relaxations.h"  // POTTS_HD
+#include "pottsops/device_code.h"  // POTTS_HD
 
 namespace pottsops {
 

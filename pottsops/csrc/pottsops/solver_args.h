@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "pottsops/solver_math.h"
+#include "pottsops/unaries.h"
 
 namespace pottsops {
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 
 namespace pottsops {
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "pottsops/relaxations.h"
+#include "pottsops/unaries.h"
 #include "pottsops/solver_math.h"
 
 namespace pottsops {
