@@ -87,7 +87,7 @@ class DenseCRFLoss(torch.nn.Module):
             ROIs = F.interpolate(ROIs[:, None], scale_factor=self.scale_factor)[:, 0]
         lattice_filter = prepare_filter(images, self.sigma_xy * self.scale_factor, self.sigma_rgb)
         forms = quadratic_form(segmentations * ROIs[:, None], lattice_filter)  # one filtering, none in backward
-        return self.weight * -forms.sum() / segmentations.shape[0]
+        return self.weight * -forms.sum() / max(segmentations.shape[0], 1)  # an empty batch: 0, not 0/0
 
     def extra_repr(self):
         return f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, scale_factor={self.scale_factor}"
@@ -137,7 +137,7 @@ class GatedCRFLoss(torch.nn.Module):
                                   sigma_xy=desc["xy"], mask=mask, reduction="sum")
             total = total + desc.get("weight", 1.0) * energy
         B, _, H, W = y_hat_softmax.shape
-        count = mask.sum().clamp(min=1) if mask is not None else B * H * W
+        count = mask.sum().clamp(min=1) if mask is not None else max(B * H * W, 1)  # no pixels: 0, not 0/0
         return 2.0 * total / count   # ordered pairs: each unordered pair twice
 
     def extra_repr(self):
@@ -152,7 +152,7 @@ class SoftSelfLabelingLoss(torch.nn.Module):
     with normalize='pixels' (default), or each term a mean over its pixels with normalize='terms'.
     forward(logits (B, K, H, W), image (B, C, H, W), seeds (B, H, W) class ids / ignore_index, mask (B, H, W)
     bool or None, return_labels=False) -> loss, or (loss, y) with return_labels=True.  solver_options go to
-    solve() (iters, tol, step, levels, sigma_xy, weights, dense_method, backend, ...).  The solve runs
+    solve() (iters, tol, lr, levels, sigma_xy, weights, dense_method, backend, ...).  The solve runs
     eagerly: under torch.compile the graph breaks around it.
     """
 

@@ -1,4 +1,6 @@
 """Unary terms linking network logits to soft pseudo-labels, and the self-labeling loss (paper eq. 8)."""
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -19,12 +21,13 @@ def _per_pixel(impl, logits, y, mask, kind, eps):
     return torch.ops.pottsops.unary_loss(*args)
 
 
-def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backend="auto"):
+def unary(logits, y, unary="cce", *, mask=None, eps=1e-8, reduction="mean", backend="auto", kind=None):
     """H(y_i, softmax(logits)_i) per pixel, with gradients to logits and y (softmax fused).
 
     logits: (B, K, H, W) network outputs z; y: (B, K, H, W) soft labels (promoted to a common dtype).
-    kind: 'cce' (collision CE, -log(sigma.y + eps)), 'ce' (-sum y log sigma) or 'rce'
-        (-sum sigma log(y + eps)); long names 'collision_ce', 'cross_entropy', 'reverse_ce' too.
+    unary: 'cce' (collision CE, -log(sigma.y + eps)), 'ce' (-sum y log sigma) or 'rce'
+        (-sum sigma log(y + eps)); long names 'collision_ce', 'cross_entropy', 'reverse_ce' too.  The same
+        name as solve()'s and self_labeling_loss()'s argument; kind= is its old name (deprecated).
     mask: (B, H, W) bool; pixels with mask False contribute 0.
     reduction: 'mean' (over valid pixels), 'sum', or 'none' (per pixel, (B, H, W)).
 
@@ -37,11 +40,15 @@ def unary(logits, y, kind="cce", *, mask=None, eps=1e-8, reduction="mean", backe
     _checks.check_mask(mask, "logits", logits)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     _checks.check_number("eps", eps)
-    unary_name(kind)
+    if kind is not None:
+        warnings.warn("pottsops.unary: kind= is now called unary= (the name solve() uses); kind= will be removed",
+                      FutureWarning, stacklevel=2)
+        unary = kind
+    unary_name(unary, "unary")
     dtype = torch.promote_types(logits.dtype, y.dtype)
     logits, y = logits.to(dtype), y.to(dtype)
     impl = _backend.resolve(backend, logits.device, UNARY_BACKENDS, "unary")
-    loss = _per_pixel(impl, logits, y, mask, kind, float(eps))
+    loss = _per_pixel(impl, logits, y, mask, unary, float(eps))
     if reduction == "none":
         return loss
     loss = reference.widen(loss)  # sums in float32 or float64: fp16's range ends at 65504

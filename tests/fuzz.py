@@ -276,8 +276,8 @@ def unary_case(rng):
         y, logits = poison_masked(y, mask, rng), poison_masked(logits, mask, rng)
     expect = "valid"
     if rng.random() < 0.35:
-        expect = rng.choice(["kind", "eps", "y", "reduction", "mask"])
-        if expect == "kind":
+        expect = rng.choice(["unary", "eps", "y", "reduction", "mask"])
+        if expect == "unary":
             kind = "mse"
         elif expect == "eps":
             kwargs["eps"] = rng.choice([NAN, -1.0, INF])

@@ -46,7 +46,7 @@ bad_seeds[0, 0, 0] = 3
     (lambda: pottsops.affinity(image[0]), ValueError, r"image: expected a 4-D tensor \(B, C, H, W\), got shape \(3, 4, 5\)"),
     (lambda: pottsops.unary(y, y[:, :2]), ValueError, r"y: expected shape \(2, 3, 4, 5\) \(the shape of logits\)"),
     (lambda: pottsops.unary(y.int(), y), TypeError, r"logits: expected a floating-point tensor"),
-    (lambda: pottsops.unary(y, y, "kl"), ValueError, r"kind: unknown name 'kl'; expected one of 'cce', 'ce', 'rce'"),
+    (lambda: pottsops.unary(y, y, "kl"), ValueError, r"unary: unknown name 'kl'; expected one of 'cce', 'ce', 'rce'"),
     (lambda: pottsops.self_labeling_loss(y, y, seeds.float()), TypeError, r"seeds: expected an integer tensor"),
     (lambda: pottsops.self_labeling_loss(y, y, seeds[:1]), ValueError, r"seeds: expected shape \(2, 4, 5\)"),
     (lambda: pottsops.self_labeling_loss(y, y, bad_seeds), ValueError, r"seeds: expected class ids in \[0, 2\] or ignore_index=255, got 3"),

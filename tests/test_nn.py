@@ -236,3 +236,19 @@ def test_potts_and_gated_losses_gradcheck_float64():
     gated = GatedCRFLoss([{"weight": 0.7, "xy": 2.0, "rgb": 0.3}, {"weight": 0.3, "xy": 2.0}], 2)
     assert torch.autograd.gradcheck(lambda t: gated(t, image), (y,))
     assert torch.autograd.gradcheck(lambda t: PottsLoss("cd", "nn8", sigma_rgb=0.5)(t, image), (y,))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 9), (2, 3, 0, 9), (2, 3, 8, 0)], ids=["B0", "H0", "W0"])
+def test_empty_batches_and_images_give_zero_losses(shape):
+    """A reduction over no pixels is 0 (docs/contract.md §8): the modules that divide by the batch or by the
+    pixel count gave 0/0 = NaN on an empty batch."""
+    y = torch.softmax(torch.randn(shape), 1).requires_grad_()
+    image = torch.rand(shape[0], 3, *shape[2:]) * 255
+    losses = [pottsops.nn.GatedCRFLoss([{"weight": 1.0, "xy": 6.0, "rgb": 15.0}], 2)(y, image),
+              pottsops.nn.PottsLoss()(y, image)]
+    if shape[0] == 0:  # the lattice needs pixels in an image; an empty batch is all it can see as empty
+        losses.append(pottsops.nn.DenseCRFLoss(1e-9, 15.0, 80.0, 1.0)(image, y, torch.ones(shape[0], *shape[2:])))
+    for loss in losses:
+        assert float(loss.detach()) == 0.0
+        loss.backward()
+        assert torch.isfinite(y.grad).all()

@@ -1,0 +1,40 @@
+"""Every relative link in the README, docs/ and the committed reports points at a file that exists (a moved
+file or a link written relative to the wrong folder is caught here, not by a reader)."""
+import glob
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def markdown_files():
+    patterns = ["README.md", "docs/*.md", "benchmarks/results/*/*.md", "experiments/results/**/*.md"]
+    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)})
+
+
+def broken_links(paths):
+    """'page: target' for every relative link of the pages that points at no file."""
+    broken = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):  # a web address or an anchor
+                continue
+            if not os.path.exists(os.path.normpath(os.path.join(os.path.dirname(path), target.split("#")[0]))):
+                broken.append(f"{os.path.basename(path)}: {target}")
+    return broken
+
+
+def test_every_relative_link_resolves():
+    files = markdown_files()
+    assert any(p.endswith("README.md") for p in files) and any("/docs/" in p for p in files)
+    assert not broken_links(files)
+
+
+def test_a_broken_link_is_reported(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "solver.md").write_text("")
+    page = tmp_path / "page.md"
+    page.write_text("see [the solver](docs/solver.md#top), [a site](https://example.org) and [nothing](missing.md)\n")
+    assert broken_links([str(page)]) == ["page.md: missing.md"]
