@@ -197,7 +197,10 @@ def exact_quadratic(problem):
     return torch.from_numpy(y.T.reshape(1, classes, H, W))
 
 
-BEST_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood", "energy", "lower", "found_by"]
+# bound: where the problem is convex, the highest certified lower bound on its minimum energy seen (a run's
+# energy less its Frank-Wolfe duality gap); empty elsewhere
+BEST_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood", "energy", "lower", "found_by",
+               "bound"]
 
 
 def read_best(path):
@@ -219,5 +222,6 @@ def improve_best(best, problem, energy, found_by):
     """Records energy as the problem's lowest known if it is; returns the lowest known."""
     row = best.get(problem.key)
     if row is None or energy < float(row["energy"]):
-        best[problem.key] = dict(zip(BEST_FIELDS, (*problem.key, repr(energy), repr(problem.lower), found_by)))
+        bound = row.get("bound", "") if row else ""
+        best[problem.key] = dict(zip(BEST_FIELDS, (*problem.key, repr(energy), repr(problem.lower), found_by, bound)))
     return float(best[problem.key]["energy"])

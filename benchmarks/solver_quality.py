@@ -9,8 +9,10 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
 
 1. E*, the lowest energy known (best_energies.csv, kept between runs with how it was found): two long runs
    of solve() (iters 2000 per level, tol 0, with and without coarse levels), the exact minimiser where one exists
-   (quadratic, zero logits: a harmonic labelling), and every run below; all energies through the
-   reference ops in float64.  The long runs are made where no E* is cached, or for every problem with
+   (quadratic, zero logits: a harmonic labelling), α-expansion run to convergence for bilinear + ce (the
+   discrete Potts problem), and every run below; all energies through the reference ops in float64.  Each
+   E* is tagged in the report: independent (α-expansion, the harmonic solve), certified (the quadratic
+   relaxation: the long run's Frank-Wolfe gap bounds E* - E_min) or the solver's own.  The long runs are made where no E* is cached, or for every problem with
    --long-runs (after a change to the solver, so that E* is the lowest the current one reaches too).
 2. Each method (solve() with its defaults, and variants) is run once per image with 2 threads, checked
    (finite, simplex, seeds, energy not above the start's) and timed.  Its gap after each full-resolution
@@ -19,7 +21,8 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    step, as measured per level).
 3. Baselines: on the first --baseline-images images, the plain loop a user would write (Adam, lr 0.1, on
    pseudo-logits, 300 steps, energy through autograd over the reference ops, best iterate kept); on every
-   image (once per dataset), scikit-image's random walker (beta 130, mode cg_j) for the labels' quality
+   image (once per dataset), scikit-image's random walker (mode cg_j, its beta set to give the same pair
+   weights as sigma_rgb: walker_beta) for the labels' quality
    (--baseline-images 0: no baselines, e.g. to measure another version of pottsops beside these rows).
 
 Writes runs.csv.gz (one row per image and method), curves.csv.gz (median gap against steps and seconds per
@@ -42,8 +45,12 @@ from benchmarks.solver_problems import (DATASETS, STARTS, Problem, exact_quadrat
                                         write_best)
 
 CONFIGS = [("bl", "cce"), ("q", "cce"), ("nq", "cce"), ("cce", "cce"), ("lq", "cce"), ("cd", "cce"), ("cd", "ce"),
-           ("cd", "rce")]
-METHODS = {"solve": {}, "levels=0": {"levels": 0}, "levels=3": {"levels": 3}}
+           ("cd", "rce"), ("bl", "ce")]
+METHODS = {"solve": {}, "levels=0": {"levels": 0}, "levels=3": {"levels": 3},
+           "mirror_descent": {"method": "mirror_descent"}, "alpha_expansion": {"method": "alpha_expansion"}}
+# where a method differs from solve()'s default: the methods of bilinear (the others run mirror descent)
+ONLY_FOR = {"mirror_descent": ("bl",), "alpha_expansion": ("bl",)}
+GRAPH_CUT = "alpha-expansion (GCO)"  # the found_by of E* from α-expansion: a reference solve() did not produce
 LONG_RUNS = {"long levels=3": dict(iters=2000, tol=0.0, levels=3), "long levels=0": dict(iters=2000, tol=0.0, levels=0)}
 PLAIN_ADAM = "plain adam x300"
 WALKER = "random walker"
@@ -73,11 +80,21 @@ def timed_solve(problem, **kwargs):
     synchronize()
     seconds = time.perf_counter() - start
     y = y.cpu()
+    certificate = getattr(info, "certificate", None)
+    if certificate is not None:  # a convex problem: E_min >= E(y) - certificate (float64 energies)
+        improve_bound(problem, float(info.best[0]) - float(certificate[0]))
     energies = [float(e) for e in info.energies]
     levels = getattr(info, "levels", None)  # an older pottsops may not report its levels
     coarse = sum(level[2] for level in levels[:-1]) if levels else 0.0
     per_step = (levels[-1][2] if levels else seconds) / max(1, len(energies) - 1)
     return y, seconds, [(coarse + t * per_step, t, e) for t, e in enumerate(energies)]
+
+
+BOUNDS = {}  # problem key -> the highest certified lower bound on E_min seen in this run
+
+
+def improve_bound(problem, bound):
+    BOUNDS[problem.key] = max(BOUNDS.get(problem.key, -math.inf), bound)
 
 
 def plain_adam(problem, iters=300, lr=0.1):
@@ -112,13 +129,22 @@ def plain_adam(problem, iters=300, lr=0.1):
     return best_y.cpu(), time.perf_counter() - start, curve
 
 
+def walker_beta(image, sigma_rgb):
+    """scikit-image's random walker weighs a pair exp(-beta |dI|^2 / (10 std(I) sqrt(C))) on the image it is
+    given (here I / 255); pottsops' affinity is exp(-|dI_255|^2 / (2 sigma_rgb^2)): the beta that makes the two
+    the same weights, so that the comparison is of methods, not of bandwidths."""
+    channels = image.shape[-1]
+    return 10 * float(image.std()) * math.sqrt(channels) * 255.0 ** 2 / (2 * sigma_rgb ** 2)
+
+
 def random_walker(problem):
     from skimage.segmentation import random_walker as walker
     start = time.perf_counter()
     seeds = problem.seeds[0].numpy()
     markers = np.where(seeds == 255, 0, seeds + 1)
     image = problem.image[0].permute(1, 2, 0).numpy() / 255.0
-    labels = walker(image, markers, beta=130, mode="cg_j", channel_axis=-1) - 1
+    beta = walker_beta(image, problem.kwargs["sigma_rgb"])
+    labels = walker(image, markers, beta=beta, mode="cg_j", channel_axis=-1) - 1
     y = torch.nn.functional.one_hot(torch.from_numpy(labels.astype(np.int64)), problem.logits.shape[1])
     return y.permute(2, 0, 1)[None].float(), time.perf_counter() - start
 
@@ -162,12 +188,21 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
             exact = exact_quadratic(problem)
             if exact is not None:
                 improve_best(best, problem, problem.energy(exact), "exact harmonic")
-        results = {method: timed_solve(problem, **kwargs) for method, kwargs in args.methods.items()}
+        if (relaxation, unary) == ("bl", "ce"):  # the discrete Potts problem: α-expansion run to convergence
+            y = pottsops.graphcut.alpha_expansion(problem.logits, problem.image, problem.seeds, unary=unary,
+                                                  neighborhood=problem.neighborhood, eta=problem.kwargs["eta"],
+                                                  lam=problem.kwargs["lam"], sigma_rgb=problem.kwargs["sigma_rgb"])
+            improve_best(best, problem, problem.energy(y), GRAPH_CUT)
+        results = {method: timed_solve(problem, **kwargs) for method, kwargs in args.methods.items()
+                   if relaxation in ONLY_FOR.get(method, (relaxation,))
+                   and not (method == "alpha_expansion" and unary != "ce")}
         if index < args.baseline_images:
             results[PLAIN_ADAM] = plain_adam(problem)
         for method, (y, _, _) in results.items():
             improve_best(best, problem, problem.energy(y), f"{method} @{args.label}")
         lowest = float(best[problem.key]["energy"])
+        if problem.key in BOUNDS:
+            best[problem.key]["bound"] = repr(max(BOUNDS[problem.key], float(best[problem.key].get("bound") or -math.inf)))
         classes = DATASETS[dataset]["classes"]
         for method, (y, seconds, curve) in results.items():
             energy = problem.energy(y)

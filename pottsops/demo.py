@@ -3,7 +3,8 @@
 Without arguments it generates an image (flat-coloured shapes with noise) and scribbles inside each
 shape; with IMAGE (any RGB image) and SCRIBBLES (a PNG of class ids, 255 = unlabelled, e.g. CamVid's
 scribbles in ../shared/data) it uses those.  pottsops.solve() finds y from the scribbles alone (uniform
-network prediction: solve() starts on coarse levels, 8x to 2x smaller) for two relaxations, and the PNG
+network prediction: solve() starts on coarse levels, 8x to 2x smaller; the bilinear relaxation runs
+α-expansion where the graph-cut extra is installed) for two relaxations, and the PNG
 shows the image, the scribbles, each soft labelling (every pixel the y-weighted mix of the class colours)
 and the energy against full-resolution steps.
 """
@@ -83,8 +84,9 @@ def main(argv=None):
         results[relaxation] = (y, info)
         steps = " + ".join(f"{int(s.max())} at 1/{f}" if f > 1 else f"{int(s.max())} at full size"
                            for f, s, _ in info.levels)
+        how = "by α-expansion" if info.method == "alpha_expansion" else f"in {steps} steps"
         line = (f"{relaxation:22s} energy {float(info.energies[0].sum()):10.1f} -> {float(info.best.sum()):10.1f} "
-                f"in {steps} steps, {seconds:.2f} s")
+                f"{how}, {seconds:.2f} s")
         if labels is not None:
             line += f", pixel accuracy of argmax(y) {float((y.argmax(1) == labels).float().mean()) * 100:.1f} %"
         print(line)
@@ -104,9 +106,9 @@ def plot(image, scribbles, results, path):
     shown[seeded] = PALETTE[scribbles[0][seeded] % len(PALETTE)]
     axes[1].imshow(shown.byte().numpy())
     axes[1].set_title("scribbles")
-    for ax, (relaxation, (y, _)) in zip(axes[2:], results.items()):
+    for ax, (relaxation, (y, info)) in zip(axes[2:], results.items()):
         ax.imshow(colourise(y))
-        ax.set_title(f"soft y, {relaxation}")
+        ax.set_title(f"y, {relaxation}" + (" (α-expansion)" if info.method == "alpha_expansion" else ""))
     for relaxation, (_, info) in results.items():
         axes[-1].plot([float(e.sum()) for e in info.energies], label=relaxation)
     axes[-1].set_xlabel("full-resolution step")

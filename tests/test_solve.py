@@ -95,7 +95,8 @@ def test_default_solve_converges_on_a_generated_scene():
     """Every relaxation's default solve() ends within 1e-2 of the energy a long run of the same solver reaches
     (iters 3000 per level, tol 0; gap relative to the energy less its constants, info.lower), from zero
     logits (the scribbles alone) and from the benchmark's noisy ones, on demo's generated scene (four
-    classes, 96 x 96, sigma_rgb 60 so that crossing an edge costs); bl through its discrete polish.  Not cce:
+    classes, 96 x 96, sigma_rgb 60 so that crossing an edge costs); bl through its discrete polish (mirror
+    descent: by default bl runs α-expansion where the extra is installed, tests/test_graphcut.py).  Not cce:
     its long runs keep finding lower minima (1-4 % lower here), which its default does not wait for; how
     close each relaxation gets to the lowest energy any method finds is benchmarks/solver_quality.py's
     measurement."""
@@ -105,7 +106,7 @@ def test_default_solve_converges_on_a_generated_scene():
     for start, logits in (("zero", torch.zeros(1, 4, 96, 96)), ("noisy", noisy)):
         for relaxation in ("bilinear", "quadratic", "normalized_quadratic", "log_quadratic",
                            "collision_divergence"):
-            kwargs = dict(relaxation=relaxation, sigma_rgb=60.0, return_info=True)
+            kwargs = dict(relaxation=relaxation, sigma_rgb=60.0, return_info=True, method="mirror_descent")
             _, info = pottsops.solve(logits, image, scribbles, **kwargs)
             _, long_run = pottsops.solve(logits, image, scribbles, iters=3000, tol=0.0, **kwargs)
             assert long_run.coarse.item() == info.coarse.item() == (start == "zero" or relaxation == "bilinear")
@@ -140,7 +141,7 @@ def test_polish_colours_hold_no_two_neighbours(neighborhood):
 @pytest.mark.parametrize("unary", ["cce", "ce"])
 @pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2)], ids=["nn4", "nn8", "win2"])
 def test_bilinear_polish_ends_where_no_pixel_can_lower_the_energy(backend, unary, neighborhood):
-    """bl with cce or ce: solve() ends with block coordinate descent, so the energy is not above the soft
+    """bl with cce or ce by mirror descent: solve() ends with block coordinate descent, so the energy is not above the soft
     iterate's (the trace's last step) and no single pixel's move lowers it: tried in float64 for every
     one-hot label and every mixture of two labels (t = 0.05 ... 0.95); with ce, y is one-hot on the
     unlabeled pixels."""
@@ -151,7 +152,8 @@ def test_bilinear_polish_ends_where_no_pixel_can_lower_the_energy(backend, unary
     mask = torch.ones(2, 9, 10, dtype=torch.bool)
     mask[1, 8, 9] = False
     args = (logits.double(), image.double(), seeds)
-    kwargs = dict(relaxation="bl", unary=unary, neighborhood=neighborhood, mask=mask, backend=backend)
+    kwargs = dict(relaxation="bl", unary=unary, neighborhood=neighborhood, mask=mask, backend=backend,
+                  method="mirror_descent")
     y, info = pottsops.solve(*args, return_info=True, **kwargs)
     check_guarantees(y, info, seeds, logits, mask)
     assert (info.sweeps > 0).all() and float((info.energies[-1] - info.energies[-2]).max()) < 0
@@ -405,7 +407,8 @@ def test_coarse_levels_where_the_logits_say_little():
         assert alone_info.coarse.tolist() == [b == 0]
         torch.testing.assert_close(y[b:b + 1], alone, rtol=1e-5, atol=1e-6)
     for relaxation in ("bl", "cce"):
-        _, info = pottsops.solve(logits, image, seeds, relaxation=relaxation, iters=5, return_info=True)
+        _, info = pottsops.solve(logits, image, seeds, relaxation=relaxation, iters=5, return_info=True,
+                                 method="mirror_descent")
         assert info.coarse.all()
     _, info = pottsops.solve(logits, image, seeds, init=torch.softmax(logits, 1), iters=5, return_info=True)
     assert not info.coarse.any() and len(info.levels) == 1
@@ -431,8 +434,8 @@ def test_different_one_hot_seeds_side_by_side_stay_finite():
     (lambda l, i, s: pottsops.solve(l, i, s, eta=-1.0), ValueError, "eta: expected a finite number >= 0"),
     (lambda l, i, s: pottsops.solve(l, i, s, lam=float("inf")), ValueError, "lam: expected a finite number"),
     (lambda l, i, s: pottsops.solve(l, i, s, tol=float("nan")), ValueError, "tol: expected a finite number"),
-    (lambda l, i, s: pottsops.solve(l, i, s, step=0.0), ValueError, "step: expected a finite number > 0"),
-    (lambda l, i, s: pottsops.solve(l, i, s, step=float("inf")), ValueError, "step: expected a finite number"),
+    (lambda l, i, s: pottsops.solve(l, i, s, lr=0.0), ValueError, "lr: expected a finite number > 0"),
+    (lambda l, i, s: pottsops.solve(l, i, s, lr=float("inf")), ValueError, "lr: expected a finite number"),
     (lambda l, i, s: pottsops.solve(l, i, s, unary="mse"), ValueError, "unary"),
     (lambda l, i, s: pottsops.solve(l, i, s, init=torch.ones(1, 4, 14, 17)), ValueError, "init: expected shape"),
 ])
@@ -440,3 +443,31 @@ def test_errors(call, error, pattern):
     logits, image, seeds = problem()
     with pytest.raises(error, match=pattern):
         call(logits, image, seeds)
+
+
+def test_the_old_argument_names_still_work_with_a_warning():
+    """solve(step=) is now lr= and unary(kind=) is now unary= (one name per idea); the old names give the same
+    result and a FutureWarning."""
+    logits, image, seeds = problem(seed=21)
+    with pytest.warns(FutureWarning, match="step= is now called lr="):
+        old = pottsops.solve(logits, image, seeds, iters=20, step=0.05)
+    torch.testing.assert_close(old, pottsops.solve(logits, image, seeds, iters=20, lr=0.05), rtol=0, atol=0)
+    y = torch.softmax(logits, 1)
+    with pytest.warns(FutureWarning, match="kind= is now called unary="):
+        old = pottsops.unary(logits, y, kind="rce")
+    assert torch.equal(old, pottsops.unary(logits, y, unary="rce"))
+
+
+@pytest.mark.parametrize("unary", ["cce", "ce", "rce"])
+def test_the_certificate_bounds_the_gap_to_a_long_run(unary):
+    """The quadratic relaxation is convex: info.certificate (the Frank-Wolfe duality gap) bounds E(y) - E_min
+    from above, so it is at least E(y) minus a long run's energy; it is about zero at the long run's end, and
+    None for a relaxation that is not convex."""
+    logits, image, seeds = problem(B=2, H=20, W=23, seed=31)
+    kwargs = dict(relaxation="q", unary=unary, return_info=True)
+    _, short = pottsops.solve(logits.double(), image.double(), seeds, iters=15, levels=0, **kwargs)
+    _, long = pottsops.solve(logits.double(), image.double(), seeds, iters=3000, tol=0.0, **kwargs)
+    assert (short.certificate >= short.best - long.best - 1e-9).all()
+    assert (short.certificate > 0).all() and (long.certificate >= -1e-9).all()
+    assert (long.certificate <= 1e-3 * short.certificate).all()
+    assert pottsops.solve(logits, image, seeds, iters=5, return_info=True)[1].certificate is None

@@ -1,6 +1,7 @@
 """train/: one training step per method, the losses, the metrics against hand-computed values, the command
 line, and resuming after an interrupted run."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -131,6 +132,21 @@ def test_self_labeling_losses_are_finite_and_train_the_logits(method):
         assert (y.argmax(1)[seeded] == batch["seeds"][seeded]).all()
     if method == "hard":
         assert set(y.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.skipif(pottsops.graphcut.available() is not None, reason="the graph-cut extra (gco-wrapper) is missing")
+def test_hard_takes_its_labels_from_alpha_expansion():
+    """hard's pseudo-labels are α-expansion's on the grid CRF energy (the paper's baseline); the relaxed
+    solver is the variant hard_method='mirror_descent'."""
+    batch = _batch()
+    logits = torch.randn(2, 3, 6, 7)
+    reg = Regulariser(solver_iters=10)
+    _, y = batch_loss("hard", logits, batch, reg)
+    expected = pottsops.graphcut.alpha_expansion(logits, batch["image"], batch["seeds"], unary="ce", neighborhood="nn4",
+                                                 eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb, mask=batch["mask"])
+    assert torch.equal(y, expected)
+    _, relaxed = batch_loss("hard", logits, batch, dataclasses.replace(reg, hard_method="mirror_descent"))
+    assert set(relaxed.unique().tolist()) == {0.0, 1.0}
 
 
 def test_miou_by_hand():

@@ -86,6 +86,9 @@ def parse_args(argv=None):
                    help="each loss term a mean over its pixels (terms) or eq. 8's sums / valid pixels (pixels)")
     p.add_argument("--gd-neighborhood", help="gd's Potts loss: dense (the dense CRF loss) or nn4 (grid CRF loss)")
     p.add_argument("--full-loss", choices=FULL_LOSSES)
+    p.add_argument("--hard-method", choices=("alpha_expansion", "mirror_descent"),
+                   help="hard's labels: α-expansion (the paper's graph-cut baseline, needs pottsops[graphcut]) or the "
+                        "relaxed solver")
     p.add_argument("--relaxation")
     p.add_argument("--neighborhood", help="nn4, nn8 or dense")
     p.add_argument("--solver-iters", type=int)

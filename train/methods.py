@@ -7,8 +7,9 @@
     gd    pce + lam Potts(sigma) / N, straight through autograd: the dense CRF loss (bilinear, dense
           neighbourhood, sigma_rgb 15, sigma_xy 100 on inputs scaled by gd_scale = 0.5, as its authors run
           it), or with gd_neighborhood='nn4' the grid CRF loss
-    hard  pce + eta -log sigma[argmax y] over not S, y = solve(bilinear, ce, nn4): the grid CRF loss's
-          discrete pseudo-labels (the tight relaxation; its polish ends on one-hot labels)
+    hard  pce + eta -log sigma[argmax y] over not S, y = the grid CRF energy's discrete labels (bilinear, ce,
+          nn4): by α-expansion (hard_method='alpha_expansion', the paper's graph-cut baseline; needs the
+          pottsops[graphcut] extra) or, as the variant 'mirror_descent', the relaxed solver and its polish
     soft  pce + eta H(y, sigma) over not S, y = solve(relaxation, unary, neighborhood) (eq. 8)
 
 S: the scribbled pixels, N: the valid (mask True) pixels.  normalize='terms' (default) makes each term a mean
@@ -45,6 +46,7 @@ class Regulariser:
     gd_sigma_xy: float = 100.0       # in pixels of the input; scaled with it
     gd_scale: float = 0.5
     full_loss: str = "ce+dice"
+    hard_method: str = "alpha_expansion"  # or "mirror_descent": solve()'s method for hard's labels
 
 
 def batch_loss(method, logits, batch, reg, warmup=False):
@@ -62,7 +64,7 @@ def batch_loss(method, logits, batch, reg, warmup=False):
     if method == "hard":
         y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation="bilinear", unary="ce",
                            neighborhood="nn4", eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb, mask=mask,
-                           iters=reg.solver_iters)
+                           iters=reg.solver_iters, method=reg.hard_method)
         y = F.one_hot(y.argmax(1), y.shape[1]).permute(0, 3, 1, 2).to(y.dtype)
         return _self_labeling(logits, y, seeds, reg.eta, "ce", mask, reg), y
     y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation=reg.relaxation, unary=reg.unary,

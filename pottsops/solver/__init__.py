@@ -21,14 +21,16 @@ The energy and its gradient: problem.py.
 """
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from pottsops import _checks
+from pottsops import _checks, graphcut
 from pottsops.names import relaxation_name, unary_name
 from pottsops.neighborhoods import as_neighborhood
-from pottsops.solver.levels import COARSE_TOL, LEVEL_FACTORS, coarse_inputs, level_factors, upsample, wants_coarse
+from pottsops.solver.levels import (COARSE_TOL, LEVEL_FACTORS, coarse_inputs, level_factors, solve_coarse_levels,
+                                    wants_coarse)
 from pottsops.solver.loop import ADAM_EPS, BETAS, solve_level
 from pottsops.solver.polish import polish as polish_bilinear  # the name polish stays the module
 from pottsops.solver.problem import LOG_FLOOR, make_problem
@@ -45,7 +47,10 @@ class SolveInfo:
     resolution (factor 1, its polish included) last; coarse: (B,) whether an image's full-resolution solve
     started from the coarse solution; sweeps: (B,) the polish's sweeps that moved a pixel (bilinear with
     cce or ce on a grid or window; its energy is the last entry of energies), else zeros; seconds: wall
-    time; best: the energy of the returned y."""
+    time; best: the energy of the returned y; certificate: (B,) where the problem is convex (the quadratic
+    relaxation, with any unary), an upper bound on best - (the minimum energy): the Frank-Wolfe duality gap
+    sum_i (<g_i, y_i> - min_k g_ik) over the unlabeled pixels, g the energy's gradient at y; else None;
+    method: the method that ran ('mirror_descent' or 'alpha_expansion')."""
     energies: list = field(default_factory=list)
     iterations: torch.Tensor = None
     sweeps: torch.Tensor = None
@@ -54,11 +59,103 @@ class SolveInfo:
     coarse: torch.Tensor = None
     seconds: float = 0.0
     best: torch.Tensor = None
+    certificate: torch.Tensor = None
+    method: str = None
+
+
+METHODS = ("auto", "mirror_descent", "alpha_expansion")
+_WARNED = set()
+
+
+def _method(method, problem, neighborhood):
+    """The method solve() runs: auto picks α-expansion for the bilinear relaxation with the ce or cce unary on
+    a grid or window where the graph-cut extra is installed (with ce its minimum over the simplex is the
+    discrete Potts problem, and with cce the polished α-expansion labels end far below where the local method
+    does: docs/solver.md), else mirror descent."""
+    _checks.check_choice("method", method, METHODS)
+    discrete = (relaxation_name(problem.potts["relaxation"]) == "bilinear" and problem.unary in ("ce", "cce")
+                and not as_neighborhood(neighborhood).dense)
+    if method == "alpha_expansion":
+        if not discrete:
+            raise ValueError("method: 'alpha_expansion' solves the bilinear relaxation with the ce or cce unary on a "
+                             f"grid or window neighbourhood, not {problem.potts['relaxation']!r} with "
+                             f"{problem.unary!r} on {neighborhood!r}")
+        return method
+    if method == "auto" and discrete:
+        if graphcut.available() is None:
+            return "alpha_expansion"
+        if "graphcut" not in _WARNED:
+            _WARNED.add("graphcut")
+            warnings.warn("pottsops.solve: the bilinear relaxation is solved by a local method, whose energy ends "
+                          "far above α-expansion's (docs/solver.md); install the graph-cut "
+                          f"extra for α-expansion: {graphcut.EXTRA}", RuntimeWarning, stacklevel=3)
+    return "mirror_descent"
+
+
+def duality_gap(problem, y):
+    """Per image, sum over the unlabeled pixels of <g_i, y_i> - min_k g_ik, g the gradient of the energy at y:
+    for a convex energy over the product of simplices (seeds fixed), E(y) - min E is at most this
+    (E(y*) >= E(y) + <g, y* - y> >= E(y) - gap)."""
+    grad = problem.gradient(y)[1].double()
+    per_pixel = (grad * y.double()).sum(1) - grad.amin(1)
+    return (per_pixel * problem.unlabeled).sum((1, 2)).to(y.dtype)
+
+
+def _graph_cut(problem, y0, seeds, init, tol, options):
+    """α-expansion labels (pottsops.graphcut), polished where the unary is cce (whose minimiser may mix two
+    labels at a pixel).  Returns (y, its energy, SolveInfo)."""
+    B = y0.shape[0]
+    level_start = time.perf_counter()
+    labels = graphcut.alpha_expansion(problem.logits, problem.image, seeds, init=init, **options)
+    y = problem.clamp(labels.to(y0.dtype)).contiguous()
+    best = problem.gradient(y)[0]
+    zeros = torch.zeros(B, dtype=torch.long, device=y0.device)
+    info = SolveInfo(coarse=torch.zeros(B, dtype=torch.bool, device=y0.device), iterations=zeros, sweeps=zeros,
+                     lower=problem.lower_bound(), energies=[best])
+    if problem.unary == "cce":
+        y, best, info.sweeps = polish_bilinear(problem, y, best, info.lower, tol)
+        info.energies.append(best)
+    info.levels.append((1, zeros, time.perf_counter() - level_start))
+    return y, best, info
+
+
+def _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings, inputs):
+    """Coarse levels, the adaptive loop at full resolution and, for bl with cce or ce, the polish.  Returns
+    (y, its energy, SolveInfo)."""
+    logits, eta, lam, mask, weights = (inputs[k] for k in ("logits", "eta", "lam", "mask", "weights"))
+    sigma_xy, ignore_index = inputs["sigma_xy"], inputs["ignore_index"]
+    info = SolveInfo(coarse=wants_coarse(problem) if levels is None else torch.full(
+        (logits.shape[0],), levels > 0, device=logits.device))
+    factors = level_factors(logits.shape, len(LEVEL_FACTORS) if levels is None else levels)
+
+    def coarse_problem(f):
+        pooled_logits, pooled_image, pooled_seeds, pooled_mask, pooled_weights = coarse_inputs(
+            problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
+        return make_problem(pooled_logits, pooled_image, pooled_seeds, eta=eta * f * f, lam=lam * f, mask=pooled_mask,
+                            weights=pooled_weights, **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
+
+    theta = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
+    if init is None and bool(info.coarse.any()) and factors:
+        coarse_theta, info.levels = solve_coarse_levels(coarse_problem, factors, logits.shape[2:], iters,
+                                                        tol * COARSE_TOL, rule)
+        theta = torch.where(info.coarse.view(-1, 1, 1, 1), coarse_theta, theta)
+    info.coarse &= bool(info.levels)  # not where a given init or the image's size leaves no coarse level
+    trace, level_start = [], time.perf_counter()
+    y, best, info.iterations, info.lower = solve_level(problem, theta, iters, tol, rule, trace)
+    info.sweeps = torch.zeros_like(info.iterations)
+    if (relaxation_name(settings["relaxation"]) == "bilinear" and problem.unary in ("cce", "ce")
+            and not as_neighborhood(settings["neighborhood"]).dense):
+        y, best, info.sweeps = polish_bilinear(problem, y, best, info.lower, tol)
+        trace.append(best)
+    info.levels.append((1, info.iterations, time.perf_counter() - level_start))
+    info.energies.extend(trace[1:])
+    return y, best, info
 
 
 def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="nn4", eta=0.3, lam=6.0,
-          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=300, tol=1e-3, step=0.1,
-          levels=None, ignore_index=255, dense_method="lattice", backend="auto", return_info=False):
+          sigma_rgb=9.0, sigma_xy=None, mask=None, weights=None, init=None, iters=300, tol=1e-3, lr=0.1,
+          levels=None, method="auto", ignore_index=255, dense_method="lattice", backend="auto", return_info=False,
+          step=None):
     """Soft pseudo-labels y (B, K, H, W) minimising eta H(y, softmax(logits)) + lam Potts(y), scribbles fixed.
 
     logits: (B, K, H, W) network outputs (no gradient flows back).
@@ -72,11 +169,18 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     iters, tol: at most iters steps per level; every 20 steps (from step 40 on), where an image's lowest
         energy fell by at most tol times its excess over the unary's lower bound (info.lower) in those steps,
         its learning rate halves, or, after 3 halvings, it stops (coarse levels: tol / 10).
-    step: the learning rate of the per-coordinate steps (about the largest change of a pseudo-logit per step).
+    lr: the learning rate of the per-coordinate steps (about the largest change of a pseudo-logit per step;
+        step= is its old name, deprecated).
     levels: how many coarse levels (pooled 2x, 4x, 8x; up to 3) are solved first, each starting the next;
         None (default): 3 for the images where softmax(logits) says little (mean confidence below 0.05, e.g.
         zero logits: the scribbles alone) and for bl and cce, else 0 (info.coarse says which).
-    The bilinear relaxation with the cce or ce unary on a grid or window ends with a polish: block
+    method: 'mirror_descent' (the adaptive steps above), 'alpha_expansion' (graph cuts on the discrete
+        problem, for the bilinear relaxation with the ce or cce unary on a grid or window; needs the extra
+        pottsops[graphcut]; with cce the labels are then polished) or 'auto' (default): alpha_expansion for
+        bilinear with ce or cce where the extra is installed (with a warning where it is not), else
+        mirror_descent.
+        info.iterations is 0 for alpha_expansion (GCO runs expansion cycles until none lowers the energy).
+    The mirror descent of the bilinear relaxation with the cce or ce unary ends with a polish: block
     coordinate descent, each pixel of a colour moved to the minimiser of its energy with its neighbours
     fixed (one-hot labels for ce, mixtures of at most two for cce).
     return_info: also return a SolveInfo (energy per step, steps, timings).
@@ -95,7 +199,11 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     unary_name(unary, "unary")
     for name, value in (("eta", eta), ("lam", lam), ("tol", tol)):
         _checks.check_number(name, value)
-    _checks.check_positive("step", step)
+    if step is not None:
+        warnings.warn("pottsops.solve: step= is now called lr= (it is a learning rate; iters counts the steps); "
+                      "step= will be removed", FutureWarning, stacklevel=2)
+        lr = step
+    _checks.check_positive("lr", lr)
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
     if sigma_xy is not None:
@@ -111,7 +219,7 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
             raise ValueError(f"{name}: expected an integer in [0, {most}]{' or None' * (name == 'levels')}, "
                              f"got {value!r}")
-    rule = [float(step), *BETAS, ADAM_EPS, LOG_FLOOR]
+    rule = [float(lr), *BETAS, ADAM_EPS, LOG_FLOOR]
     settings = dict(relaxation=relaxation, unary=unary, neighborhood=neighborhood, sigma_rgb=sigma_rgb,
                     sigma_xy=sigma_xy, ignore_index=ignore_index, dense_method=dense_method, backend=backend)
     problem = make_problem(logits, image, seeds, eta=eta, lam=lam, mask=mask, weights=weights, **settings)
@@ -128,38 +236,23 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     else:
         y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()
-    info = SolveInfo(coarse=wants_coarse(problem) if levels is None else torch.full(
-        (logits.shape[0],), levels > 0, device=logits.device))
-    factors = level_factors(logits.shape, len(LEVEL_FACTORS) if levels is None else levels)
-    theta = own = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
-    for f in factors if init is None and info.coarse.any() else ():
-        coarse_logits, coarse_image, coarse_seeds, coarse_mask, coarse_weights = coarse_inputs(
-            problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
-        coarse = make_problem(coarse_logits, coarse_image, coarse_seeds, eta=eta * f * f, lam=lam * f,
-                               mask=coarse_mask, weights=coarse_weights,
-                               **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
-        level_start = time.perf_counter()
-        theta = torch.log_softmax(coarse.logits, 1) if f == factors[0] else upsample(theta, previous // f,
-                                                                                     *coarse.logits.shape[2:])
-        y, _, steps, _ = solve_level(coarse, theta, iters, tol * COARSE_TOL, rule, [])
-        theta, previous = torch.log(y.clamp(min=math.exp(LOG_FLOOR))), f
-        info.levels.append((f, steps, time.perf_counter() - level_start))
-    info.coarse &= bool(info.levels)  # not where a given init or the image's size leaves no coarse level
-    if info.levels:
-        theta = torch.where(info.coarse.view(-1, 1, 1, 1), upsample(theta, previous, *logits.shape[2:]), own)
+    method = _method(method, problem, neighborhood)
     start_energy = problem.gradient(y0)[0]
-    info.energies.append(start_energy)
-    trace, level_start = [], time.perf_counter()
-    y, best, info.iterations, info.lower = solve_level(problem, theta, iters, tol, rule, trace)
-    info.sweeps = torch.zeros_like(info.iterations)
-    if (relaxation_name(relaxation) == "bilinear" and problem.unary in ("cce", "ce")
-            and not as_neighborhood(neighborhood).dense):
-        y, best, info.sweeps = polish_bilinear(problem, y, best, info.lower, tol)
-        trace.append(best)
-    info.levels.append((1, info.iterations, time.perf_counter() - level_start))
-    info.energies.extend(torch.minimum(e, start_energy) for e in trace[1:])
+    if method == "alpha_expansion":
+        y, best, info = _graph_cut(problem, y0, seeds, init, tol, dict(
+            unary=problem.unary, neighborhood=neighborhood, eta=eta, lam=lam, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
+            mask=mask, weights=weights, ignore_index=ignore_index))
+    else:
+        y, best, info = _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings,
+                                        dict(logits=logits, eta=eta, lam=lam, mask=mask, weights=weights,
+                                             sigma_xy=sigma_xy, ignore_index=ignore_index))
+    info.method = method
+    info.energies.insert(0, start_energy)
+    info.energies[1:] = [torch.minimum(e, start_energy) for e in info.energies[1:]]
     worse = ~(best <= start_energy)  # the start is kept where the solve did not go below it
     y = problem.clamp(torch.where(worse.view(-1, 1, 1, 1), y0, y))
     info.best = torch.where(worse, start_energy, best)
+    if relaxation_name(relaxation) == "quadratic":
+        info.certificate = duality_gap(problem, y)
     info.seconds = time.perf_counter() - start
     return (y, info) if return_info else y

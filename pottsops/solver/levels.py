@@ -2,10 +2,15 @@
 pixels and f pairs across each edge: eta f^2, lam f), and each solution, upsampled, starts the next level,
 so that labels cross large regions in few steps (docs/solver.md has the measurements behind the choices).
 """
+import math
+import time
+
 import torch
 import torch.nn.functional as F
 
 from pottsops.names import relaxation_name
+from pottsops.solver.loop import solve_level
+from pottsops.solver.problem import LOG_FLOOR
 
 LEVEL_FACTORS = (8, 4, 2)  # the pooling of the coarse levels, coarsest first
 COARSE_TOL = 0.1  # coarse levels run to tol * COARSE_TOL: their steps are cheap and spare full-resolution ones
@@ -67,3 +72,19 @@ def wants_coarse(problem):
     confidence = (torch.softmax(problem.logits, 1).amax(1) - 1 / K) / (1 - 1 / K)
     count = problem.unlabeled.sum((1, 2)).clamp(min=1)
     return (confidence * problem.unlabeled).sum((1, 2)) / count < UNSURE
+
+
+def solve_coarse_levels(coarse_problem, factors, size, iters, tol, rule):
+    """Solves the levels pooled by factors (coarsest first), each started from the last one's solution
+    upsampled (the coarsest from its own softmax(logits)); coarse_problem(f) makes level f's problem.
+    Returns (the last level's pseudo-logits upsampled to size (H, W), [(f, steps per image, seconds)])."""
+    levels, theta, previous = [], None, None
+    for f in factors:
+        problem = coarse_problem(f)
+        start = time.perf_counter()
+        theta = (torch.log_softmax(problem.logits, 1) if previous is None
+                 else upsample(theta, previous // f, *problem.logits.shape[2:]))
+        y, _, steps, _ = solve_level(problem, theta, iters, tol, rule, [])
+        theta, previous = torch.log(y.clamp(min=math.exp(LOG_FLOOR))), f
+        levels.append((f, steps, time.perf_counter() - start))
+    return upsample(theta, previous, *size), levels
