@@ -117,7 +117,8 @@ def tables(rows, budgets, best):
                 here = [label for label in labels  # the code versions measured on this configuration
                         if (dataset, neighborhood, start, relaxation, unary, "solve", label) in groups]
                 for label in labels:
-                    for method in ("solve", "levels=0", "levels=3", "mirror_descent", "alpha_expansion", PLAIN_ADAM):
+                    for method in ("solve", "levels=0", "levels=3", "mirror_descent", "alpha_expansion", GRAPH_CUT,
+                                   PLAIN_ADAM):
                         chosen = groups.get((dataset, neighborhood, start, relaxation, unary, method, label), [])
                         if chosen and (method == "solve" or label == here[-1]):
                             name = method if len(here) == 1 or method != "solve" else f"solve @{label}"
