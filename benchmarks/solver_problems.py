@@ -218,10 +218,11 @@ def write_best(path, best):
         writer.writerows(sorted(best.values(), key=lambda r: tuple(r[k] for k in BEST_FIELDS[:6])))
 
 
-def improve_best(best, problem, energy, found_by):
-    """Records energy as the problem's lowest known if it is; returns the lowest known."""
+def improve_best(best, problem, energy, found_by, independent=False):
+    """Records energy as the problem's lowest known if it is (or, for an independent reference, if it ties:
+    the provenance then names the method solve() did not run); returns the lowest known."""
     row = best.get(problem.key)
-    if row is None or energy < float(row["energy"]):
+    if row is None or energy < float(row["energy"]) or independent and energy <= float(row["energy"]):
         bound = row.get("bound", "") if row else ""
         best[problem.key] = dict(zip(BEST_FIELDS, (*problem.key, repr(energy), repr(problem.lower), found_by, bound)))
     return float(best[problem.key]["energy"])

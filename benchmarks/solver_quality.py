@@ -192,17 +192,17 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
     rows, curves = [], {}
     for index, (name, image, labels, seeds) in enumerate(images):
         problem = Problem(dataset, name, image, labels, seeds, start, index, relaxation, unary, neighborhood)
-        if problem.key not in best or args.long_runs:
+        results = {}
+        if (relaxation, unary) == ("bl", "ce"):  # the discrete Potts problem: α-expansion run to convergence
+            results[GRAPH_CUT] = graph_cut(problem)
+            improve_best(best, problem, problem.energy(results[GRAPH_CUT][0]), GRAPH_CUT, independent=True)
+        elif problem.key not in best or args.long_runs:
             for method, kwargs in LONG_RUNS.items():
                 y, _, _ = timed_solve(problem, **kwargs)
                 improve_best(best, problem, problem.energy(y), f"{method} @{args.label}")
             exact = exact_quadratic(problem)
             if exact is not None:
                 improve_best(best, problem, problem.energy(exact), "exact harmonic")
-        results = {}
-        if (relaxation, unary) == ("bl", "ce"):  # the discrete Potts problem: α-expansion run to convergence
-            results[GRAPH_CUT] = graph_cut(problem)
-            improve_best(best, problem, problem.energy(results[GRAPH_CUT][0]), GRAPH_CUT)
         results.update({method: timed_solve(problem, **kwargs) for method, kwargs in args.methods.items()
                         if relaxation in ONLY_FOR.get(method, (relaxation,))
                         and not (method == "alpha_expansion" and unary != "ce")})
