@@ -74,6 +74,8 @@ class DenseEnergy:
                                 "potts_energy(neighborhood='dense', method='exact')")
         if impl == "triton":
             from pottsops.triton import dense_potts
+            if y.shape[1] > dense_potts.MAX_CLASSES and self.backend == "auto":  # too many for the tiles
+                return reference.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps)
             return dense_potts.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps,
                                                   "ieee" if self.precision == "fp32" else self.precision)
         return reference.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps)

@@ -22,6 +22,15 @@ def _like(name, t, shape, device, of="y"):
         raise ValueError(f"{name}: expected device {device} (that of {of}), got {t.device}")
 
 
+MAX_IMAGES = 65535  # the kernels launch one grid row (CUDA's grid y) per image
+
+
+def batch(name, B):
+    if B > MAX_IMAGES:
+        raise ValueError(f"{name}: the Triton kernels take at most {MAX_IMAGES} images per call (one grid row "
+                         f"each), got {B}; split the batch")
+
+
 def _scalar(name, value):
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
@@ -39,6 +48,7 @@ def grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxat
     """grid_potts_energy's and grid_affinity's arguments (labels=False: y is the image)."""
     _tensor("y" if labels else "image", y, 4)
     B, K, H, W = y.shape
+    batch("y" if labels else "image", B)
     if labels and K < 2:
         raise ValueError(f"y: expected K >= 2 classes, got {K}")
     if not 0 <= relaxation < len(RELAXATIONS):
@@ -71,6 +81,7 @@ def grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxat
 def unary_args(logits, y, mask, kind, eps):
     _tensor("logits", logits, 4)
     B, K, H, W = logits.shape
+    batch("logits", B)
     if K < 2:
         raise ValueError(f"logits: expected K >= 2 classes, got {K}")
     _tensor("y", y, 4)

@@ -16,10 +16,15 @@ from torch.library import triton_op, wrap_triton
 
 from pottsops import reference
 from pottsops.names import relaxation_index
+from pottsops.triton import checks
 from pottsops.triton.math import pair_terms
 
 BLOCK_I = 64
 BLOCK_J = 64
+# Classes the tiles hold: at 128 (padded) the backward kernel needs 124.5 KB of shared memory on sm_90
+# (compiled on the CPU by tests/test_triton_compile.py), at 256 it needs 220.5 KB of the 227 KB a block
+# may use, too close to the limit for another Triton version; beyond, the lattice or the reference.
+MAX_CLASSES = 128
 PRECISIONS = ("ieee", "tf32", "bf16")  # of the label products (S and the gradient's); distances stay ieee
 
 
@@ -59,6 +64,7 @@ def _weights_and_terms(Yi, Fi, fni, pi, ai, i, Yj, Fj, fnj, pj, j, eps, REL: tl.
 @triton.jit
 def _energy_kernel(y_ptr, f_ptr, fn_ptr, m_ptr, partial_ptr, N, eps, REL: tl.constexpr, PRECISION: tl.constexpr,
                    KP: tl.constexpr, DP: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    eps = tl.full((), eps, tl.float32)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     i = pid.to(tl.int64) * BI + tl.arange(0, BI)
@@ -77,6 +83,7 @@ def _energy_kernel(y_ptr, f_ptr, fn_ptr, m_ptr, partial_ptr, N, eps, REL: tl.con
 def _backward_kernel(go_ptr, y_ptr, f_ptr, fn_ptr, m_ptr, grad_ptr, N, eps, REL: tl.constexpr,
                      PRECISION: tl.constexpr, KP: tl.constexpr, DP: tl.constexpr, BI: tl.constexpr,
                      BJ: tl.constexpr):
+    eps = tl.full((), eps, tl.float32)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     i = pid.to(tl.int64) * BI + tl.arange(0, BI)
@@ -161,5 +168,9 @@ def dense_potts_energy(y, features, mask, relaxation, eps, precision="ieee"):
     Labels are computed in float32 whatever their dtype (float64 inputs too)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    checks.batch("y", y.shape[0])
+    if y.shape[1] > MAX_CLASSES:
+        raise ValueError(f"y: the exact dense Triton kernels take at most {MAX_CLASSES} classes (shared memory), got "
+                         f"{y.shape[1]}; use method='lattice' or backend='reference'")
     return _dense_energy(y, features, mask, relaxation_index(relaxation), eps, precision)
 

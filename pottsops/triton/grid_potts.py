@@ -38,13 +38,14 @@ def _weight(image_ptr, weights_ptr, inv_ptr, spatial_ptr, b, e, h, w, h2, w2, C,
             ACC: tl.constexpr):
     """Weights (BLOCK_P,) of the pairs (h, w) -> (h2, w2) of offset e; 0 where not valid."""
     if HAS_WEIGHTS:
-        wt = tl.load(weights_ptr + b * sw_b + e * sw_e + h * sw_h + w * sw_w, mask=valid, other=0).to(ACC)
+        e64 = tl.cast(e, tl.int64)  # e * sw_e reaches E H W, past int32 on large batches of windows
+        wt = tl.load(weights_ptr + b * sw_b + e64 * sw_e + h * sw_h + w * sw_w, mask=valid, other=0).to(ACC)
     else:
         g = tl.load(spatial_ptr + e)
         if HAS_IMAGE:
             d2 = tl.zeros(h.shape, ACC)
             for c in range(C):
-                base = image_ptr + b * si_b + c * si_c
+                base = image_ptr + b * si_b + tl.cast(c, tl.int64) * si_c
                 first = tl.load(base + h * si_h + w * si_w, mask=valid, other=0).to(ACC)
                 second = tl.load(base + h2 * si_h + w2 * si_w, mask=valid, other=0).to(ACC)
                 d2 += (first - second) * (first - second)
@@ -67,6 +68,7 @@ def _energy_kernel(y_ptr, image_ptr, weights_ptr, mask_ptr, inv_ptr, dy_ptr, dx_
                    sy_b, sy_k, sy_h, sy_w, si_b, si_c, si_h, si_w, sw_b, sw_e, sw_h, sw_w, sm_b, sm_h, sm_w,
                    REL: tl.constexpr, HAS_IMAGE: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
                    HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
+    eps = tl.full((), eps, ACC)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     pixel = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -104,6 +106,7 @@ def _backward_kernel(go_ptr, y_ptr, image_ptr, weights_ptr, mask_ptr, inv_ptr, d
                      REL: tl.constexpr, HAS_IMAGE: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
                      HAS_MASK: tl.constexpr, WEIGHTS_GRAD: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
+    eps = tl.full((), eps, ACC)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     pixel = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -170,15 +173,24 @@ def _affinity_kernel(image_ptr, mask_ptr, inv_ptr, dy_ptr, dx_ptr, spatial_ptr, 
         valid = _present(mask_ptr, b, h2, w2, sm_b, sm_h, sm_w, here & (h2 < H) & (w2 >= 0) & (w2 < W), HAS_MASK)
         wt = _weight(image_ptr, image_ptr, inv_ptr, spatial_ptr, b, e, h, w, h2, w2, C, si_b, si_c, si_h, si_w,
                      0, 0, 0, 0, valid, True, False, ACC)
-        tl.store(out_ptr + b * so_b + e * so_e + h * so_h + w * so_w, wt, mask=in_image)
+        tl.store(out_ptr + b * so_b + tl.cast(e, tl.int64) * so_e + h * so_h + w * so_w, wt, mask=in_image)
 
 
-@functools.lru_cache(maxsize=64)
-def _pair_table(offsets, spatial, device, dtype):
-    """(dy, dx, spatial) as device tensors, cached per neighbourhood and device."""
+def _make_pair_table(offsets, spatial, device, dtype):
     dy = torch.tensor(offsets[0::2], dtype=torch.int32, device=device)
     dx = torch.tensor(offsets[1::2], dtype=torch.int32, device=device)
     return dy, dx, torch.tensor(spatial, dtype=dtype, device=device)
+
+
+_cached_pair_table = functools.lru_cache(maxsize=64)(_make_pair_table)
+
+
+def _pair_table(offsets, spatial, device, dtype):
+    """(dy, dx, spatial) as device tensors, cached per neighbourhood and device; made afresh (not cached)
+    under a fake-tensor mode (torch.compile, opcheck), whose tensors a later eager launch must not read."""
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None:
+        return _make_pair_table(offsets, spatial, device, dtype)
+    return _cached_pair_table(offsets, spatial, device, dtype)
 
 
 def _strides(t, n=4):

@@ -56,6 +56,7 @@ def _reduce(z, y, k_ok, eps, UNARY: tl.constexpr):
 def _forward_kernel(z_ptr, y_ptr, mask_ptr, loss_ptr, K, H, W, eps, sz_b, sz_k, sz_h, sz_w, sy_b, sy_k, sy_h, sy_w,
                     sm_b, sm_h, sm_w, sl_b, sl_h, sl_w, UNARY: tl.constexpr, HAS_MASK: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
+    eps = tl.full((), eps, ACC)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     b = tl.program_id(1).to(tl.int64)
     pixel = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_image = pixel < H * W
@@ -74,6 +75,7 @@ def _backward_kernel(go_ptr, z_ptr, y_ptr, mask_ptr, gz_ptr, gy_ptr, K, H, W, ep
                      sz_b, sz_k, sz_h, sz_w, sy_b, sy_k, sy_h, sy_w, sm_b, sm_h, sm_w,
                      so_b, so_k, so_h, so_w, UNARY: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
+    eps = tl.full((), eps, ACC)  # a Python float comes as fp64 under torch.compile on GPUs with fp64
     b = tl.program_id(1).to(tl.int64)
     pixel = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     in_image = pixel < H * W
