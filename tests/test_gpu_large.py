@@ -100,3 +100,23 @@ def test_int64_indexing_beyond_2_31_elements(backend):
     torch.testing.assert_close(grad[..., -9:, -11:].double(), expected[..., -9:, -11:], rtol=1e-2, atol=1e-2)
     del y, grad
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_tensors_on_a_device_that_is_not_current(backend):
+    """Every launch, the solver's CUDA graphs included, runs on the tensors' device, not the current one."""
+    require_gpu(backend)
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs (one to be current, another to hold the tensors)")
+    g = torch.Generator().manual_seed(4)
+    logits, image = torch.randn(2, 4, 40, 44, generator=g), torch.rand(2, 3, 40, 44, generator=g) * 255
+    seeds = torch.full((2, 40, 44), 255)
+    seeds[:, 5, 5:30], seeds[:, 30, 10:40] = 0, 3
+    expected = pottsops.solve(logits.double(), image.double(), seeds, backend="cpu", iters=60)
+    torch.cuda.set_device(0)
+    args = (logits.double().to("cuda:1"), image.double().to("cuda:1"), seeds.to("cuda:1"))
+    y = pottsops.solve(*args, backend="cuda" if backend == "cuda" else "auto", iters=60)
+    assert y.device == torch.device("cuda:1")
+    torch.testing.assert_close(y.cpu(), expected, rtol=1e-5, atol=1e-5)
+    energy = pottsops.potts_energy(torch.softmax(args[0], 1), args[1], backend=backend)
+    assert energy.device == torch.device("cuda:1") and torch.isfinite(energy)

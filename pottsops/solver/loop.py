@@ -71,9 +71,10 @@ def adaptive_loop(problem, y, theta, iters, tol, rule, lower, energies):
     while done < iters and bool((loop.scale > 0).any()):
         steps = min(WINDOW, iters - done)
         if steps == WINDOW and y.is_cuda and isinstance(problem, FusedProblem):
-            if graph is None:
-                graph = capture_window(window, loop)
-            graph.replay()
+            with torch.cuda.device(y.device):  # streams and graphs of the tensors' device, not the current one
+                if graph is None:
+                    graph = capture_window(window, loop)
+                graph.replay()
         else:
             window(steps)
         energies.extend(loop.trace[:steps].clone().unbind(0))
@@ -83,7 +84,8 @@ def adaptive_loop(problem, y, theta, iters, tol, rule, lower, energies):
 
 def capture_window(window, loop):
     """A CUDA graph of one window of steps; the window runs once eagerly on a side stream first (it warms
-    up the ops), so its effect is undone: the loop's state is saved and restored around it."""
+    up the ops), so its effect is undone: the loop's state is saved and restored around it.  Runs with the
+    loop's device current (adaptive_loop)."""
     saved = {name: getattr(loop, name).clone() for name in ("theta", "m", "v", "y", "grad", "best_y", "best",
                                                             "window_start", "steps", "scale")}
     side = torch.cuda.Stream()

@@ -17,6 +17,7 @@ from torch.library import triton_op, wrap_triton
 from pottsops import reference
 from pottsops.names import relaxation_index
 from pottsops.triton import checks
+from pottsops.triton.grid_potts import _on_device
 from pottsops.triton.math import pair_terms
 
 BLOCK_I = 64
@@ -130,8 +131,9 @@ def _dense_energy(y: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | 
     programs = triton.cdiv(N, BLOCK_I)
     partial = torch.zeros(B, max(programs, 1), dtype=torch.float32, device=y.device)
     if B * N:
-        wrap_triton(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
-                                                   PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
+        with _on_device(Y.device):  # the launch uses the current device: the tensors'
+            wrap_triton(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
+                                                       PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return 0.5 * partial.sum(1)  # float32: fp16's range ends at 65504
 
 
@@ -143,9 +145,10 @@ def _dense_backward(grad_energy: torch.Tensor, y: torch.Tensor, features: torch.
     Y, F, fn, m, KP, DP = _packed(y, features, mask)
     grad = torch.zeros(B, N, KP, dtype=torch.float32, device=y.device)
     if B * N:
-        wrap_triton(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
-            grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
-            DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
+        with _on_device(Y.device):  # the launch uses the current device: the tensors'
+            wrap_triton(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
+                grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
+                DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return reference.narrow(grad[:, :, :K].transpose(1, 2).reshape(B, K, H, W), y.dtype)
 
 

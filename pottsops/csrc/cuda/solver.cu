@@ -48,11 +48,11 @@ void adaptive_step_cuda(const at::Tensor& theta, const at::Tensor& m, const at::
                         const at::Tensor& grad, const at::Tensor& steps, const at::Tensor& scale,
                         const at::Tensor& seeds, const at::Tensor& seeded, at::ArrayRef<double> rule) {
   check_adaptive_step_args(theta, m, v, y, grad, steps, scale, seeds, seeded, rule);
+  const c10::cuda::CUDAGuard guard(y.device());  // first: the capture status below is the tensors' device's
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
     check_seed_ids(seeds, seeded, y.size(1));
   }
   const AdaptiveRule r(rule);
-  const c10::cuda::CUDAGuard guard(y.device());
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3);
   if (B * n == 0) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
