@@ -19,7 +19,7 @@ export CUDA_HOME FORCE_CUDA TORCH_CUDA_ARCH_LIST MAX_JOBS
 CSRC := pottsops/csrc
 SOURCES := setup.py pottsops/_build_settings.py $(wildcard $(CSRC)/*.cpp $(CSRC)/*/*.h $(CSRC)/*/*.cpp $(CSRC)/*/*.cu $(CSRC)/*/*.cuh)
 
-.PHONY: test demo build bench clean sanitize
+.PHONY: test demo build bench clean sanitize check-torch
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,16 @@ sanitize: $(VENV)/.deps
 
 clean:
 	rm -rf build $(VENV) *.egg-info pottsops/*.so
+
+# make check-torch: the package on another torch than CI's (default the GPU machine's, 2.11), on the CPU: a venv
+# with that torch, the kernels built on first use into a cache of its own, and the tests (an import of every
+# module included; the install tests, which build wheels, left out).  Run it whenever a change touches a torch
+# API.
+TORCH_CHECK ?= 2.11.0
+TORCHVISION_CHECK ?= 0.26.0
+CHECK_VENV := .venv-torch-$(TORCH_CHECK)
+check-torch:
+	test -x $(CHECK_VENV)/bin/python || $(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install -q torch==$(TORCH_CHECK) torchvision==$(TORCHVISION_CHECK) -r requirements-dev.txt
+	POTTSOPS_CACHE=$(CURDIR)/$(CHECK_VENV)/cache PYTHONPATH=$(CURDIR) $(CHECK_VENV)/bin/python -m pytest -q -ra \
+		-p no:cacheprovider --ignore=tests/test_install.py $(PYTEST_ARGS) tests

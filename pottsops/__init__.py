@@ -11,13 +11,23 @@ Public API:
                                      SoftSelfLabelingLoss
     RELAXATIONS, UNARIES             accepted names (aliases in pottsops.names)
 """
-from pottsops._backend import backends
-from pottsops.lattice import bilateral_filter
-from pottsops.names import RELAXATIONS, UNARIES
-from pottsops.neighborhoods import Neighborhood, window
-from pottsops.potts import affinity, potts_energy
-from pottsops.solver import SolveInfo, solve
-from pottsops.unary import self_labeling_loss, unary
+import torch as _torch
+
+# The torch versions pottsops is built and tested for (pyproject.toml says the same): the CPU tests run on
+# 2.14 in CI and on 2.11, the GPU machine's, through `make check-torch`; older ones lack torch.library APIs
+# that the ops are registered with.
+TORCH_MIN = (2, 6)
+if tuple(int(part) for part in _torch.__version__.split("+")[0].split(".")[:2]) < TORCH_MIN:
+    raise ImportError(f"pottsops needs torch >= {'.'.join(map(str, TORCH_MIN))} (tested on 2.11 and 2.14), found "
+                      f"torch {_torch.__version__}: pip install -U torch")
+
+from pottsops._backend import backends  # noqa: E402
+from pottsops.lattice import bilateral_filter  # noqa: E402
+from pottsops.names import RELAXATIONS, UNARIES  # noqa: E402
+from pottsops.neighborhoods import Neighborhood, window  # noqa: E402
+from pottsops.potts import affinity, potts_energy  # noqa: E402
+from pottsops.solver import SolveInfo, solve  # noqa: E402
+from pottsops.unary import self_labeling_loss, unary  # noqa: E402
 
 __all__ = ["potts_energy", "affinity", "window", "bilateral_filter", "Neighborhood", "unary", "self_labeling_loss",
            "solve", "SolveInfo", "backends", "RELAXATIONS", "UNARIES", "nn", "graphcut"]

@@ -90,3 +90,25 @@ def test_cpu_peak_memory_sees_an_allocation():
     if extra is None:
         pytest.skip("no /proc/self/clear_refs here: CPU peak memory is not measured")
     assert 60 <= extra < 200
+
+
+def test_first_light_without_a_gpu_writes_env_and_stops(tmp_path):
+    """gpu_suite.sh first-light on a machine without a GPU: within a minute, env.txt (versions, commit) under
+    $OUT and a line saying that no GPU is visible, then a non-zero exit (nothing else is attempted)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: first-light would run for minutes")
+    start = time.perf_counter()
+    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu_suite.sh"), "first-light"], cwd=root,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    env = (tmp_path / "env.txt").read_text()
+    assert done.returncode != 0 and "no GPU is visible" in done.stdout, done.stdout + done.stderr
+    assert "torch " in env and "commit " in env and "python " in env, env
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.txt"]
+    assert seconds < 60, seconds
