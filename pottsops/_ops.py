@@ -88,6 +88,7 @@ def _register():
         ctx.dtype, ctx.parts = inputs[0].dtype, len(inputs[1])
 
     def quadratic_backward(ctx, grad_filtered, grad_forms):
+        first_order_only("lattice_quadratic")  # 2 g A v from the kept A v: not differentiable again
         (filtered,) = ctx.saved_tensors  # d forms[b, c] / d values[b, c] = 2 A values[b, c]: no filtering
         return (2 * grad_forms[:, :, None, None] * filtered).to(ctx.dtype), [None] * ctx.parts
 
@@ -131,6 +132,15 @@ def _register():
     torch.library.register_autograd(lib + "unary_loss", unary_backward, setup_context=unary_setup)
 
 
+def first_order_only(op):
+    """Raises where a second derivative is asked of op (create_graph=True runs a backward with grad mode on):
+    op's backward is a kernel with no derivative of its own, and PyTorch would otherwise return a wrong one
+    with only a warning."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: second derivatives (double backward, create_graph=True) are not implemented by "
+                           "the fused kernels; use backend='reference' for the grid and unary terms")
+
+
 def grid_autograd(backward_op):
     """(setup_context, backward) of a grid_potts_energy op whose gradient is `backward_op` (any backend)."""
     def setup(ctx, inputs, output):
@@ -140,6 +150,7 @@ def grid_autograd(backward_op):
         ctx.weights_grad = weights is not None and ctx.needs_input_grad[2]
 
     def backward(ctx, grad_energy):
+        first_order_only("grid_potts_energy")
         y, image, weights, mask, inv_two_sigma2 = ctx.saved_tensors
         grad_y, grad_weights = backward_op(grad_energy, y, image, weights, mask, inv_two_sigma2, *ctx.params,
                                            ctx.weights_grad)
@@ -156,6 +167,7 @@ def unary_autograd(backward_op):
         ctx.params = (kind, eps)
 
     def backward(ctx, grad_loss):
+        first_order_only("unary_loss")
         logits, y, mask = ctx.saved_tensors
         grad_logits, grad_y = backward_op(grad_loss, logits, y, mask, *ctx.params)
         return grad_logits, grad_y, None, None, None

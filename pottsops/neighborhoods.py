@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 MAX_OFFSETS = 512  # csrc/pottsops/grid_args.h kMaxOffsets
+FACTORS = ("inverse_distance", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,21 @@ class Neighborhood:
     factor: str = "inverse_distance"
     default_sigma_xy: float = 1.0
     dense = False
+
+    def __post_init__(self):
+        """The same rules the kernels check, so that a user's Neighborhood fails here, on every backend."""
+        if self.factor not in FACTORS:
+            raise ValueError(f"factor: expected one of {FACTORS}, got {self.factor!r}")
+        if not isinstance(self.offsets, (tuple, list)) or not 1 <= len(self.offsets) <= MAX_OFFSETS:
+            raise ValueError(f"offsets: expected 1 to {MAX_OFFSETS} (dy, dx) pairs, got {self.offsets!r}")
+        for offset in self.offsets:
+            ok = isinstance(offset, (tuple, list)) and len(offset) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in offset)
+            if not ok or not (offset[0] > 0 or (offset[0] == 0 and offset[1] > 0)):
+                raise ValueError(f"offsets: ({offset!r}) is not an integer (dy, dx) in the half-plane dy > 0 or "
+                                 "(dy == 0 and dx > 0), which counts each pair once")
+        if not (isinstance(self.default_sigma_xy, (int, float)) and 0 < self.default_sigma_xy < float("inf")):
+            raise ValueError(f"default_sigma_xy: expected a finite number > 0, got {self.default_sigma_xy!r}")
 
     @property
     def num_offsets(self):

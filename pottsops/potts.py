@@ -1,4 +1,6 @@
 """Potts energies of soft labelings over grid and window neighbourhoods, and their edge weights."""
+import math
+
 import torch
 
 from pottsops import _backend, _checks, lattice, dense, reference
@@ -19,7 +21,8 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
     B = image.shape[0]
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
-        inv = 1.0 / (2.0 * sigma_rgb * sigma_rgb)
+        square = 2.0 * float(sigma_rgb) * float(sigma_rgb)  # 0.0 for sigma_rgb = 1e-300: refused below
+        inv = 1.0 / square if square > 0 else math.inf
         if not inv <= torch.finfo(dtype).max:
             raise ValueError(f"sigma_rgb: expected a number whose 1 / (2 sigma_rgb^2) is finite in {dtype} "
                              f"(sigma_rgb >= {(0.5 / torch.finfo(dtype).max) ** 0.5:.2g}), got {sigma_rgb!r}")

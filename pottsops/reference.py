@@ -212,6 +212,9 @@ class _DenseExact(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_energy):
+        if torch.is_grad_enabled():  # create_graph=True: the tiles' gradient is not differentiable again
+            raise RuntimeError("dense_potts_energy (method='exact'): second derivatives (double backward, "
+                               "create_graph=True) are not implemented")
         y, features, mask = ctx.saved_tensors
         # E = 1/2 sum_{i != j} w_ij P(y_i, y_j) with P symmetric: dE/dy_i = sum_j w_ij dP/dp(y_i, y_j).
         _, grad = _dense_tiles(y, features, mask, *ctx.params, grad_energy=grad_energy)

@@ -367,7 +367,7 @@ def solve_case(rng):
         kwargs["sigma_xy"] = 5.0
     expect = "valid"
     if rng.random() < 0.4:
-        expect = rng.choice(["init", "eta", "lam", "tol", "step", "iters", "levels", "seeds", "sigma_rgb",
+        expect = rng.choice(["init", "eta", "lam", "tol", "lr", "iters", "levels", "seeds", "sigma_rgb",
                              "sigma_xy", "weights", "logits"])
         if expect == "init":
             kwargs["init"] = rng.choice([torch.zeros(B, K, H, W), -torch.ones(B, K, H, W),
@@ -383,7 +383,7 @@ def solve_case(rng):
         elif expect == "logits":
             logits = rng.choice([logits[:, :1], logits.long(), logits.clone().fill_(INF)])
         else:
-            kwargs[expect] = {"eta": NAN, "lam": -1.0, "tol": INF, "step": 0.0, "iters": 2.5, "levels": -1,
+            kwargs[expect] = {"eta": NAN, "lam": -1.0, "tol": INF, "lr": 0.0, "iters": 2.5, "levels": -1,
                               "sigma_rgb": rng.choice([0.0, NAN, 1e-30]),
                               "sigma_xy": rng.choice([0.0, NAN, -1.0])}[expect]
 

@@ -51,6 +51,11 @@ bad_seeds[0, 0, 0] = 3
     (lambda: pottsops.self_labeling_loss(y, y, seeds[:1]), ValueError, r"seeds: expected shape \(2, 4, 5\)"),
     (lambda: pottsops.self_labeling_loss(y, y, bad_seeds), ValueError, r"seeds: expected class ids in \[0, 2\] or ignore_index=255, got 3"),
     (lambda: pottsops.self_labeling_loss(y, y, seeds, eta=-1), ValueError, r"eta: expected a finite number >= 0, got -1"),
+    # issue 30: a tiny sigma_rgb was a ZeroDivisionError; a user Neighborhood was not checked
+    (lambda: pottsops.potts_energy(y, image, sigma_rgb=1e-300), ValueError, r"sigma_rgb: expected a number whose"),
+    (lambda: pottsops.Neighborhood("self", ((0, 0),)), ValueError, r"offsets: \(\(0, 0\)\) is not an integer"),
+    (lambda: pottsops.Neighborhood("left", ((0, -1),)), ValueError, r"offsets: \(\(0, -1\)\) is not"),
+    (lambda: pottsops.Neighborhood("c", ((0, 1),), "cosine"), ValueError, r"factor: expected one of"),
 ], ids=lambda v: getattr(v, "__name__", None) if isinstance(v, type) else None)
 def test_error_names_the_argument(call, error, pattern):
     with pytest.raises(error, match=pattern):

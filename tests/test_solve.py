@@ -486,3 +486,12 @@ def test_the_certificate_bounds_the_gap_to_a_long_run(unary):
     assert (short.certificate > 0).all() and (long.certificate >= -1e-9).all()
     assert (long.certificate <= 1e-3 * short.certificate).all()
     assert pottsops.solve(logits, image, seeds, iters=5, return_info=True)[1].certificate is None
+
+
+def test_an_init_whose_sums_overflow_is_normalised():
+    """init = 3e38 everywhere (K = 4, float32): its per-pixel sum is Inf; the labels are still the uniform
+    ones, not zeros, and the energies finite."""
+    logits, image, seeds = problem(seed=8)
+    y, info = pottsops.solve(logits, image, seeds, init=torch.full(logits.shape, 3e38), iters=10, return_info=True)
+    assert torch.isfinite(y).all() and torch.isfinite(info.best).all()
+    torch.testing.assert_close(y.sum(1), torch.ones_like(y.sum(1)))

@@ -232,7 +232,9 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         sums = y0.sum(1)
         if bool((y0 < 0).any()) or bool((sums[problem.unlabeled] <= 0).any()):
             raise ValueError("init: expected labels >= 0 with a positive sum over dim 1 at every unlabeled pixel")
-        y0 = y0 / sums.unsqueeze(1).clamp(min=torch.finfo(dtype).tiny)
+        tiny = torch.finfo(dtype).tiny  # scaled by the largest first: a sum of huge labels would overflow to Inf
+        y0 = y0 / y0.amax(1, keepdim=True).clamp(min=tiny)
+        y0 = y0 / y0.sum(1, keepdim=True).clamp(min=tiny)
     else:
         y0 = torch.softmax(problem.logits, 1)
     y0 = problem.clamp(y0).contiguous()

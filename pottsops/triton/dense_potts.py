@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from pottsops import reference
+from pottsops import _ops, reference
 from pottsops.names import relaxation_index
 from pottsops.triton import checks
 from pottsops.triton.grid_potts import _on_device
@@ -159,6 +159,7 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_energy):
+    _ops.first_order_only("dense_potts_energy")
     y, features, mask = ctx.saved_tensors
     return _dense_backward(grad_energy, y, features, mask, *ctx.params), None, None, None, None, None
 
