@@ -12,12 +12,12 @@ dE/dy_i = sum_{j != i} w_ij dP/dp(y_i, y_j).
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from pottsops import _ops, reference
 from pottsops.names import relaxation_index
 from pottsops.triton import checks
-from pottsops.triton.grid_potts import _on_device
+from pottsops.triton.grid_potts import _on_device, launchable
 from pottsops.triton.math import pair_terms
 
 BLOCK_I = 64
@@ -132,7 +132,7 @@ def _dense_energy(y: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | 
     partial = torch.zeros(B, max(programs, 1), dtype=torch.float32, device=y.device)
     if B * N:
         with _on_device(Y.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
+            launchable(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
                                                        PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return 0.5 * partial.sum(1)  # float32: fp16's range ends at 65504
 
@@ -146,7 +146,7 @@ def _dense_backward(grad_energy: torch.Tensor, y: torch.Tensor, features: torch.
     grad = torch.zeros(B, N, KP, dtype=torch.float32, device=y.device)
     if B * N:
         with _on_device(Y.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
+            launchable(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
                 grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
                 DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return reference.narrow(grad[:, :, :K].transpose(1, 2).reshape(B, K, H, W), y.dtype)

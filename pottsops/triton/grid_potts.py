@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+from triton.runtime.interpreter import InterpretedFunction
 
 from pottsops import _ops
 from pottsops.reference import accumulation_dtype  # the one rule: float64 stays, the rest in float32
@@ -194,6 +195,14 @@ def _pair_table(offsets, spatial, device, dtype):
     return _cached_pair_table(offsets, spatial, device, dtype)
 
 
+def launchable(kernel):
+    """wrap_triton(kernel), which torch.compile can trace; the kernel itself where it is interpreted
+    (TRITON_INTERPRET=1: torch 2.11's wrap_triton refuses interpreted kernels, and nothing compiles there)."""
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return wrap_triton(kernel)
+
+
 def _on_device(device):
     """Makes the tensors' CUDA device current for a launch (Triton launches on the current device): only where
     it is not current already (a tensor on cuda:1), so the common case changes nothing."""
@@ -235,7 +244,7 @@ def grid_potts_energy(y: torch.Tensor, image: torch.Tensor | None, weights: torc
     partial = torch.empty(B, programs, dtype=acc, device=y.device)
     if B * H * W:
         with _on_device(y.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_energy_kernel)[(programs, B)](
+            launchable(_energy_kernel)[(programs, B)](
                 y, image, weights, _mask_view(mask), inv, dy, dx, g, partial, K, H, W,
                 image.shape[1] if image is not None else 0, len(spatial), eps,
                 *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3),
@@ -263,7 +272,7 @@ def grid_potts_energy_backward(grad_energy: torch.Tensor, y: torch.Tensor, image
     grad_w = torch.zeros(B, E, H, W, dtype=acc, device=y.device) if weights_grad else y.new_empty(0)
     if B * H * W:
         with _on_device(y.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
+            launchable(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
                 go, y, image, weights, _mask_view(mask), inv, dy, dx, g, grad_y, grad_w, K, H, W,
                 image.shape[1] if image is not None else 0, E, eps,
                 *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3), *grad_y.stride(),
@@ -287,7 +296,7 @@ def grid_affinity(image: torch.Tensor, mask: torch.Tensor | None, inv_two_sigma2
     block_p = max(16, min(256, triton.next_power_of_2(H * W)))
     if B * H * W:
         with _on_device(image.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_affinity_kernel)[(triton.cdiv(H * W, block_p), B)](
+            launchable(_affinity_kernel)[(triton.cdiv(H * W, block_p), B)](
                 image, _mask_view(mask), inv_two_sigma2.to(acc), dy, dx, g, out, H, W, C, len(spatial),
                 *image.stride(), *_strides(mask, 3), *out.stride(),
                 HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_P=block_p)

@@ -6,11 +6,12 @@ read once, the per-pixel reductions stay in registers, and each output is writte
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from pottsops import _ops
 from pottsops.triton import checks
-from pottsops.triton.grid_potts import _blocks, _mask_view, _on_device, _strides, _tl_dtype, accumulation_dtype
+from pottsops.triton.grid_potts import (_blocks, _mask_view, _on_device, _strides, _tl_dtype, accumulation_dtype,
+                                       launchable)
 from pottsops.triton.math import narrow
 
 
@@ -111,7 +112,7 @@ def unary_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
     loss = torch.empty(B, H, W, dtype=logits.dtype, device=logits.device)
     if B * H * W:
         with _on_device(logits.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_forward_kernel)[(triton.cdiv(H * W, block_p), B)](
+            launchable(_forward_kernel)[(triton.cdiv(H * W, block_p), B)](
                 logits, y, _mask_view(mask), loss, K, H, W, eps, *logits.stride(), *y.stride(), *_strides(mask, 3),
                 *loss.stride(), UNARY=kind, HAS_MASK=mask is not None,
                 ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k, BLOCK_P=block_p)
@@ -131,7 +132,7 @@ def unary_loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, y: torch.
     grad_y = torch.empty(logits.shape, dtype=y.dtype, device=logits.device)
     if B * H * W:
         with _on_device(logits.device):  # the launch uses the current device: the tensors'
-            wrap_triton(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
+            launchable(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
                 grad_loss, logits, y, _mask_view(mask), grad_logits, grad_y, K, H, W, eps, *grad_loss.stride(),
                 *logits.stride(), *y.stride(), *_strides(mask, 3), *grad_logits.stride(), UNARY=kind,
                 HAS_MASK=mask is not None, ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k,
