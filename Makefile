@@ -76,9 +76,12 @@ clean:
 # API.
 TORCH_CHECK ?= 2.11.0
 TORCHVISION_CHECK ?= 0.26.0
+# Triton 3.6's interpreter (torch 2.11's) turns 1-element arrays into ints, which numpy 2.3 and later refuse
+NUMPY_CHECK ?= numpy<2.3
 CHECK_VENV := .venv-torch-$(TORCH_CHECK)
 check-torch:
 	test -x $(CHECK_VENV)/bin/python || $(PYTHON) -m venv $(CHECK_VENV)
-	$(CHECK_VENV)/bin/python -m pip install -q torch==$(TORCH_CHECK) torchvision==$(TORCHVISION_CHECK) -r requirements-dev.txt
+	$(CHECK_VENV)/bin/python -m pip install -q torch==$(TORCH_CHECK) torchvision==$(TORCHVISION_CHECK) -r requirements-dev.txt \
+		"$(NUMPY_CHECK)"
 	POTTSOPS_CACHE=$(CURDIR)/$(CHECK_VENV)/cache PYTHONPATH=$(CURDIR) $(CHECK_VENV)/bin/python -m pytest -q -ra \
 		-p no:cacheprovider --ignore=tests/test_install.py $(PYTEST_ARGS) tests

@@ -105,3 +105,21 @@ def check_finite(name, t, where=None):
     if bool(bad.any()):
         raise ValueError(f"{name}: expected finite values{'' if where is None else ' where mask is True'}, "
                          "got NaN or Inf")
+
+
+def check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights=None, image_where=None):
+    """The inputs of a pseudo-label problem (solve(), graphcut.alpha_expansion): finite logits, scribbles, a
+    mask, an image finite where image_where is True (everywhere for None), edge weights finite and >= 0."""
+    check_labels("logits", logits)
+    check_seeds(seeds, "logits", logits, ignore_index)
+    check_mask(mask, "logits", logits)
+    check_finite("logits", logits)
+    if image is not None:
+        check_image("image", image, "logits", logits)
+        check_finite("image", image, image_where)
+    if weights is not None:
+        check_float("weights", weights)
+        check_device("weights", weights, "logits", logits)
+        check_finite("weights", weights)
+        if bool((weights < 0).any()):
+            raise ValueError("weights: expected non-negative edge weights, got a negative value")

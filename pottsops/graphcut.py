@@ -132,13 +132,8 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
     >>> y = pottsops.graphcut.alpha_expansion(logits, image, seeds, eta=0.3, lam=6.0)
     """
     gco = _gco()
-    _checks.check_labels("logits", logits)
-    _checks.check_seeds(seeds, "logits", logits, ignore_index)
-    _checks.check_mask(mask, "logits", logits)
-    _checks.check_finite("logits", logits)
-    if image is not None:
-        _checks.check_image("image", image, "logits", logits)
-        _checks.check_finite("image", image, mask)  # a masked-out pixel takes part in no term
+    # a masked-out pixel takes part in no term: whatever the image holds there
+    _checks.check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights, image_where=mask)
     unary = unary_name(unary, "unary")
     for name, value in (("eta", eta), ("lam", lam)):
         _checks.check_number(name, value)
@@ -146,12 +141,8 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
             raise ValueError(f"{name}: expected a number >= 0, got {value}")
     neighborhood = as_neighborhood(neighborhood, dense=False)
     if weights is not None:
-        _checks.check_float("weights", weights)
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
-        _checks.check_finite("weights", weights)
-        if bool((weights < 0).any()):
-            raise ValueError("weights: expected non-negative edge weights, got a negative value")
     if init is not None:
         _checks.check_like("init", init, logits.shape, "the shape of logits")
         _checks.check_finite("init", init)

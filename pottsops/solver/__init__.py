@@ -188,13 +188,7 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
     """
     start = time.perf_counter()
-    _checks.check_labels("logits", logits)
-    _checks.check_seeds(seeds, "logits", logits, ignore_index)
-    _checks.check_mask(mask, "logits", logits)
-    _checks.check_finite("logits", logits)
-    if image is not None:
-        _checks.check_image("image", image, "logits", logits)
-        _checks.check_finite("image", image)
+    _checks.check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights)
     relaxation_name(relaxation)
     unary_name(unary, "unary")
     for name, value in (("eta", eta), ("lam", lam), ("tol", tol)):
@@ -208,12 +202,6 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         _checks.check_positive("sigma_rgb", sigma_rgb)
     if sigma_xy is not None:
         _checks.check_positive("sigma_xy", sigma_xy)
-    if weights is not None:
-        _checks.check_float("weights", weights)
-        _checks.check_device("weights", weights, "logits", logits)
-        _checks.check_finite("weights", weights)
-        if bool((weights < 0).any()):
-            raise ValueError("weights: expected non-negative edge weights, got a negative value")
     counts = (("iters", iters, math.inf), ("levels", 0 if levels is None else levels, len(LEVEL_FACTORS)))
     for name, value, most in counts:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
