@@ -11,7 +11,20 @@ def shape_str(t):
 
 def check_tensor(name, t):
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        hint = (": torchvision's segmentation models return a dict, pass model(x)['out']"
+                if isinstance(t, dict) and "out" in t else "")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}{hint}")
+
+
+def check_probabilities(name, t):
+    """Values in [0, 1] (a softmax output), checked with one pass (aminmax) outside torch.compile: logits
+    passed by mistake make the log relaxations NaN."""
+    if torch.compiler.is_compiling() or t.numel() == 0:
+        return
+    low, high = torch.aminmax(t.detach())
+    if not (float(low) >= -1e-6 and float(high) <= 1 + 1e-6):
+        raise ValueError(f"{name}: expected probabilities in [0, 1] (softmax(logits, 1), not logits), got values in "
+                         f"[{float(low):.3g}, {float(high):.3g}]")
 
 
 def check_float(name, t):

@@ -41,6 +41,8 @@ class PottsLoss(torch.nn.Module):
         self.weight, self.reduction, self.backend = float(weight), reduction, backend
 
     def forward(self, probs, image=None, mask=None):
+        _checks.check_labels("probs", probs)
+        _checks.check_probabilities("probs", probs)
         return self.weight * potts_energy(probs, image, relaxation=self.relaxation, neighborhood=self.neighborhood,
                                           sigma_rgb=self.sigma_rgb, sigma_xy=self.sigma_xy, mask=mask,
                                           reduction=self.reduction, backend=self.backend)
@@ -175,6 +177,7 @@ class SoftSelfLabelingLoss(torch.nn.Module):
                          mask=mask, ignore_index=self.ignore_index, **self.solver_options)
 
     def forward(self, logits, image, seeds, mask=None, return_labels=False):
+        _checks.check_labels("logits", logits)  # before .detach(): a model's dict output is named as such
         y = self.pseudo_labels(logits, image, seeds, mask)
         loss = self_labeling_loss(logits, y, seeds, eta=self.eta, unary=self.unary, ignore_index=self.ignore_index,
                                   mask=mask, normalize=self.normalize)

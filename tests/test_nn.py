@@ -252,3 +252,18 @@ def test_empty_batches_and_images_give_zero_losses(shape):
         assert float(loss.detach()) == 0.0
         loss.backward()
         assert torch.isfinite(y.grad).all()
+
+
+def test_a_first_hour_slip_is_an_error_naming_the_argument():
+    """Issue 31: logits where PottsLoss wants probabilities (cd and cce would give NaN) and a torchvision
+    model's dict output are refused by name."""
+    g = torch.Generator().manual_seed(2)
+    logits, image = torch.randn(2, 3, 8, 9, generator=g) * 4, torch.rand(2, 3, 8, 9, generator=g) * 255
+    for relaxation in ("cd", "cce", "q"):
+        with pytest.raises(ValueError, match=r"probs: expected probabilities in \[0, 1\]"):
+            pottsops.nn.PottsLoss(relaxation)(logits, image)
+    assert torch.isfinite(pottsops.nn.PottsLoss("cd")(torch.softmax(logits, 1), image))
+    seeds = torch.full((2, 8, 9), 255)
+    seeds[:, 0, 0] = 1
+    with pytest.raises(TypeError, match=r"logits: expected a torch.Tensor, got dict.*model\(x\)\['out'\]"):
+        pottsops.nn.SoftSelfLabelingLoss()({"out": logits}, image, seeds)
