@@ -4,7 +4,7 @@ status (default): which backends run here and why the others do not, how the com
     (ahead-of-time, cached, built now, or not yet) and where the build cache is;
 build: compiles the kernels now (the C++ ones; the CUDA ones too where a GPU and nvcc are present), e.g.
     before a DDP launch or torch.compile;
-clean: empties the build cache.
+clean: empties the build cache (pip uninstall pottsops leaves it: run this first).
 """
 import sys
 
@@ -39,7 +39,12 @@ def clean():
 
 def main(argv):
     command = argv[0] if argv else "status"
-    if command not in ("status", "build", "clean"):
+    if command in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    if command not in ("status", "build", "clean") or len(argv) > 1:
+        print(f"python -m pottsops: unknown command {' '.join(argv)!r}; expected one of status, build, clean\n",
+              file=sys.stderr)
         print(__doc__, file=sys.stderr)
         return 2
     if command == "status":

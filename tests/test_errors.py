@@ -84,3 +84,13 @@ def test_environment_override(monkeypatch):
         pottsops.potts_energy(y)
     monkeypatch.setenv("POTTSOPS_BACKEND", "reference")
     torch.testing.assert_close(pottsops.potts_energy(y), pottsops.potts_energy(y, backend="reference"))
+
+
+def test_the_command_line_says_what_was_wrong():
+    """python -m pottsops --help prints the usage and exits 0; an unknown command is named, with exit 2."""
+    import subprocess
+    import sys
+    shown = subprocess.run([sys.executable, "-m", "pottsops", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "python -m pottsops [status | build | clean]" in shown.stdout
+    wrong = subprocess.run([sys.executable, "-m", "pottsops", "bogus"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "unknown command 'bogus'" in wrong.stderr
