@@ -43,6 +43,7 @@ def check_labels(name, t):
 
 
 def check_like(name, t, expected_shape, what):
+    check_tensor(name, t)
     if tuple(t.shape) != tuple(expected_shape):
         want = "(" + ", ".join(str(s) for s in expected_shape) + ")"
         raise ValueError(f"{name}: expected shape {want} ({what}), got {shape_str(t)}")
