@@ -2,6 +2,8 @@
 when pottsops._extension loads the kernels (on_load)."""
 import torch
 
+from pottsops.reference import accumulation_dtype  # float64 stays, the rest in float32
+
 
 def _same_device(first_name, first, **others):
     """A fake kernel also runs when a meta tensor is mixed with real ones (the dispatcher picks Meta): it
@@ -18,7 +20,7 @@ def _register():
     @torch.library.register_fake(lib + "grid_potts_energy")
     def _(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps):
         _same_device("y", y, image=image, weights=weights, mask=mask, inv_two_sigma2=inv_two_sigma2)
-        return y.new_empty(y.shape[0], dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
+        return y.new_empty(y.shape[0], dtype=accumulation_dtype(y.dtype))
 
     @torch.library.register_fake(lib + "grid_potts_energy_backward")
     def _(grad_energy, y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps,
@@ -32,7 +34,7 @@ def _register():
     @torch.library.register_fake(lib + "grid_affinity")
     def _(image, mask, inv_two_sigma2, offsets, spatial):
         _same_device("image", image, mask=mask, inv_two_sigma2=inv_two_sigma2)
-        dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+        dtype = accumulation_dtype(image.dtype)
         B, _, H, W = image.shape
         return image.new_empty(B, len(offsets) // 2, H, W, dtype=dtype)
 
@@ -50,7 +52,7 @@ def _register():
     @torch.library.register_fake(lib + "lattice_build")
     def _(features):
         B, d, H, W = features.shape
-        weights = torch.float64 if features.dtype == torch.float64 else torch.float32
+        weights = accumulation_dtype(features.dtype)
         vertices = torch.library.get_ctx().new_dynamic_size()  # the lattice's size depends on the data
         if features.device.type == "cuda":  # pottsops/lattice_tensors.py build_tensors
             entries = B * H * W * (d + 1)
@@ -79,7 +81,7 @@ def _register():
     @torch.library.register_fake(lib + "lattice_quadratic")
     def _(values, lattice):
         _same_device("values", values, **{f"lattice[{i}]": t for i, t in enumerate(lattice)})
-        forms = values.new_empty(values.shape[:2], dtype=torch.float64 if values.dtype == torch.float64 else torch.float32)
+        forms = values.new_empty(values.shape[:2], dtype=accumulation_dtype(values.dtype))
         return torch.empty_like(values, memory_format=torch.contiguous_format), forms
 
     def quadratic_setup(ctx, inputs, output):
@@ -97,7 +99,7 @@ def _register():
     @torch.library.register_fake(lib + "lattice_simplex")
     def _(features):
         B, d, H, W = features.shape
-        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        dtype = accumulation_dtype(features.dtype)
         return features.new_empty(B, H * W, d + 1, d, dtype=torch.int32), features.new_empty(B, H * W, d + 1,
                                                                                             dtype=dtype)
 

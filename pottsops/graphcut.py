@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pottsops import _checks
+from pottsops import _checks, reference
 from pottsops.names import unary_name
 from pottsops.neighborhoods import as_neighborhood
 
@@ -149,7 +149,7 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < -1:
         raise ValueError(f"iters: expected an integer >= -1 (-1: until convergence), got {iters!r}")
     B, K, H, W = logits.shape
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = reference.accumulation_dtype(logits.dtype)
     device = logits.device
     logits, seeds = logits.detach().cpu(), seeds.cpu()
     mask_cpu = None if mask is None else mask.cpu()
