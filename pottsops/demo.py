@@ -9,6 +9,7 @@ shows the image, the scribbles, each soft labelling (every pixel the y-weighted 
 and the energy against full-resolution steps.
 """
 import argparse
+import importlib.util
 import time
 
 import numpy as np
@@ -68,6 +69,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.image is None) != (args.scribbles is None):
         parser.error("give both IMAGE and SCRIBBLES, or neither")
+    for package, why in (("matplotlib", "draws the PNG"), ("PIL", "reads IMAGE and SCRIBBLES")):
+        if (package == "matplotlib" or args.image is not None) and importlib.util.find_spec(package) is None:
+            parser.error(f"{package} is not installed ({why}): pip install 'pottsops[train]'")
     image, labels, scribbles = generated_scene() if args.image is None else load(args.image, args.scribbles)
     K = int(scribbles[scribbles != 255].max()) + 1
     logits = torch.zeros(1, max(K, 2), *image.shape[2:])  # uniform prediction: scribbles alone

@@ -24,3 +24,14 @@ def test_demo_solves_the_generated_scene(tmp_path, capsys):
 def test_demo_needs_both_image_and_scribbles():
     with pytest.raises(SystemExit):
         demo.main(["image.png"])
+
+
+def test_a_missing_optional_dependency_is_named_before_the_work(capsys, monkeypatch):
+    """Without matplotlib the demo stops at once naming the extra (it used to fail after the solves)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit):
+        demo.main([])
+    err = capsys.readouterr().err
+    assert "matplotlib is not installed" in err and "pottsops[train]" in err, err
