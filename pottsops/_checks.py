@@ -1,6 +1,5 @@
 """Argument checks shared by the public functions: each error names the argument, what was expected
 and what was given (docs/contract.md §8)."""
-import math
 
 import torch
 
@@ -95,8 +94,11 @@ def check_seeds(seeds, y_name, y, ignore_index):
 
 
 def check_number(name, value, least=0.0, inclusive=True):
-    """A finite real number (not a bool) >= least (or > least)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+    """A finite real number (not a bool) >= least (or > least).  Finite is written value - value == 0 (NaN and
+    Inf give NaN) rather than math.isfinite, which torch.compile cannot trace on the symbolic float that
+    dynamic=True makes of a module's attribute."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) or \
+            not value - value == 0 or \
             not (value >= least if inclusive else value > least):
         raise ValueError(f"{name}: expected a finite number {'>=' if inclusive else '>'} {least:g}, got {value!r}")
 

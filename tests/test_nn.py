@@ -270,3 +270,19 @@ def test_a_first_hour_slip_is_an_error_naming_the_argument():
     seeds[:, 0, 0] = 1
     with pytest.raises(TypeError, match=r"logits: expected a torch.Tensor, got dict.*model\(x\)\['out'\]"):
         pottsops.nn.SoftSelfLabelingLoss()({"out": logits}, image, seeds)
+
+
+def test_modules_compile_with_dynamic_shapes():
+    """torch.compile(fullgraph=True, dynamic=True) of PottsLoss and DenseCRFLoss (issue 30 item 9: the
+    argument checks used math.isfinite, which cannot be traced on the symbolic floats dynamic=True makes),
+    at two sizes, against the eager values."""
+    g = torch.Generator().manual_seed(6)
+    potts = PottsLoss("cd", "nn4", backend="reference")
+    dense = DenseCRFLoss(1e-3, 15.0, 20.0, 1.0)
+    compiled_potts = torch.compile(potts, fullgraph=True, dynamic=True)
+    compiled_dense = torch.compile(dense, fullgraph=True, dynamic=True)
+    for H in (8, 11):
+        y, image = torch.softmax(torch.randn(2, 3, H, 9, generator=g), 1), torch.rand(2, 3, H, 9, generator=g) * 255
+        rois = torch.ones(2, H, 9)
+        torch.testing.assert_close(compiled_potts(y, image), potts(y, image), rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(compiled_dense(image, y, rois), dense(image, y, rois), rtol=1e-5, atol=1e-7)
