@@ -16,6 +16,7 @@ The wrapper bundles the GCO C++ code, whose authors set their own terms of use (
 the GCO-v3.0 distribution): check them before using this method.
 """
 import concurrent.futures
+import functools
 import importlib
 import threading
 
@@ -34,8 +35,10 @@ SCALE = float(2 ** 20)  # the largest unary or pair cost, in GCO's integer units
 _GCO_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
 def available():
-    """None if the graph-cut library can be imported, else why not."""
+    """None if the graph-cut library can be imported, else why not (asked once per process: solve() asks at
+    every call for the bilinear relaxation)."""
     try:
         importlib.import_module("gco")
     except ImportError as error:
@@ -69,20 +72,18 @@ def pair_weights(image, neighborhood, sigma_rgb, sigma_xy, mask, weights, shape)
     from pottsops.potts import affinity  # a layer up; imported here to keep the import graph acyclic
     B, _, H, W = shape
     if weights is None:
-        if image is None:
-            image = torch.zeros(B, 1, H, W, dtype=torch.float64, device=mask.device if mask is not None else "cpu")
+        if image is None:  # constant weights: the spatial factors alone
+            image = torch.zeros(B, 1, H, W, dtype=torch.float64)
             sigma_rgb = 1.0
         return affinity(image.double(), neighborhood, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, mask=mask,
                         backend="reference").double()
-    weights = weights.detach().double().clone()
-    ones = torch.ones(B, H, W, dtype=torch.bool, device=weights.device) if mask is None else mask
+    present = torch.ones(B, H, W, dtype=torch.bool) if mask is None else mask
+    out = torch.zeros(weights.shape, dtype=torch.float64)
     for e, (dy, dx) in enumerate(neighborhood.offsets):
-        valid = torch.zeros_like(ones)
-        if abs(dy) < H and abs(dx) < W:
-            rows, cols = slice(0, H - dy), slice(max(0, -dx), W - max(0, dx))
-            valid[:, rows, cols] = ones[:, rows, cols] & ones[:, dy:, max(0, dx):W + min(0, dx)]
-        weights[:, e] = torch.where(valid, weights[:, e], 0.0)
-    return weights
+        first, second = reference.pair_slices(H, W, dy, dx)
+        out[:, e, first[0], first[1]] = torch.where(reference.pair_valid(present, first, second),
+                                                    weights[:, e, first[0], first[1]].double(), 0.0)
+    return out
 
 
 def _edges(pair_w, offsets, H, W):
@@ -137,8 +138,6 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
     unary = unary_name(unary, "unary")
     for name, value in (("eta", eta), ("lam", lam)):
         _checks.check_number(name, value)
-        if value < 0:
-            raise ValueError(f"{name}: expected a number >= 0, got {value}")
     neighborhood = as_neighborhood(neighborhood, dense=False)
     if weights is not None:
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
@@ -148,6 +147,14 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
         _checks.check_finite("init", init)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < -1:
         raise ValueError(f"iters: expected an integer >= -1 (-1: until convergence), got {iters!r}")
+    return labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, init,
+                  ignore_index, iters, threads)
+
+
+def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, init,
+           ignore_index, iters=-1, threads=None):
+    """alpha_expansion's work on arguments already checked (solve() checks them once, then calls this);
+    gco: the imported library, unary a name, neighborhood a Neighborhood."""
     B, K, H, W = logits.shape
     dtype = reference.accumulation_dtype(logits.dtype)
     device = logits.device
@@ -197,10 +204,10 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
                 c, edges = problem(b)
                 return _expand_one(gco, handles[b], c, edges, start[b], iters)
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, max(B, 1))) as pool:
-                labels = list(pool.map(run, range(B)))
+                found = list(pool.map(run, range(B)))
         finally:
             for handle in handles:
                 cg.gcoDestroyGraph(np.intc(handle))
-    labels = torch.from_numpy(np.stack(labels).astype(np.int64)).view(B, H, W) if B else seeds.long()
-    labels = torch.where(present, labels, logits.argmax(1))
-    return F.one_hot(labels, K).permute(0, 3, 1, 2).to(dtype=dtype, device=device).contiguous()
+    found = torch.from_numpy(np.stack(found).astype(np.int64)).view(B, H, W) if B else seeds.long()
+    found = torch.where(present, found, logits.argmax(1))
+    return F.one_hot(found, K).permute(0, 3, 1, 2).to(dtype=dtype, device=device).contiguous()

@@ -141,3 +141,15 @@ def test_without_the_library_an_error_names_the_extra_and_solve_warns(monkeypatc
     with pytest.warns(RuntimeWarning, match=r"pottsops\[graphcut\]"):
         y = pottsops.solve(logits, image, seeds, relaxation="bilinear", unary="ce")
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("neighborhood", ["nn4", "nn8", pottsops.window(2)], ids=["nn4", "nn8", "win2"])
+def test_given_weights_are_masked_as_the_image_weights_are(neighborhood):
+    """Given weights and a mask: the pairs graph cuts see are affinity's with that mask."""
+    from pottsops.neighborhoods import as_neighborhood
+    g = torch.Generator().manual_seed(0)
+    image, mask = torch.rand(2, 3, 9, 11, generator=g) * 255, torch.rand(2, 9, 11, generator=g) > 0.3
+    nb = as_neighborhood(neighborhood)
+    given = pottsops.affinity(image.double(), nb, backend="reference")
+    expected = pottsops.affinity(image.double(), nb, mask=mask, backend="reference")
+    assert torch.equal(graphcut.pair_weights(None, nb, 9.0, None, mask, given, (2, 3, 9, 11)), expected)

@@ -67,14 +67,20 @@ METHODS = ("auto", "mirror_descent", "alpha_expansion")
 _WARNED = set()
 
 
+def _bilinear_on_grid(problem):
+    """The bilinear relaxation with the ce or cce unary on a grid or window: what α-expansion can solve and
+    the polish can improve (their minimisers are one-hot labels, or mixtures of two for cce)."""
+    return (relaxation_name(problem.potts["relaxation"]) == "bilinear" and problem.unary in ("ce", "cce")
+            and not as_neighborhood(problem.potts["neighborhood"]).dense)
+
+
 def _method(method, problem, neighborhood):
     """The method solve() runs: auto picks α-expansion for the bilinear relaxation with the ce or cce unary on
     a grid or window where the graph-cut extra is installed (with ce its minimum over the simplex is the
     discrete Potts problem, and with cce the polished α-expansion labels end far below where the local method
     does: docs/solver.md), else mirror descent."""
     _checks.check_choice("method", method, METHODS)
-    discrete = (relaxation_name(problem.potts["relaxation"]) == "bilinear" and problem.unary in ("ce", "cce")
-                and not as_neighborhood(neighborhood).dense)
+    discrete = _bilinear_on_grid(problem)
     if method == "alpha_expansion":
         if not discrete:
             raise ValueError("method: 'alpha_expansion' solves the bilinear relaxation with the ce or cce unary on a "
@@ -106,7 +112,7 @@ def _graph_cut(problem, y0, seeds, init, tol, options):
     labels at a pixel).  Returns (y, its energy, SolveInfo)."""
     B = y0.shape[0]
     level_start = time.perf_counter()
-    labels = graphcut.alpha_expansion(problem.logits, problem.image, seeds, init=init, **options)
+    labels = graphcut.labels(graphcut._gco(), problem.logits, problem.image, seeds, init=init, **options)
     y = problem.clamp(labels.to(y0.dtype)).contiguous()
     best = problem.gradient(y)[0]
     zeros = torch.zeros(B, dtype=torch.long, device=y0.device)
@@ -143,8 +149,7 @@ def _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings
     trace, level_start = [], time.perf_counter()
     y, best, info.iterations, info.lower = solve_level(problem, theta, iters, tol, rule, trace)
     info.sweeps = torch.zeros_like(info.iterations)
-    if (relaxation_name(settings["relaxation"]) == "bilinear" and problem.unary in ("cce", "ce")
-            and not as_neighborhood(settings["neighborhood"]).dense):
+    if _bilinear_on_grid(problem):
         y, best, info.sweeps = polish_bilinear(problem, y, best, info.lower, tol)
         trace.append(best)
     info.levels.append((1, info.iterations, time.perf_counter() - level_start))
@@ -229,9 +234,9 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     method = _method(method, problem, neighborhood)
     start_energy = problem.gradient(y0)[0]
     if method == "alpha_expansion":
-        y, best, info = _graph_cut(problem, y0, seeds, init, tol, dict(
-            unary=problem.unary, neighborhood=neighborhood, eta=eta, lam=lam, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
-            mask=mask, weights=weights, ignore_index=ignore_index))
+        y, best, info = _graph_cut(problem, y0, seeds, init, tol, dict(  # checked above: not again
+            unary=problem.unary, neighborhood=as_neighborhood(neighborhood), eta=eta, lam=lam, sigma_rgb=sigma_rgb,
+            sigma_xy=sigma_xy, mask=mask, weights=weights, ignore_index=ignore_index))
     else:
         y, best, info = _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings,
                                         dict(logits=logits, eta=eta, lam=lam, mask=mask, weights=weights,
