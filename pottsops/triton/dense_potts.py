@@ -17,7 +17,7 @@ from torch.library import triton_op
 from pottsops import _ops, reference
 from pottsops.names import relaxation_index
 from pottsops.triton import checks
-from pottsops.triton.grid_potts import _on_device, launchable
+from pottsops.triton.grid_potts import launch
 from pottsops.triton.math import pair_terms
 
 BLOCK_I = 64
@@ -131,9 +131,8 @@ def _dense_energy(y: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | 
     programs = triton.cdiv(N, BLOCK_I)
     partial = torch.zeros(B, max(programs, 1), dtype=torch.float32, device=y.device)
     if B * N:
-        with _on_device(Y.device):  # the launch uses the current device: the tensors'
-            launchable(_energy_kernel)[(programs, B)](Y, F, fn, m, partial, N, eps, REL=relaxation,
-                                                       PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
+        launch(_energy_kernel, (programs, B), Y.device, Y, F, fn, m, partial, N, eps, REL=relaxation,
+               PRECISION=precision, KP=KP, DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return 0.5 * partial.sum(1)  # float32: fp16's range ends at 65504
 
 
@@ -145,10 +144,9 @@ def _dense_backward(grad_energy: torch.Tensor, y: torch.Tensor, features: torch.
     Y, F, fn, m, KP, DP = _packed(y, features, mask)
     grad = torch.zeros(B, N, KP, dtype=torch.float32, device=y.device)
     if B * N:
-        with _on_device(Y.device):  # the launch uses the current device: the tensors'
-            launchable(_backward_kernel)[(triton.cdiv(N, BLOCK_I), B)](
-                grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
-                DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
+        launch(_backward_kernel, (triton.cdiv(N, BLOCK_I), B), Y.device,
+            grad_energy.float().contiguous(), Y, F, fn, m, grad, N, eps, REL=relaxation, PRECISION=precision, KP=KP,
+            DP=DP, BI=BLOCK_I, BJ=BLOCK_J)
     return reference.narrow(grad[:, :, :K].transpose(1, 2).reshape(B, K, H, W), y.dtype)
 
 

@@ -195,20 +195,13 @@ def _pair_table(offsets, spatial, device, dtype):
     return _cached_pair_table(offsets, spatial, device, dtype)
 
 
-def launchable(kernel):
-    """wrap_triton(kernel), which torch.compile can trace; the kernel itself where it is interpreted
-    (TRITON_INTERPRET=1: torch 2.11's wrap_triton refuses interpreted kernels, and nothing compiles there)."""
-    if isinstance(kernel, InterpretedFunction):
-        return kernel
-    return wrap_triton(kernel)
-
-
-def _on_device(device):
-    """Makes the tensors' CUDA device current for a launch (Triton launches on the current device): only where
-    it is not current already (a tensor on cuda:1), so the common case changes nothing."""
-    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
+def launch(kernel, grid, device, *args, **kwargs):
+    """kernel[grid](*args, **kwargs) on the tensors' device (Triton launches on the current one: a tensor on
+    cuda:1 makes it current for the call only), through wrap_triton, which torch.compile traces; an
+    interpreted kernel (TRITON_INTERPRET=1) is called directly, as torch 2.11's wrap_triton refuses it."""
+    switch = device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device()
+    with torch.cuda.device(device) if switch else contextlib.nullcontext():
+        (kernel if isinstance(kernel, InterpretedFunction) else wrap_triton(kernel))[grid](*args, **kwargs)
 
 
 def _strides(t, n=4):
@@ -243,13 +236,12 @@ def grid_potts_energy(y: torch.Tensor, image: torch.Tensor | None, weights: torc
     programs = triton.cdiv(H * W, block_p)
     partial = torch.empty(B, programs, dtype=acc, device=y.device)
     if B * H * W:
-        with _on_device(y.device):  # the launch uses the current device: the tensors'
-            launchable(_energy_kernel)[(programs, B)](
-                y, image, weights, _mask_view(mask), inv, dy, dx, g, partial, K, H, W,
-                image.shape[1] if image is not None else 0, len(spatial), eps,
-                *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3),
-                REL=relaxation, HAS_IMAGE=image is not None, HAS_WEIGHTS=weights is not None,
-                HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_K=block_k, BLOCK_P=block_p)
+        launch(_energy_kernel, (programs, B), y.device,
+            y, image, weights, _mask_view(mask), inv, dy, dx, g, partial, K, H, W,
+            image.shape[1] if image is not None else 0, len(spatial), eps,
+            *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3),
+            REL=relaxation, HAS_IMAGE=image is not None, HAS_WEIGHTS=weights is not None,
+            HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_K=block_k, BLOCK_P=block_p)
     return partial.sum(1)  # in the accumulation dtype: fp16's range ends at 65504
 
 
@@ -271,14 +263,13 @@ def grid_potts_energy_backward(grad_energy: torch.Tensor, y: torch.Tensor, image
     E = len(spatial)
     grad_w = torch.zeros(B, E, H, W, dtype=acc, device=y.device) if weights_grad else y.new_empty(0)
     if B * H * W:
-        with _on_device(y.device):  # the launch uses the current device: the tensors'
-            launchable(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
-                go, y, image, weights, _mask_view(mask), inv, dy, dx, g, grad_y, grad_w, K, H, W,
-                image.shape[1] if image is not None else 0, E, eps,
-                *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3), *grad_y.stride(),
-                REL=relaxation, HAS_IMAGE=image is not None, HAS_WEIGHTS=weights is not None,
-                HAS_MASK=mask is not None, WEIGHTS_GRAD=weights_grad, ACC=_tl_dtype(acc), BLOCK_K=block_k,
-                BLOCK_P=block_p)
+        launch(_backward_kernel, (triton.cdiv(H * W, block_p), B), y.device,
+            go, y, image, weights, _mask_view(mask), inv, dy, dx, g, grad_y, grad_w, K, H, W,
+            image.shape[1] if image is not None else 0, E, eps,
+            *y.stride(), *_strides(image), *_strides(weights), *_strides(mask, 3), *grad_y.stride(),
+            REL=relaxation, HAS_IMAGE=image is not None, HAS_WEIGHTS=weights is not None,
+            HAS_MASK=mask is not None, WEIGHTS_GRAD=weights_grad, ACC=_tl_dtype(acc), BLOCK_K=block_k,
+            BLOCK_P=block_p)
     if weights_grad:
         grad_w = grad_w.to(weights.dtype)
     return grad_y, grad_w
@@ -295,11 +286,10 @@ def grid_affinity(image: torch.Tensor, mask: torch.Tensor | None, inv_two_sigma2
     out = torch.empty(B, len(spatial), H, W, dtype=acc, device=image.device)
     block_p = max(16, min(256, triton.next_power_of_2(H * W)))
     if B * H * W:
-        with _on_device(image.device):  # the launch uses the current device: the tensors'
-            launchable(_affinity_kernel)[(triton.cdiv(H * W, block_p), B)](
-                image, _mask_view(mask), inv_two_sigma2.to(acc), dy, dx, g, out, H, W, C, len(spatial),
-                *image.stride(), *_strides(mask, 3), *out.stride(),
-                HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_P=block_p)
+        launch(_affinity_kernel, (triton.cdiv(H * W, block_p), B), image.device,
+            image, _mask_view(mask), inv_two_sigma2.to(acc), dy, dx, g, out, H, W, C, len(spatial),
+            *image.stride(), *_strides(mask, 3), *out.stride(),
+            HAS_MASK=mask is not None, ACC=_tl_dtype(acc), BLOCK_P=block_p)
     return out
 
 

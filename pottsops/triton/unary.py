@@ -10,8 +10,7 @@ from torch.library import triton_op
 
 from pottsops import _ops
 from pottsops.triton import checks
-from pottsops.triton.grid_potts import (_blocks, _mask_view, _on_device, _strides, _tl_dtype, accumulation_dtype,
-                                       launchable)
+from pottsops.triton.grid_potts import _blocks, _mask_view, _strides, _tl_dtype, accumulation_dtype, launch
 from pottsops.triton.math import narrow
 
 
@@ -111,11 +110,10 @@ def unary_loss(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
     block_k, block_p = _blocks(K, H * W)
     loss = torch.empty(B, H, W, dtype=logits.dtype, device=logits.device)
     if B * H * W:
-        with _on_device(logits.device):  # the launch uses the current device: the tensors'
-            launchable(_forward_kernel)[(triton.cdiv(H * W, block_p), B)](
-                logits, y, _mask_view(mask), loss, K, H, W, eps, *logits.stride(), *y.stride(), *_strides(mask, 3),
-                *loss.stride(), UNARY=kind, HAS_MASK=mask is not None,
-                ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k, BLOCK_P=block_p)
+        launch(_forward_kernel, (triton.cdiv(H * W, block_p), B), logits.device,
+            logits, y, _mask_view(mask), loss, K, H, W, eps, *logits.stride(), *y.stride(), *_strides(mask, 3),
+            *loss.stride(), UNARY=kind, HAS_MASK=mask is not None,
+            ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k, BLOCK_P=block_p)
     return loss
 
 
@@ -131,12 +129,11 @@ def unary_loss_backward(grad_loss: torch.Tensor, logits: torch.Tensor, y: torch.
     grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     grad_y = torch.empty(logits.shape, dtype=y.dtype, device=logits.device)
     if B * H * W:
-        with _on_device(logits.device):  # the launch uses the current device: the tensors'
-            launchable(_backward_kernel)[(triton.cdiv(H * W, block_p), B)](
-                grad_loss, logits, y, _mask_view(mask), grad_logits, grad_y, K, H, W, eps, *grad_loss.stride(),
-                *logits.stride(), *y.stride(), *_strides(mask, 3), *grad_logits.stride(), UNARY=kind,
-                HAS_MASK=mask is not None, ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k,
-                BLOCK_P=block_p)
+        launch(_backward_kernel, (triton.cdiv(H * W, block_p), B), logits.device,
+            grad_loss, logits, y, _mask_view(mask), grad_logits, grad_y, K, H, W, eps, *grad_loss.stride(),
+            *logits.stride(), *y.stride(), *_strides(mask, 3), *grad_logits.stride(), UNARY=kind,
+            HAS_MASK=mask is not None, ACC=_tl_dtype(accumulation_dtype(logits.dtype)), BLOCK_K=block_k,
+            BLOCK_P=block_p)
     return grad_logits, grad_y
 
 
