@@ -125,24 +125,16 @@ def _graph_cut(problem, y0, seeds, init, tol, options):
     return y, best, info
 
 
-def _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings, inputs):
-    """Coarse levels, the adaptive loop at full resolution and, for bl with cce or ce, the polish.  Returns
-    (y, its energy, SolveInfo)."""
-    logits, eta, lam, mask, weights = (inputs[k] for k in ("logits", "eta", "lam", "mask", "weights"))
-    sigma_xy, ignore_index = inputs["sigma_xy"], inputs["ignore_index"]
+def _mirror_descent(problem, y0, init, levels, iters, tol, rule, coarse_problem):
+    """Coarse levels (coarse_problem(f): the problem pooled f x f), the adaptive loop at full resolution and,
+    for bl with cce or ce, the polish.  Returns (y, its energy, SolveInfo)."""
+    B = y0.shape[0]
     info = SolveInfo(coarse=wants_coarse(problem) if levels is None else torch.full(
-        (logits.shape[0],), levels > 0, device=logits.device))
-    factors = level_factors(logits.shape, len(LEVEL_FACTORS) if levels is None else levels)
-
-    def coarse_problem(f):
-        pooled_logits, pooled_image, pooled_seeds, pooled_mask, pooled_weights = coarse_inputs(
-            problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
-        return make_problem(pooled_logits, pooled_image, pooled_seeds, eta=eta * f * f, lam=lam * f, mask=pooled_mask,
-                            weights=pooled_weights, **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
-
+        (B,), levels > 0, device=y0.device))
+    factors = level_factors(y0.shape, len(LEVEL_FACTORS) if levels is None else levels)
     theta = torch.log(y0.clamp(min=math.exp(LOG_FLOOR)))
     if init is None and bool(info.coarse.any()) and factors:
-        coarse_theta, info.levels = solve_coarse_levels(coarse_problem, factors, logits.shape[2:], iters,
+        coarse_theta, info.levels = solve_coarse_levels(coarse_problem, factors, y0.shape[2:], iters,
                                                         tol * COARSE_TOL, rule)
         theta = torch.where(info.coarse.view(-1, 1, 1, 1), coarse_theta, theta)
     info.coarse &= bool(info.levels)  # not where a given init or the image's size leaves no coarse level
@@ -238,9 +230,13 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
             unary=problem.unary, neighborhood=as_neighborhood(neighborhood), eta=eta, lam=lam, sigma_rgb=sigma_rgb,
             sigma_xy=sigma_xy, mask=mask, weights=weights, ignore_index=ignore_index))
     else:
-        y, best, info = _mirror_descent(problem, y0, seeds, init, levels, iters, tol, rule, settings,
-                                        dict(logits=logits, eta=eta, lam=lam, mask=mask, weights=weights,
-                                             sigma_xy=sigma_xy, ignore_index=ignore_index))
+        def coarse_problem(f):
+            pooled_logits, pooled_image, pooled_seeds, pooled_mask, pooled_weights = coarse_inputs(
+                problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
+            return make_problem(pooled_logits, pooled_image, pooled_seeds, eta=eta * f * f, lam=lam * f,
+                                mask=pooled_mask, weights=pooled_weights,
+                                **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
+        y, best, info = _mirror_descent(problem, y0, init, levels, iters, tol, rule, coarse_problem)
     info.method = method
     info.energies.insert(0, start_energy)
     info.energies[1:] = [torch.minimum(e, start_energy) for e in info.energies[1:]]

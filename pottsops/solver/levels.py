@@ -47,8 +47,7 @@ def coarse_inputs(logits, image, seeds, mask, weights, ignore_index, f):
 def upsample(theta, f, H, W):
     """Coarse pseudo-logits as the start of the level f times finer: interpolated bilinearly between the
     blocks' centres (a smoother start than repeating each block's; docs/solver.md has the comparison),
-    normalised (largest 0) and floored at TRANSFER_FLOOR, so that
-    no label is ruled out at the start."""
+    normalised (largest 0) and floored at TRANSFER_FLOOR, so that no label is ruled out at the start."""
     Hc, Wc = theta.shape[2:]
     theta = F.interpolate(theta, size=(Hc * f, Wc * f), mode="bilinear", align_corners=False)[:, :, :H, :W]
     return (theta - theta.amax(1, keepdim=True)).clamp(min=TRANSFER_FLOOR)
