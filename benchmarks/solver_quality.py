@@ -12,7 +12,8 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    (quadratic, zero logits: a harmonic labelling), α-expansion run to convergence for bilinear + ce (the
    discrete Potts problem), and every run below; all energies through the reference ops in float64.  Each
    E* is tagged in the report: independent (α-expansion, the harmonic solve), certified (the quadratic
-   relaxation: the long run's Frank-Wolfe gap bounds E* - E_min) or the solver's own.  The long runs are made where no E* is cached, or for every problem with
+   relaxation: a run's Frank-Wolfe gap bounds E* - E_min) or the solver's own.  The long runs are made
+   where no E* is cached, or for every problem with
    --long-runs (after a change to the solver, so that E* is the lowest the current one reaches too).
 2. Each method (solve() with its defaults, and variants) is run once per image with 2 threads, checked
    (finite, simplex, seeds, energy not above the start's) and timed.  Its gap after each full-resolution
@@ -195,7 +196,7 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
         results = {}
         if (relaxation, unary) == ("bl", "ce"):  # the discrete Potts problem: α-expansion run to convergence
             results[GRAPH_CUT] = graph_cut(problem)
-            improve_best(best, problem, problem.energy(results[GRAPH_CUT][0]), GRAPH_CUT, independent=True)
+            improve_best(best, problem, results[GRAPH_CUT][2][-1][2], GRAPH_CUT, independent=True)
         elif problem.key not in best or args.long_runs:
             for method, kwargs in LONG_RUNS.items():
                 y, _, _ = timed_solve(problem, **kwargs)
@@ -211,8 +212,9 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
         for method, (y, _, _) in results.items():
             improve_best(best, problem, problem.energy(y), f"{method} @{args.label}")
         lowest = float(best[problem.key]["energy"])
-        if problem.key in BOUNDS:
-            best[problem.key]["bound"] = repr(max(BOUNDS[problem.key], float(best[problem.key].get("bound") or -math.inf)))
+        if problem.key in BOUNDS:  # a certified lower bound from this run's solves, kept if the highest yet
+            known = float(best[problem.key].get("bound") or -math.inf)
+            best[problem.key]["bound"] = repr(max(BOUNDS[problem.key], known))
         classes = DATASETS[dataset]["classes"]
         for method, (y, seconds, curve) in results.items():
             energy = problem.energy(y)

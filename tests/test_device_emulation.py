@@ -1,10 +1,10 @@
-"""The CUDA grid, unary and solver kernels' device code run on the host (tests/csrc/device_emulation.cpp, built here) against
-the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
+"""The CUDA grid, unary and solver kernels' device code run on the host (tests/csrc/device_emulation.cpp,
+built here) against the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
 (csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
 the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
 ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
-reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their per-thread code with
-the CPU lattice (lattice.h), tested in test_dense.py."""
+reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their
+per-thread code with the CPU lattice (lattice.h), tested in test_dense.py."""
 import hashlib
 import os
 import sys

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the triton package is not installed")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="the triton package is not installed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SM90_SHARED = 232448  # bytes of shared memory a block may use on sm_90
 
