@@ -1,9 +1,9 @@
-"""train/model.py: DeepLabV3+ shapes, output strides, input channels, local pretrained weights."""
+"""train/model.py: DeepLabV3+ shapes, output strides, input channels, local pretrained weights; the U-Net."""
 import pytest
 import torch
 from torchvision import models
 
-from train.model import DeepLabV3Plus
+from train.model import DeepLabV3Plus, UNet, build_model
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
@@ -46,3 +46,20 @@ def test_errors():
         DeepLabV3Plus(3, output_stride=32)
     with pytest.raises(ValueError, match="num_classes: expected an integer >= 2"):
         DeepLabV3Plus(1)
+
+
+@pytest.mark.parametrize("size", [(96, 96), (50, 71)])
+def test_unet_logits_at_any_input_size(size):
+    """Sides not divisible by 16 (ACDC slices at half resolution): the skips still line up."""
+    model = build_model(4, "unet", in_channels=1)
+    assert isinstance(model, UNet)
+    x = torch.randn(2, 1, *size)
+    logits = model(x)
+    assert logits.shape == (2, 4, *size) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_unet_has_no_pretrained_weights():
+    with pytest.raises(ValueError, match="pretrained: the U-Net"):
+        build_model(4, "unet", in_channels=1, pretrained="resnet50.pth")

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from train.methods import FULL_LOSSES, METHODS, Regulariser
+from train.model import NETWORKS
 
 DATASETS = ("camvid", "acdc", "voc", "folder", "synthetic")
 DEFAULT_DATA = os.environ.get("POTTSOPS_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -26,8 +27,10 @@ class TrainConfig:
     ratio: str = "1.0"               # CamVid scribble length ratio
     train_split: str = "train"
     val_split: str = "val"
+    test_split: str = None           # also scored once at the end (results.json "test"), never during the run
     train_patients: tuple = (21, 80)  # ACDC
     val_patients: tuple = (81, 100)
+    test_patients: tuple = None      # ACDC's test split (as test_split)
     num_classes: int = None          # folder layout
     channels: int = 3                # folder layout
     scribbles: str = None            # VOC: folder of ScribbleSup PNG or XML files
@@ -40,6 +43,9 @@ class TrainConfig:
     warmup: float = 0.2              # gd/hard/soft train on pce alone for this fraction of the run (of its
                                      # steps, or of the time budget where that ends the run first)
     epochs: int = 60
+    steps: int = None                # the run's length in steps (the poly decay follows it) instead of epochs
+    start_from: str = None           # a checkpoint (model, optimiser, step, RNG) to continue from when OUT has
+                                     # none: every method of a paired study branches from one warm-up
     batch_size: int = 12
     lr: float = 7e-4
     momentum: float = 0.9
@@ -76,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--scribbles", help="VOC: folder of ScribbleSup scribbles (PNG or XML)")
     p.add_argument("--num-classes", type=int, help="folder layout: number of classes")
     p.add_argument("--channels", type=int, default=3, help="folder layout: 1 (grey) or 3 (RGB)")
-    p.add_argument("--backbone", choices=("mobilenet_v2", "resnet50", "resnet101"))
+    p.add_argument("--backbone", choices=NETWORKS,
+                   help="DeepLabV3+ on mobilenet_v2, resnet50 or resnet101, or a small U-Net (unet)")
     p.add_argument("--output-stride", type=int, choices=(8, 16), default=16)
     p.add_argument("--pretrained", help="local torchvision state dict for the backbone")
     for name in ("eta", "lam", "sigma_rgb", "sigma_xy", "gd_lam", "gd_sigma_rgb", "gd_sigma_xy", "gd_scale"):
@@ -95,8 +102,15 @@ def parse_args(argv=None):
     for name, kind in (("warmup", float), ("epochs", int), ("batch_size", int), ("lr", float),
                        ("workers", int), ("seed", int), ("input_scale", float), ("checkpoint_every", int),
                        ("eval_every", int), ("eval_limit", int), ("panels", int), ("time_budget", float),
-                       ("max_steps", int)):
+                       ("max_steps", int), ("steps", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--test-split", help="a split scored once at the end (CamVid: test; ACDC: --test-patients)")
+    p.add_argument("--start-from", help="checkpoint to continue from when OUT has none (a shared warm-up)")
+    for name in ("train_patients", "val_patients", "test_patients"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, nargs=2, metavar=("FIRST", "LAST"),
+                       help=f"ACDC: the patients of the {name.split('_')[0]} split")
+    p.add_argument("--synthetic-size", type=int, nargs=2, metavar=("TRAIN", "VAL"),
+                   help="the generated set: number of training and validation images")
     p.add_argument("--crop", type=int, nargs=2)
     p.add_argument("--scale", type=float, nargs=2)
     p.add_argument("--no-flip", action="store_true")
@@ -133,6 +147,10 @@ def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides)
         raise ValueError("num_classes: --data folder needs --num-classes K")
     if not 0.0 <= config.warmup < 1.0:
         raise ValueError(f"warmup: expected a fraction of the run in [0, 1), got {config.warmup}")
+    if config.steps is not None and config.steps < 1:
+        raise ValueError(f"steps: expected a positive number of steps, got {config.steps}")
+    if config.start_from is not None and not os.path.isfile(config.start_from):
+        raise ValueError(f"start_from: no checkpoint {config.start_from!r}")
     if config.batch_size < 2:  # a batch of one fails inside BatchNorm, whose image-pooling branch sees 1 x 1
         raise ValueError(f"batch_size: expected at least 2 per process (--batch-size; the ASPP's image-pooling "
                          f"BatchNorm needs more than one value per channel), got {config.batch_size}")

@@ -66,8 +66,8 @@ def predict(model, image, normalise, amp=False, input_scale=1.0):
 
 @torch.no_grad()
 def evaluate(model, dataset, normalise, device, *, volumes=False, amp=False, limit=None, input_scale=1.0):
-    """{'miou', 'iou' (per class)} and, with volumes=True, {'dice' (per class), 'mean_dice'} on a dataset of
-    full-size samples, one image at a time."""
+    """{'miou', 'iou' (per class)} and, with volumes=True, {'dice' (per class), 'mean_dice', 'volumes' ({name:
+    Dice per foreground class})} on a dataset of full-size samples, one image at a time."""
     was_training = model.training
     model.eval()
     k = dataset.num_classes
@@ -86,7 +86,7 @@ def evaluate(model, dataset, normalise, device, *, volumes=False, amp=False, lim
     result = {"miou": float(iou.nanmean()), "iou": iou.tolist()}
     if volumes:
         stacked = {name: _stack_slices(preds, labels) for name, (preds, labels) in stacks.items()}
-        _, result["dice"], result["mean_dice"] = dice_per_volume(stacked, k)
+        result["volumes"], result["dice"], result["mean_dice"] = dice_per_volume(stacked, k)
     return result
 
 

@@ -16,7 +16,7 @@ from train import data as datasets
 from train.evaluate import evaluate, predict, save_panels
 from train.loader import TrainBatches
 from train.methods import batch_loss
-from train.model import DeepLabV3Plus
+from train.model import build_model
 
 
 def build_datasets(config):
@@ -34,6 +34,22 @@ def build_datasets(config):
     train_count, val_count = config.synthetic_size
     return datasets.GeneratedSet(train_count, config.crop[0], config.seed), \
         datasets.GeneratedSet(val_count, config.crop[0], config.seed + 1)
+
+
+def build_test_set(config):
+    """The held-out split scored once at the end, or None: ACDC's test_patients, another dataset's
+    test_split (the generated set: a third draw)."""
+    if config.data == "acdc":
+        return datasets.acdc(config.root, config.test_patients) if config.test_patients else None
+    if config.test_split is None:
+        return None
+    if config.data == "synthetic":
+        return datasets.GeneratedSet(config.synthetic_size[1], config.crop[0], config.seed + 2)
+    if config.data == "camvid":
+        return datasets.camvid(config.root, config.test_split, config.ratio)
+    if config.data == "voc":
+        return datasets.voc(config.root, config.test_split, config.scribbles)
+    return datasets.folder(config.root, config.test_split, config.num_classes, config.channels)
 
 
 def normaliser(channels, device):
@@ -94,12 +110,13 @@ def train(config):
     torch.manual_seed(config.seed)
 
     train_set, val_set = build_datasets(config)
+    test_set = build_test_set(config)
     channels = train_set.channels
     scale = tuple(s * config.input_scale for s in config.scale)
     batches = TrainBatches(train_set, config.batch_size, config.crop, scale=scale, flip=config.flip,
                            seed=config.seed, device=device, resident=_auto(config.resident, device),
                            workers=config.workers, rank=rank, world_size=world)
-    model = DeepLabV3Plus(train_set.num_classes, config.backbone, config.output_stride, channels,
+    model = build_model(train_set.num_classes, config.backbone, config.output_stride, channels,
                           config.pretrained).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -110,17 +127,21 @@ def train(config):
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     normalise = normaliser(channels, device)
-    total_steps = config.epochs * len(batches)
+    total_steps = config.steps or config.epochs * len(batches)
+    epochs = -(-total_steps // len(batches))
 
     os.makedirs(config.out, exist_ok=True)
     checkpoint_path = os.path.join(config.out, "last.pt")
     step, epoch, start_in_epoch, best, history, trained = 0, 0, 0, None, [], 0.0
-    if config.resume and os.path.isfile(checkpoint_path):
+    # a run continues from its own checkpoint (resume), else from start_from's (a branch of a shared warm-up)
+    source = checkpoint_path if config.resume and os.path.isfile(checkpoint_path) else config.start_from
+    if source is not None:
         try:
-            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            state = torch.load(source, map_location=device, weights_only=False)
         except Exception as error:  # truncated or not a checkpoint: say which file, keep the cause
-            raise RuntimeError(f"resume: cannot read the checkpoint {checkpoint_path!r} ({type(error).__name__}: "
-                               f"{error}); delete it to start over") from error
+            argument = "resume" if source == checkpoint_path else "start_from"
+            raise RuntimeError(f"{argument}: cannot read the checkpoint {source!r} ({type(error).__name__}: "
+                               f"{error}){'; delete it to start over' if argument == 'resume' else ''}") from error
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
@@ -128,7 +149,7 @@ def train(config):
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        _print(rank, f"resumed from {checkpoint_path} at epoch {epoch}, step {step}")
+        _print(rank, f"resumed from {source} at epoch {epoch}, step {step}")
     if rank == 0:  # the logs restart with the run, or go back to the checkpoint's step
         _keep_rows(os.path.join(config.out, "train_log.csv"), lambda row: int(row["step"]) <= step)
         _keep_rows(os.path.join(config.out, "eval_log.csv"), lambda row: int(row["step"]) <= step)
@@ -146,7 +167,7 @@ def train(config):
                              "config": dataclasses.asdict(config)}, checkpoint_path)
 
     stop = False
-    while epoch < config.epochs and not stop:
+    while epoch < epochs and not stop:
         progress = _Progress(len(batches), config.progress and rank == 0)
         last = time.perf_counter()
         for index, batch in enumerate(batches.epoch(epoch, start_in_epoch), start=start_in_epoch):
@@ -170,14 +191,14 @@ def train(config):
                 _append_csv(os.path.join(config.out, "train_log.csv"),
                             {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                              "loss": float(loss.detach()), "seconds": time.perf_counter() - tick})
-            progress.update(index + 1, f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
+            progress.update(index + 1, f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}")
             trained, last = trained + time.perf_counter() - last, time.perf_counter()
             over_budget = config.time_budget is not None and trained > config.time_budget
             if distributed and config.time_budget is not None:  # every rank stops at the same step
                 flag = torch.tensor(float(over_budget), device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 over_budget = bool(flag)
-            if config.max_steps is not None and step >= config.max_steps or over_budget:
+            if config.max_steps is not None and step >= config.max_steps or over_budget or step >= total_steps:
                 stop = True
                 checkpoint(index + 1)
                 break
@@ -187,7 +208,7 @@ def train(config):
         if stop:
             break
         epoch, start_in_epoch = epoch + 1, 0
-        if rank == 0 and epoch % config.eval_every == 0 and epoch < config.epochs:  # the last: below
+        if rank == 0 and epoch % config.eval_every == 0 and epoch < epochs:  # the last: below
             scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                               limit=config.eval_limit, input_scale=config.input_scale)
             history.append({"epoch": epoch, "step": step, "train_seconds": round(trained, 1), **_headline(scores)})
@@ -205,6 +226,10 @@ def train(config):
     results = {"method": config.method, "data": config.data, "steps": step, "epochs_done": epoch,
                "train_seconds": trained, **_headline(scores), "scores": scores,
                "history": history}
+    if test_set is not None:  # a held-out split, never looked at during the run
+        test_scores = evaluate(model, test_set, normalise, device, volumes=config.data == "acdc", amp=amp,
+                               input_scale=config.input_scale)
+        results["test"] = {**_headline(test_scores), "scores": test_scores}
     with open(os.path.join(config.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if config.panels:

@@ -1,5 +1,6 @@
 """DeepLabV3+ (Chen et al. 2018) on torchvision backbones: MobileNetV2, ResNet-50, ResNet-101, output
-stride 16 or 8, any number of input channels (1 for MRI).
+stride 16 or 8, any number of input channels (1 for MRI); and a small U-Net (`build_model(..., "unet")`) for
+studies that must converge on a CPU.
 
 The encoder's last stages trade stride for dilation to reach the output stride; ASPP (torchvision's)
 on the deepest features; the decoder upsamples them to stride 4, concatenates 48 projected channels of
@@ -16,6 +17,7 @@ from torchvision import models
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 BACKBONES = ("mobilenet_v2", "resnet50", "resnet101")
+NETWORKS = BACKBONES + ("unet",)
 OUTPUT_STRIDES = (8, 16)
 
 
@@ -95,6 +97,52 @@ class DeepLabV3Plus(nn.Module):
         high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
         logits = self.decoder(torch.cat([high, self.project(low)], 1))
         return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def _double_conv(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """The 2D U-Net of Ronneberger et al. (2015) at a width a CPU can train: four poolings, `width` channels
+    at full resolution doubling per level (16: about 1.9 M parameters), transposed-convolution upsampling,
+    skip concatenations; inputs of any size (the decoder's upsampled maps are resized to the skip's where a
+    side is not divisible by 16)."""
+
+    def __init__(self, num_classes, in_channels=1, width=16):
+        super().__init__()
+        widths = [width * 2 ** level for level in range(5)]
+        self.down = nn.ModuleList([_double_conv(in_channels, widths[0])] +
+                                  [_double_conv(a, b) for a, b in zip(widths, widths[1:])])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths, widths[1:])])
+        self.merge = nn.ModuleList([_double_conv(2 * a, a) for a in widths[:-1]])
+        self.classify = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for up, merge in zip(reversed(self.up), reversed(self.merge)):
+            skip = skips.pop()
+            x = up(x)
+            if x.shape[2:] != skip.shape[2:]:
+                x = F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
+            x = merge(torch.cat([skip, x], 1))
+        return self.classify(x)
+
+
+def build_model(num_classes, network="resnet50", output_stride=16, in_channels=3, pretrained=None):
+    """DeepLabV3+ on a torchvision backbone, or network='unet' (no pretrained weights, no output stride)."""
+    if network == "unet":
+        if pretrained is not None:
+            raise ValueError("pretrained: the U-Net has no pretrained weights (use a DeepLabV3+ backbone)")
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels: expected an integer >= 1, got {in_channels!r}")
+        return UNet(num_classes, in_channels)
+    return DeepLabV3Plus(num_classes, network, output_stride, in_channels, pretrained)
 
 
 def load_backbone(net, path):
