@@ -21,7 +21,8 @@
 #
 # Steps: env, build, test, test-kernels, test-nn, bench-potts, bench-unary, bench-window, bench-dense,
 # bench-solver, bench-first-light, bench-compile, solver-generated, solver-quality (needs ../shared/data), and
-# the training comparisons train-acdc, train-camvid, train-camvid-0.3 (TRAIN_BUDGET seconds each, default 90).
+# the paired training studies train-acdc, train-camvid, train-camvid-0.3 (TRAIN_WARMUP + TRAIN_STEPS steps per
+# method and seed, defaults 300 + 500, seeds TRAIN_SEEDS, default 0-4).
 # The machine's python3 (with torch, triton, pytest, matplotlib) is used; nothing is downloaded.  The exit
 # status is non-zero if a stage failed.  Run it with the $OUT the GPU machine provides: only files under
 # it come back.
@@ -114,16 +115,20 @@ for step in "${steps[@]}"; do
       grep -E "^\[|Error|FAIL" "$OUT/bench.log" | tail -n 3
       ;;
     train-acdc | train-camvid | train-camvid-0.3)
-      budget=${TRAIN_BUDGET:-90}
+      # the paired design of experiments/results/train/acdc_paired at full resolution: per seed one pCE
+      # warm-up, then pce, gd, hard and soft for the same steps, tuned on the validation split; rerun the
+      # same command to continue (finished runs are skipped, a cut run resumes)
+      warmup=${TRAIN_WARMUP:-300} steps=${TRAIN_STEPS:-500}
       case $step in
-        train-acdc) data=(--data acdc --crop 256 256) ;;
-        train-camvid) data=(--data camvid --ratio 1.0 --crop 320 320) ;;
-        train-camvid-0.3) data=(--data camvid --ratio 0.3 --crop 320 320) ;;
+        train-acdc) data=(--data acdc --backbone unet --crop 256 256 --train-patients 21 70 --val-patients 71 80
+                          --test-patients 81 100) ;;
+        train-camvid) data=(--data camvid --ratio 1.0 --crop 320 320 --backbone resnet50 --test-split test) ;;
+        train-camvid-0.3) data=(--data camvid --ratio 0.3 --crop 320 320 --backbone resnet50 --test-split test) ;;
       esac
-      $PY -m experiments.train_compare --name "${step#train-}-${budget}s" --out "$OUT/train" \
-        --runs "${RUNS:-/tmp/pottsops-runs}" -- "${data[@]}" --backbone resnet50 --lr 0.01 --epochs 1000 \
-        --eval-every 1000 --time-budget "$budget" --workers 4 \
-        >> "$OUT/train.log" 2>&1 || failed+=("$step")
+      $PY -m experiments.train_compare --name "${step#train-}-${warmup}+${steps}" --out "$OUT/train" \
+        --runs "${RUNS:-/tmp/pottsops-runs}" --seeds ${TRAIN_SEEDS:-0 1 2 3 4} --warmup-steps "$warmup" \
+        --steps "$steps" --grid gd=gd-lam:1e-3,3e-3 --grid hard=eta:0.3,1 --grid soft=eta:0.3,1 \
+        -- "${data[@]}" --lr 0.01 --workers 4 >> "$OUT/train.log" 2>&1 || failed+=("$step")
       tail -n 12 "$OUT/train.log"
       (cd "${RUNS:-/tmp/pottsops-runs}" && find . -name "*.json" -o -name "*.csv" -o -name "panels.png" | \
         xargs -r cp --parents -t "$OUT/train")

@@ -1,16 +1,23 @@
-"""Equal-budget training runs of several methods on one dataset, their table and learning curves.
+"""A paired training study: every method branches from one shared warm-up per seed, with the same data order
+and the same number of steps, tuned on a split it does not report.
 
-    python -m experiments.train_compare --name acdc_cpu --methods pce gd hard soft full --seeds 0 1 \\
-        --seeded pce soft -- --data acdc --backbone mobilenet_v2 --time-budget 480 ...
+    python -m experiments.train_compare --name acdc_paired --seeds 0 1 2 3 4 --warmup-steps 400 --steps 800 \\
+        --methods pce gd hard soft --grid gd=gd-lam:3e-4,1e-3 --grid soft=eta:0.3,1 --grid hard=eta:0.3,1 \\
+        -- --data acdc --backbone unet --input-scale 0.5 --crop 96 96 \\
+           --train-patients 21 70 --val-patients 71 80 --test-patients 81 100
 
-A method is a trainer method (pce, full, gd, hard, soft) or a variant LABEL=ARGS, e.g.
-`soft-q="--method soft --relaxation quadratic"`.  Each run is `python -m train ARGS [variant args]
---method M --seed S --out RUNS/NAME/LABEL/seedS` (the same arguments and time budget for all); methods
-named in --seeded run once per seed, the others with the first seed.  Finished runs are not repeated (a
-run cut short resumes from its checkpoint).  OUT/NAME/ gets report.md (a table: mean and spread over seeds
-of the validation score, per-class scores, steps; whether the paper's ordering soft > hard > gd > pce held;
-the commands, device and commit), results.csv (a row per run) and curves.png (validation score against
-training seconds).
+Per seed s: the warm-up `python -m train ARGS --method pce --seed s --steps W+S --max-steps W` (RUNS/NAME/
+warmup/seeds); then each method continues from its checkpoint (`--start-from`, `--warmup 0`) to step W+S, so
+that all methods of a seed share the start, the data order and the schedule.  A method is a trainer method or
+a variant LABEL=ARGS (`soft-q="--method soft --relaxation quadratic"`).  Tuning: a method with --grid
+LABEL=FLAG:V1,V2 runs each value on the tuning seeds (default: the first) and keeps the one with the best
+validation score (the trainer's val split, here the tuning patients); the other seeds run that value.  The
+report scores the test split (results.json "test"), which no choice looked at.  Finished runs are skipped and
+a run cut short resumes from its checkpoint: the same command continues the study.
+
+OUT/NAME/ gets runs.csv (a row per method and seed), differences.csv (paired differences with a t interval
+over seeds and a bootstrap over seeds and test volumes), tuning.csv, report.md (plan.md from that folder, if
+present, then the tables, the verdicts, the curves and the commands), curves.png and panels_LABEL.png.
 """
 import argparse
 import csv
@@ -18,12 +25,17 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 
-import torch
+import numpy as np
 
-PAPER_ORDER = ("soft", "hard", "gd", "pce")
+from experiments import paired_stats
+
+PAIRS = ("soft-gd", "soft-hard", "soft-pce", "gd-pce", "hard-pce")
+RUN_FIELDS = ("method", "seed", "setting", "steps", "tune_dice", "test_dice", "rv", "myo", "lv",
+              "train_seconds", "seconds_per_step")
 
 
 def parse_method(spec):
@@ -34,90 +46,210 @@ def parse_method(spec):
     return label, shlex.split(args)
 
 
+def parse_grid(spec):
+    """'soft=eta:0.3,1' -> ('soft', '--eta', ['0.3', '1'])."""
+    try:
+        label, rest = spec.split("=", 1)
+        flag, values = rest.split(":", 1)
+    except ValueError:
+        raise SystemExit(f"--grid: expected LABEL=FLAG:V1,V2,..., got {spec!r}") from None
+    return label, "--" + flag.lstrip("-"), [v for v in values.split(",") if v]
+
+
+class Study:
+    def __init__(self, args, train_args):
+        self.args, self.train_args = args, train_args
+        self.root = os.path.join(args.runs, args.name)
+        self.total = args.warmup_steps + args.steps
+
+    def run(self, out, extra, seed):
+        """Run `python -m train` into out unless it finished there; the resumable command."""
+        command = [sys.executable, "-m", "train", *self.train_args, *extra, "--seed", str(seed),
+                   "--steps", str(self.total), "--out", out, "--no-progress", "--resume"]
+        if not os.path.isfile(os.path.join(out, "results.json")):
+            if self.args.table_only:
+                return None
+            print("$", shlex.join(["python", *command[1:]]), flush=True)
+            subprocess.run(command, check=True)
+        with open(os.path.join(out, "results.json")) as f:
+            return {"results": json.load(f), "out": out, "command": shlex.join(["python", *command[1:]])}
+
+    def warmup(self, seed):
+        out = os.path.join(self.root, "warmup", f"seed{seed}")
+        return self.run(out, ["--method", "pce", "--max-steps", str(self.args.warmup_steps)], seed)
+
+    def branch(self, label, method_args, setting, seed):
+        flag, value = setting or (None, None)
+        folder = f"{flag.lstrip('-')}{value}" if flag else "default"
+        out = os.path.join(self.root, label, folder, f"seed{seed}")
+        start = os.path.join(self.root, "warmup", f"seed{seed}", "last.pt")
+        extra = [*method_args, *([flag, value] if flag else []), "--start-from", start, "--warmup", "0"]
+        return self.run(out, extra, seed)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--methods", nargs="+", default=["pce", "gd", "hard", "soft", "full"])
+    parser.add_argument("--methods", nargs="+", default=["pce", "gd", "hard", "soft"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--seeded", nargs="*", default=[], help="labels that run once per seed")
+    parser.add_argument("--tune-seeds", nargs="+", type=int, help="seeds the grids run on (default: the first)")
+    parser.add_argument("--grid", action="append", default=[], help="LABEL=FLAG:V1,V2 (tuned on the val split)")
+    parser.add_argument("--warmup-steps", type=int, required=True, help="pCE steps shared by every method")
+    parser.add_argument("--steps", type=int, required=True, help="steps of each method after the warm-up")
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), help="A-B: differences to report")
     parser.add_argument("--out", default=os.path.join("experiments", "results", "train"))
     parser.add_argument("--runs", default="runs", help="where the runs' checkpoints and logs go")
-    parser.add_argument("--table-only", action="store_true", help="rebuild the table from finished runs")
+    parser.add_argument("--table-only", action="store_true", help="rebuild the tables from finished runs")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    train_args = [a for a in args.train_args if a != "--"]
+    study = Study(args, [a for a in args.train_args if a != "--"])
+    methods = dict(map(parse_method, args.methods))
+    grids = {label: (flag, values) for label, flag, values in map(parse_grid, args.grid)}
+    unknown = set(grids) - set(methods)
+    if unknown:
+        raise SystemExit(f"--grid: {sorted(unknown)} not among --methods")
+    tune_seeds = args.tune_seeds or args.seeds[:1]
+
+    warmups = {seed: study.warmup(seed) for seed in dict.fromkeys(tune_seeds + args.seeds)}
+    tuning, chosen = [], {}
+    for label, (flag, values) in grids.items():
+        scores = {}
+        for value in values:
+            runs = [study.branch(label, methods[label], (flag, value), seed) for seed in tune_seeds]
+            runs = [r for r in runs if r is not None]
+            if runs:
+                scores[value] = float(np.mean([r["results"]["score"] for r in runs]))
+                tuning.append({"method": label, "setting": f"{flag} {value}", "seeds": len(runs),
+                               "tune_dice": round(scores[value], 4)})
+        if scores:
+            chosen[label] = (flag, max(scores, key=scores.get))
+    runs = []
+    for label, method_args in methods.items():
+        if label in grids and label not in chosen:
+            continue
+        for seed in args.seeds:
+            run = study.branch(label, method_args, chosen.get(label), seed)
+            if run is not None:
+                runs.append(run_row(label, seed, chosen.get(label), run, args.warmup_steps))
+    if not runs:
+        raise SystemExit("no finished runs")
     out = os.path.join(args.out, args.name)
     os.makedirs(out, exist_ok=True)
+    write_csv(os.path.join(out, "runs.csv"), [{k: r[k] for k in RUN_FIELDS} for r in runs])
+    if tuning:
+        write_csv(os.path.join(out, "tuning.csv"), tuning)
+    differences = paired_differences(runs, args.pairs)
+    if differences:
+        write_csv(os.path.join(out, "differences.csv"), differences)
+    plot_curves(os.path.join(out, "curves.png"), args.name, runs, [w for w in warmups.values() if w])
+    for label in methods:
+        first = next((r for r in runs if r["method"] == label), None)
+        if first and os.path.isfile(os.path.join(first["out"], "panels.png")):
+            shutil.copyfile(os.path.join(first["out"], "panels.png"), os.path.join(out, f"panels_{label}.png"))
+    command = shlex.join(["python", "-m", "experiments.train_compare", *(sys.argv[1:] if argv is None else argv)])
+    write_report(out, args, command, runs, tuning, differences, [w for w in warmups.values() if w])
+
+
+def run_row(label, seed, setting, run, warmup_steps):
+    results = run["results"]
+    test = results.get("test", {"score": float("nan"), "scores": {"dice": [float("nan")] * 3, "volumes": {}}})
+    dice = test["scores"].get("dice", test["scores"].get("iou"))
+    seconds = _branch_seconds(run["out"], warmup_steps)
+    return {"method": label, "seed": seed, "setting": " ".join(setting) if setting else "",
+            "steps": results["steps"], "tune_dice": round(results["score"], 4), "test_dice": round(test["score"], 4),
+            "rv": round(dice[0], 4), "myo": round(dice[1], 4), "lv": round(dice[2], 4) if len(dice) > 2 else "",
+            "train_seconds": round(results["train_seconds"]), "seconds_per_step": seconds,
+            "volumes": {name: float(np.nanmean(v)) for name, v in test["scores"].get("volumes", {}).items()},
+            "history": results["history"], "out": run["out"], "command": run["command"]}
+
+
+def _branch_seconds(out, warmup_steps):
+    """Mean seconds per training step after the warm-up (forward, loss with its solve, backward, update)."""
+    path = os.path.join(out, "train_log.csv")
+    if not os.path.isfile(path):
+        return ""
+    with open(path, newline="") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f) if int(row["step"]) > warmup_steps]
+    return round(float(np.mean(seconds)), 4) if seconds else ""
+
+
+def paired_differences(runs, pairs):
+    """One row per pair A-B whose methods both ran on common seeds."""
+    by = {(r["method"], r["seed"]): r for r in runs}
     rows = []
-    for label, method_args in map(parse_method, args.methods):
-        for seed in args.seeds if label in args.seeded else args.seeds[:1]:
-            run = os.path.join(args.runs, args.name, label, f"seed{seed}")
-            command = [sys.executable, "-m", "train", *train_args, *method_args, "--seed", str(seed),
-                       "--out", run, "--no-progress", "--resume"]
-            done = os.path.isfile(os.path.join(run, "results.json"))
-            if not args.table_only and not done:
-                print("$", shlex.join(["python", *command[1:]]), flush=True)
-                subprocess.run(command, check=True)
-            if not os.path.isfile(os.path.join(run, "results.json")):
-                continue
-            rows.append(run_row(label, seed, run, command))
-    if not rows:
-        raise SystemExit("no finished runs")
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "curve"])
-        writer.writeheader()
-        writer.writerows({k: v for k, v in row.items() if k != "curve"} for row in rows)
-    plot_curves(os.path.join(out, "curves.png"), args.name, rows)
-    write_report(os.path.join(out, "report.md"), args.name, rows)
+    for pair in pairs:
+        a, b = split_pair(pair, {r["method"] for r in runs})
+        seeds = sorted(s for (m, s) in by if m == a and (b, s) in by)
+        if not seeds:
+            continue
+        per_seed = [by[a, s]["test_dice"] - by[b, s]["test_dice"] for s in seeds]
+        mean, low, high = paired_stats.t_interval(per_seed)
+        volumes = sorted(set.intersection(*(set(by[m, s]["volumes"]) for s in seeds for m in (a, b))))
+        boot = (float("nan"),) * 2
+        if volumes and len(seeds) > 1:
+            table = lambda m: [[by[m, s]["volumes"][v] for v in volumes] for s in seeds]  # noqa: E731
+            boot = paired_stats.bootstrap_interval(table(a), table(b))
+        rows.append({"pair": pair, "mean": round(mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
+                     "boot_low": round(boot[0], 4), "boot_high": round(boot[1], 4), "n_seeds": len(seeds),
+                     "resolvable": round(paired_stats.smallest_resolvable(per_seed), 4),
+                     "per_seed": " ".join(f"{d:+.4f}" for d in per_seed)})
+    return rows
 
 
-def run_row(label, seed, run, command):
-    with open(os.path.join(run, "results.json")) as f:
-        results = json.load(f)
-    per_class = results["scores"].get("dice", results["scores"]["iou"])
-    curve = [(row["train_seconds"], row["score"]) for row in results["history"] if "train_seconds" in row]
-    curve.append((results["train_seconds"], results.get("mean_dice", results["miou"])))
-    return {"method": label, "seed": seed, "score": results.get("mean_dice", results["miou"]),
-            "miou": results["miou"], "per_class": " ".join(f"{d:.3f}" for d in per_class),
-            "steps": results["steps"], "epochs": results["epochs_done"],
-            "train_seconds": round(results["train_seconds"]), "run": run,
-            "command": shlex.join(["python", *command[1:]]), "curve": curve}
+def split_pair(pair, labels):
+    """'soft-q-soft' -> ('soft-q', 'soft'): the split whose both sides are labels that ran."""
+    parts = pair.split("-")
+    for i in range(1, len(parts)):
+        a, b = "-".join(parts[:i]), "-".join(parts[i:])
+        if a in labels and b in labels:
+            return a, b
+    return pair, ""
 
 
-def summarise(rows):
-    """{label: (mean score, spread (max - min), runs, rows)} in the order the labels first appear."""
-    table = {}
-    for row in rows:
-        table.setdefault(row["method"], []).append(row)
-    return {label: (sum(r["score"] for r in runs) / len(runs), max(r["score"] for r in runs) -
-                    min(r["score"] for r in runs), len(runs), runs) for label, runs in table.items()}
+def verdicts(differences, labels):
+    """What the intervals support: a claim holds where both its intervals exclude 0."""
+    def sign(row):
+        if row["ci_low"] > 0 and row["boot_low"] > 0:
+            return 1
+        if row["ci_high"] < 0 and row["boot_high"] < 0:
+            return -1
+        return 0
+    by = {row["pair"]: row for row in differences}
+    lines = []
+    for pair, row in by.items():
+        a, b = split_pair(pair, labels)
+        word = {1: "better than", -1: "worse than", 0: "not distinguishable from"}[sign(row)]
+        lines.append(f"- {a} is {word} {b}: {row['mean']:+.4f} (t {row['ci_low']:+.4f} .. {row['ci_high']:+.4f}; "
+                     f"bootstrap {row['boot_low']:+.4f} .. {row['boot_high']:+.4f}; {row['n_seeds']} seeds)")
+    if "soft-gd" in by and "soft-hard" in by:
+        held = sign(by["soft-gd"]) > 0 and sign(by["soft-hard"]) > 0
+        lines.append(f"- the paper's claim soft > max(gd, hard) {'holds' if held else 'is not supported'} here")
+    scribble = [p for p in ("gd-pce", "hard-pce", "soft-pce") if p in by]
+    if scribble:
+        held = all(sign(by[p]) > 0 for p in scribble)
+        lines.append(f"- every scribble method > pce {'holds' if held else 'is not supported'} here")
+    return lines
 
 
-def ordering_verdict(summary):
-    present = [m for m in PAPER_ORDER if m in summary]
-    if len(present) < 2:
-        return "fewer than two of soft, hard, gd, pce ran: no ordering to check"
-    held = all(summary[a][0] > summary[b][0] for a, b in zip(present, present[1:]))
-    measured = " > ".join(sorted(present, key=lambda m: -summary[m][0]))
-    text = f"the paper's ordering {' > '.join(present)} {'held' if held else 'did not hold'}: measured {measured}"
-    if "full" in summary and "soft" in summary:
-        text += f"; soft - full supervision = {summary['soft'][0] - summary['full'][0]:+.3f}"
-    return text
-
-
-def plot_curves(path, name, rows):
+def plot_curves(path, name, runs, warmups):
+    """Validation (tuning split) score against steps: each method's seeds in one colour, the warm-ups grey."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for warmup in warmups:
+        history = warmup["results"]["history"] + [{"step": warmup["results"]["steps"],
+                                                   "score": warmup["results"]["score"]}]
+        ax.plot([h["step"] for h in history], [h["score"] for h in history], "-", color="0.6", lw=1)
     colours = {}
-    for row in rows:
-        first = row["method"] not in colours   # one legend entry per method, its seeds in one colour
-        colour = colours.setdefault(row["method"], f"C{len(colours)}")
-        seconds, scores = zip(*row["curve"])
-        ax.plot(seconds, scores, "o-", color=colour, ms=3, label=row["method"] if first else None)
-    ax.set_xlabel("training seconds")
-    ax.set_ylabel("validation score (mean 3D Dice or mIoU)")
+    for run in runs:
+        first = run["method"] not in colours
+        colour = colours.setdefault(run["method"], f"C{len(colours)}")
+        history = run["history"] + [{"step": run["steps"], "score": run["tune_dice"]}]
+        ax.plot([h["step"] for h in history], [h["score"] for h in history], "-", color=colour, lw=1,
+                label=run["method"] if first else None)
+    ax.set_xlabel("training step (grey: the shared pCE warm-up)")
+    ax.set_ylabel("validation score (tuning split)")
     ax.set_title(name)
     ax.legend()
     fig.tight_layout()
@@ -125,24 +257,62 @@ def plot_curves(path, name, rows):
     plt.close(fig)
 
 
-def write_report(path, name, rows):
+def write_report(out, args, command, runs, tuning, differences, warmups):
+    import torch
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    summary = summarise(rows)
-    lines = [f"# {name}", "", f"Device: {device}; torch {torch.__version__}; Python {platform.python_version()}; "
-             f"commit {sha}.  Score: mean 3D Dice over the validation volumes (ACDC; per class RV, Myo, LV) "
-             f"or mIoU (per class IoU).", "",
-             "| method | runs | score (mean) | spread over seeds | per class (first seed) | steps | train seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for label, (mean, spread, count, runs) in summary.items():
-        lines.append(f"| {label} | {count} | {mean:.3f} | {spread:.3f} | {runs[0]['per_class']} | "
-                     f"{runs[0]['steps']} | {runs[0]['train_seconds']} |")
-    lines += ["", ordering_verdict(summary) + ".", "", "![validation score against training time](curves.png)", "",
-              "Commands (each run resumable with the same command):", "", "```"] + \
-             [row["command"] for row in rows] + ["```", ""]
-    with open(path, "w") as f:
+    lines = []
+    plan = os.path.join(out, "plan.md")
+    if os.path.isfile(plan):
+        with open(plan) as f:
+            lines += [f.read().rstrip(), ""]
+    lines += [f"## Results ({args.name})", "",
+              f"Device: {device}; torch {torch.__version__}; Python {platform.python_version()}; commit {sha}.  "
+              f"{args.warmup_steps} shared pCE warm-up steps, then {args.steps} steps per method.  Scores: "
+              f"mean 3D Dice (RV, Myo, LV) on the test split; tune: the same on the tuning split.", "",
+              "| method | setting | seeds | test Dice (mean ± sd) | RV | Myo | LV | tune Dice | s / step |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == label]
+        mean = lambda key: float(np.mean([float(r[key]) for r in rs]))  # noqa: E731
+        sd = float(np.std([r["test_dice"] for r in rs], ddof=1)) if len(rs) > 1 else float("nan")
+        per_step = [r["seconds_per_step"] for r in rs if r["seconds_per_step"] != ""]
+        lines.append(f"| {label} | {rs[0]['setting'] or '-'} | {len(rs)} | {mean('test_dice'):.4f} ± {sd:.4f} | "
+                     f"{mean('rv'):.3f} | {mean('myo'):.3f} | {mean('lv'):.3f} | {mean('tune_dice'):.4f} | "
+                     f"{np.mean(per_step) if per_step else float('nan'):.3f} |")
+    if warmups:
+        scores = [w["results"]["test"]["score"] for w in warmups if "test" in w["results"]]
+        if scores:
+            lines += ["", f"The warm-up checkpoints themselves (step {args.warmup_steps}): test Dice "
+                          f"{np.mean(scores):.4f} (mean of {len(scores)})."]
+    if tuning:
+        lines += ["", "Tuning (validation split, tuning seeds only):", "", "| method | setting | seeds | tune Dice |",
+                  "|---|---|---|---|"] + [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} |"
+                                          for t in tuning]
+    if differences:
+        lines += ["", "Paired differences of test Dice (A - B, same seeds; 95 % intervals: t over seeds, and a "
+                      "bootstrap over seeds and test volumes; resolvable: the true difference a paired t test "
+                      "detects with 80 % power given the measured spread):", "",
+                  "| pair | mean | t interval | bootstrap interval | seeds | resolvable | per seed |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['pair']} | {d['mean']:+.4f} | {d['ci_low']:+.4f} .. {d['ci_high']:+.4f} | "
+                  f"{d['boot_low']:+.4f} .. {d['boot_high']:+.4f} | {d['n_seeds']} | {d['resolvable']:.4f} | "
+                  f"{d['per_seed']} |" for d in differences]
+        lines += ["", "What the intervals support:", ""] + verdicts(differences, {r["method"] for r in runs})
+    lines += ["", "![validation score against steps](curves.png)", "",
+              "Commands (the study's command reruns nothing that finished and resumes what was cut short):", "",
+              "```", command,
+              *dict.fromkeys([w["command"] for w in warmups] + [r["command"] for r in runs]), "```", ""]
+    with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
-    print("\n".join(lines))
+    print("\n".join(lines[-40:]))
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,32 @@ def test_losses_by_hand():
     soft = pce - reg.eta * torch.log((sigma * y).sum(1) + 1e-8)[unlabeled].mean()
     torch.testing.assert_close(pottsops.self_labeling_loss(logits, y, batch["seeds"], mask=batch["mask"],
                                                            normalize="terms"), soft)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_soft_and_hard_weigh_their_terms_as_eq_8(method):
+    """The default network loss of soft and hard is eq. 8's sums over one common count, the valid pixels:
+    (sum_S -log sigma[seed] + eta sum_{not S} H(y, sigma)) / N; normalize='terms' keeps each term a mean over
+    its own pixels; pce is a mean over S under either."""
+    batch = _batch()
+    logits = torch.randn(2, 3, 6, 7, requires_grad=True)
+    seeded = (batch["seeds"] != 255) & batch["mask"]
+    unlabeled = batch["mask"] & (batch["seeds"] == 255)
+    log_sigma = torch.log_softmax(logits, 1)
+    seed_sum = -log_sigma.gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].sum()
+    reg = Regulariser(eta=0.7, solver_iters=20)
+    assert reg.normalize == "pixels"
+    loss, y = batch_loss(method, logits, batch, reg)
+    if method == "soft":  # cce: -log(sigma . y)
+        h = -torch.log((log_sigma.exp() * y).sum(1) + 1e-8)
+    else:                 # ce: -sum y log sigma
+        h = -(y * log_sigma).sum(1)
+    torch.testing.assert_close(loss, (seed_sum + 0.7 * h[unlabeled].sum()) / batch["mask"].sum())
+    terms, _ = batch_loss(method, logits, batch, dataclasses.replace(reg, normalize="terms"))
+    torch.testing.assert_close(terms, seed_sum / seeded.sum() + 0.7 * h[unlabeled].mean())
+    for normalize in ("pixels", "terms"):
+        torch.testing.assert_close(batch_loss("pce", logits, batch, dataclasses.replace(reg, normalize=normalize))[0],
+                                   seed_sum / seeded.sum())
 
 
 def _grid_bilinear(sigma, image, mask, sigma_rgb, dy, dx):
@@ -270,30 +297,59 @@ def test_a_bad_sample_found_late_is_named(tmp_path, workers):
         train.loop.train(config)
 
 
-def test_compare_runs_seeds_and_variants_and_reports_the_ordering(tmp_path):
-    """experiments.train_compare: a plain method, a variant, two seeds of one; finished runs are not
-    repeated; the report names the ordering it measured."""
+def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path):
+    """experiments.train_compare: one pCE warm-up per seed; each method continues from its checkpoint for
+    the same steps; the grid runs on the first seed and the best validation value runs on the others;
+    finished runs are not repeated; runs.csv / differences.csv / report.md are written."""
     from experiments import train_compare
     runs, out = tmp_path / "runs", tmp_path / "out"
     argv = ["--name", "tiny", "--runs", str(runs), "--out", str(out), "--methods", "pce",
-            "soft-q=--method soft --relaxation quadratic", "--seeds", "0", "1", "--seeded", "pce", "--",
-            "--data", "synthetic", "--backbone", "mobilenet_v2", "--max-steps", "2", "--batch-size", "2",
-            "--crop", "32", "32", "--eval-limit", "2", "--panels", "0", "--workers", "0", "--device", "cpu"]
+            "soft-q=--method soft --relaxation quadratic", "--grid", "soft-q=eta:0.3,1", "--seeds", "0", "1",
+            "--warmup-steps", "2", "--steps", "2", "--pairs", "soft-q-pce", "--",
+            "--data", "synthetic", "--backbone", "unet", "--batch-size", "2", "--crop", "32", "32",
+            "--synthetic-size", "4", "2", "--test-split", "test", "--panels", "0", "--workers", "0",
+            "--device", "cpu", "--solver-iters", "3"]
     train_compare.main(argv)
-    rows = list(csv.DictReader(open(out / "tiny" / "results.csv")))
-    assert [(r["method"], r["seed"]) for r in rows] == [("pce", "0"), ("pce", "1"), ("soft-q", "0")]
-    assert json.loads((runs / "tiny" / "soft-q" / "seed0" / "config.json").read_text())["reg"]["relaxation"] == "quadratic"
-    report = (out / "tiny" / "report.md").read_text()
-    assert "| pce | 2 |" in report and (out / "tiny" / "curves.png").is_file()
-    stamp = os.path.getmtime(runs / "tiny" / "pce" / "seed0" / "results.json")
+    rows = list(csv.DictReader(open(out / "tiny" / "runs.csv")))
+    assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [("pce", "0", "4"), ("pce", "1", "4"),
+                                                                     ("soft-q", "0", "4"), ("soft-q", "1", "4")]
+    tuning = list(csv.DictReader(open(out / "tiny" / "tuning.csv")))
+    assert [t["setting"] for t in tuning] == ["--eta 0.3", "--eta 1"]
+    best = max(tuning, key=lambda t: float(t["tune_dice"]))["setting"]
+    assert rows[2]["setting"] == rows[3]["setting"] == best
+    assert not (runs / "tiny" / "soft-q" / ("eta1" if best.endswith("0.3") else "eta0.3") / "seed1").exists()
+    config = json.loads((runs / "tiny" / "soft-q" / best.replace("--", "").replace(" ", "") / "seed1" /
+                         "config.json").read_text())
+    assert config["reg"]["relaxation"] == "quadratic" and config["start_from"].endswith("last.pt")
+    log = list(csv.DictReader(open(runs / "tiny" / "soft-q" / best.replace("--", "").replace(" ", "") / "seed1" /
+                                   "train_log.csv")))
+    assert [int(r["step"]) for r in log] == [3, 4]  # steps 1-2 are the warm-up's
+    differences = list(csv.DictReader(open(out / "tiny" / "differences.csv")))
+    assert [d["pair"] for d in differences] == ["soft-q-pce"] and differences[0]["n_seeds"] == "2"
+    assert "| soft-q |" in (out / "tiny" / "report.md").read_text()
+    stamp = os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json")
     train_compare.main(argv)  # everything finished: nothing reruns
-    assert os.path.getmtime(runs / "tiny" / "pce" / "seed0" / "results.json") == stamp
+    assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
 
 
-def test_ordering_verdict():
-    from experiments.train_compare import ordering_verdict
-    summary = lambda **scores: {k: (v, 0.0, 1, []) for k, v in scores.items()}  # noqa: E731
-    assert "held" in ordering_verdict(summary(soft=0.8, hard=0.7, gd=0.6, pce=0.5))
-    verdict = ordering_verdict(summary(soft=0.6, hard=0.7, pce=0.5, full=0.9))
-    assert "did not hold: measured hard > soft > pce" in verdict
-    assert "soft - full supervision = -0.300" in verdict
+def test_a_branch_continues_the_warmup_exactly(tmp_path):
+    """A pce branch from the warm-up's checkpoint ends with the weights of one uninterrupted pce run."""
+    common = dict(method="pce", batch_size=2, crop=(32, 32), steps=4, synthetic_size=(4, 2), progress=False,
+                  workers=0, device="cpu", backbone="unet", panels=0, resident="off")
+    train.loop.train(make_config("synthetic", out=str(tmp_path / "whole"), **common))
+    train.loop.train(make_config("synthetic", out=str(tmp_path / "warm"), max_steps=2, **common))
+    train.loop.train(make_config("synthetic", out=str(tmp_path / "branch"),
+                                 start_from=str(tmp_path / "warm" / "last.pt"), **common))
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    branch = torch.load(tmp_path / "branch" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(whole[k], branch[k]) for k in whole)
+
+
+def test_paired_statistics():
+    from experiments import paired_stats
+    mean, low, high = paired_stats.t_interval([0.01, 0.02, 0.03])
+    assert mean == pytest.approx(0.02) and low == pytest.approx(0.02 - 4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    a = np.array([[0.8, 0.9], [0.7, 0.8]])
+    low, high = paired_stats.bootstrap_interval(a, a - 0.05)
+    assert low == pytest.approx(0.05) and high == pytest.approx(0.05)
+    assert paired_stats.smallest_resolvable([0.01, 0.02, 0.03]) > high - low
