@@ -1,6 +1,10 @@
 """Argument checks shared by the public functions: each error names the argument, what was expected
 and what was given (docs/contract.md §8)."""
 
+import os
+import sys
+import warnings
+
 import torch
 
 
@@ -56,6 +60,10 @@ def check_device(name, t, reference_name, reference):
 
 def check_image(name, image, y_name, y):
     """(B, C, H, W) floating, matching y's batch and spatial size and device."""
+    check_tensor(name, image)
+    if image.dtype == torch.uint8:  # refused rather than guessed: .float() keeps the 0..255 colours sigma_rgb expects
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype torch.uint8; pass {name}.float() "
+                        f"(colours stay 0..255, the units of the default sigma_rgb)")
     check_float(name, image)
     B, _, H, W = y.shape
     if image.dim() != 4 or image.shape[0] != B or image.shape[2:] != y.shape[2:]:
@@ -139,3 +147,38 @@ def check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights=
         check_finite("weights", weights)
         if bool((weights < 0).any()):
             raise ValueError("weights: expected non-negative edge weights, got a negative value")
+
+
+SCALE_CHECKS = 100  # image-scale checks per process: a training loop's first steps, then nothing more to pay
+_scale_checks = {"left": SCALE_CHECKS}
+
+
+def warn_image_scale(image, sigma_rgb):
+    """Warn once per process where an image is not in the units sigma_rgb assumes: negative values (an image
+    normalised for the network) or all values in [0, 1] with sigma_rgb > 1 (0..1 colours against a bandwidth
+    meant for 0..255, so that every colour weight is about 1).  Only the first SCALE_CHECKS calls of a process
+    look (one min/max each), and none under torch.compile's tracing."""
+    if _scale_checks["left"] <= 0 or image.numel() == 0 or torch.compiler.is_compiling():
+        return
+    _scale_checks["left"] -= 1
+    low, high = (float(v) for v in torch.aminmax(image.detach()))
+    if low < 0:
+        problem = f"has negative values (range [{low:.3g}, {high:.3g}]): is it the network's normalised input?"
+    elif high <= 1 and sigma_rgb > 1:
+        problem = f"lies in [0, 1] (range [{low:.3g}, {high:.3g}]) while sigma_rgb = {sigma_rgb:g} is in colour units."
+    else:
+        return
+    _scale_checks["left"] = 0
+    warn_at_caller(f"image {problem} The colour weights exp(-|I_i - I_j|^2 / (2 sigma_rgb^2)) read the image in "
+                  f"the units of sigma_rgb: pass colours in 0..255 for the defaults (sigma_rgb 9, 15), or sigma_rgb "
+                  f"in your image's units.  (Warned once per process.)")
+
+
+def warn_at_caller(message):
+    """warnings.warn(message, UserWarning) attributed to the user's line: the first frame outside pottsops and
+    torch (a module's forward goes through torch's __call__)."""
+    level, frame = 2, sys._getframe(1)
+    skipped = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules["pottsops"], torch))
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skipped):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)

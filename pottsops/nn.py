@@ -18,7 +18,7 @@ from pottsops import _checks
 from pottsops.lattice import prepare_filter
 from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
-from pottsops.potts import REDUCTIONS, potts_energy
+from pottsops.potts import REDUCTIONS, affinity, potts_energy
 from pottsops.solver import solve
 from pottsops.unary import self_labeling_loss
 
@@ -127,6 +127,7 @@ class GatedCRFLoss(torch.nn.Module):
         self.kernels_desc = [dict(desc) for desc in kernels_desc]
         self.neighborhood = window(kernels_radius)   # checks the radius
         self.kernels_radius = kernels_radius
+        self._warned, self._checks_left = False, _checks.SCALE_CHECKS
 
     def forward(self, y_hat_softmax, image=None, mask=None):
         _checks.check_labels("y_hat_softmax", y_hat_softmax)
@@ -137,13 +138,33 @@ class GatedCRFLoss(torch.nn.Module):
             energy = potts_energy(y_hat_softmax, image if "rgb" in desc else None, relaxation="bilinear",
                                   neighborhood=self.neighborhood, sigma_rgb=desc.get("rgb", 1.0),
                                   sigma_xy=desc["xy"], mask=mask, reduction="sum")
+            if "rgb" in desc:
+                self._warn_if_no_weight(energy, image, desc, mask)
             total = total + desc.get("weight", 1.0) * energy
         B, _, H, W = y_hat_softmax.shape
         count = mask.sum().clamp(min=1) if mask is not None else max(B * H * W, 1)  # no pixels: 0, not 0/0
         return 2.0 * total / count   # ordered pairs: each unordered pair twice
 
+    def _warn_if_no_weight(self, energy, image, desc, mask):
+        """A kernel whose weights underflow to 0 on every pair (an 'rgb' far below the image's colour steps,
+        e.g. 0.1 for 0..255 colours) makes the loss 0 and trains nothing: warn once.  Looked at only where
+        the energy is exactly 0, in the first calls of a process (as the image-scale check)."""
+        if self._warned or torch.compiler.is_compiling() or self._checks_left <= 0:
+            return
+        self._checks_left -= 1
+        if float(energy.detach()) != 0.0:
+            return
+        weights = affinity(image.detach(), self.neighborhood, sigma_rgb=desc["rgb"], sigma_xy=desc["xy"], mask=mask)
+        if weights.numel() and float(weights.max()) == 0.0:
+            self._warned = True
+            _checks.warn_at_caller(f"GatedCRFLoss: the kernel {desc} weighs every pixel pair 0 on this image (its 'rgb' is in "
+                          f"the image's units: for 0..255 colours try 10-20), so the loss is 0 and trains nothing.")
+
     def extra_repr(self):
         return f"kernels_desc={self.kernels_desc}, kernels_radius={self.kernels_radius}"
+
+
+TRAINING_SOLVER_ITERS = 100
 
 
 class SoftSelfLabelingLoss(torch.nn.Module):
@@ -154,8 +175,11 @@ class SoftSelfLabelingLoss(torch.nn.Module):
     with normalize='pixels' (default), or each term a mean over its pixels with normalize='terms'.
     forward(logits (B, K, H, W), image (B, C, H, W), seeds (B, H, W) class ids / ignore_index, mask (B, H, W)
     bool or None, return_labels=False) -> loss, or (loss, y) with return_labels=True.  solver_options go to
-    solve() (iters, tol, lr, levels, sigma_xy, weights, dense_method, backend, ...).  The solve runs
-    eagerly: under torch.compile the graph breaks around it.
+    solve() (tol, lr, levels, sigma_xy, weights, dense_method, backend, ...); iters defaults to
+    TRAINING_SOLVER_ITERS = 100, the steps per training step at which the median gap to the best known energy
+    reached 1e-2 on a partly trained network's logits (docs/trainer.md; solve() alone runs up to 300).  The
+    trainer (`python -m train`) uses the same defaults.  The solve runs eagerly: under torch.compile the graph
+    breaks around it.
     """
 
     def __init__(self, eta=0.3, lam=6.0, relaxation="cd", unary="cce", neighborhood="nn4", sigma_rgb=9.0,
@@ -166,7 +190,7 @@ class SoftSelfLabelingLoss(torch.nn.Module):
         _checks.check_choice("normalize", normalize, ("pixels", "terms"))
         self.eta, self.lam, self.relaxation, self.unary = float(eta), float(lam), relaxation, unary
         self.neighborhood, self.sigma_rgb, self.normalize = neighborhood, sigma_rgb, normalize
-        self.ignore_index, self.solver_options = ignore_index, solver_options
+        self.ignore_index, self.solver_options = ignore_index, {"iters": TRAINING_SOLVER_ITERS, **solver_options}
 
     @torch.compiler.disable
     def pseudo_labels(self, logits, image, seeds, mask=None):

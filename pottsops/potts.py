@@ -21,6 +21,7 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
     B = image.shape[0]
     if sigma_rgb != "auto":
         _checks.check_positive("sigma_rgb", sigma_rgb)
+        _checks.warn_image_scale(image, sigma_rgb)
         square = 2.0 * float(sigma_rgb) * float(sigma_rgb)  # 0.0 for sigma_rgb = 1e-300: refused below
         inv = 1.0 / square if square > 0 else math.inf
         if not inv <= torch.finfo(dtype).max:

@@ -165,7 +165,7 @@ def bilateral_filter(values, features, chunk=1024):
     dtype = accumulation_dtype(values.dtype)
     f = features.to(dtype).flatten(2).transpose(1, 2)  # (B, N, d)
     v = values.to(dtype).flatten(2)                    # (B, C, N)
-    out = []
+    out = [v.new_zeros(B, C, 0)]  # no pixels: the empty result, as every grid op gives
     for start in range(0, H * W, chunk):
         fi = f[:, start:start + chunk]
         w = torch.exp(-0.5 * torch.cdist(fi, f).square())  # (B, chunk, N)

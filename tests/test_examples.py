@@ -1,4 +1,5 @@
-"""examples/: the scribble-training example runs a few CPU steps on the shared CamVid data, both ways."""
+"""examples/: the scribble-training example runs a few CPU steps on generated scenes and on the shared CamVid
+data, both ways, at the defaults the trainer uses."""
 import importlib.util
 import os
 
@@ -22,6 +23,29 @@ def test_train_scribbles_runs(method, capsys):
                      "--size", "48", "64", "--limit", "4"])
     out = capsys.readouterr().out
     assert f"{method}: val mIoU" in out and "after 3 steps" in out
+
+
+@pytest.mark.parametrize("method", ["pce", "soft"])
+def test_train_scribbles_runs_on_generated_scenes(method, capsys):
+    """No --data: generated scenes, nothing outside the repository; a line per step with the time left."""
+    _example().main(["--method", method, "--steps", "2", "--warmup", "1", "--batch-size", "2", "--limit", "4"])
+    out = capsys.readouterr().out
+    assert f"{method}: val mIoU" in out and "after 2 steps" in out and "s left" in out
+
+
+def test_one_default_per_idea():
+    """The example's loss, pottsops.nn.SoftSelfLabelingLoss and the trainer's soft: the same eta, lambda,
+    relaxation, unary, weighting (eq. 8) and solver steps."""
+    import pottsops
+    from train.methods import Regulariser
+    module = _example()
+    loss = pottsops.nn.SoftSelfLabelingLoss()
+    reg = Regulariser()
+    assert (loss.eta, loss.lam, loss.relaxation, loss.unary, loss.normalize, loss.solver_options["iters"]) == \
+        (reg.eta, reg.lam, reg.relaxation, reg.unary, reg.normalize, reg.solver_iters)
+    with open(module.__file__) as f:
+        assert "SoftSelfLabelingLoss(eta=0.3, lam=6.0)" in f.read()
+    assert (reg.eta, reg.lam) == (0.3, 6.0)
 
 
 def test_the_three_lines_are_marked():

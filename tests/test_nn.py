@@ -1,6 +1,7 @@
 """pottsops.nn: each module against the functional API and against the published loss's formula written out
 plainly here (float64), gradients, autocast, torch.compile(fullgraph=True), state_dict / repr, and errors."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -286,3 +287,61 @@ def test_modules_compile_with_dynamic_shapes():
         rois = torch.ones(2, H, 9)
         torch.testing.assert_close(compiled_potts(y, image), potts(y, image), rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(compiled_dense(image, y, rois), dense(image, y, rois), rtol=1e-5, atol=1e-7)
+
+
+_SCALE_SCRIPT = r"""
+import warnings, torch, pottsops
+y = torch.softmax(torch.randn(1, 3, 8, 9), 1)
+image = torch.rand(1, 3, 8, 9)
+def caught(call):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in seen if "sigma_rgb" in str(w.message)]
+assert caught(lambda: pottsops.potts_energy(y, image * 255)) == []                      # 0..255: nothing
+assert caught(lambda: pottsops.potts_energy(y, image, sigma_rgb=0.1)) == []              # 0..1 in its units
+first = caught(lambda: pottsops.potts_energy(y, image))                                  # 0..1, sigma 9
+assert len(first) == 1 and "lies in [0, 1]" in first[0], first
+assert caught(lambda: pottsops.solve(torch.randn(1, 3, 8, 9), image - 0.5, torch.full((1, 8, 9), 255), iters=2)) == []
+print("ok")
+"""
+
+
+def test_an_image_in_other_units_than_sigma_rgb_warns_once():
+    """Issue 31: a 0..1 image (or a normalised one) against sigma_rgb in colour units gives every weight about
+    1 without an error; the first calls of a process look at its range and warn once (a fresh process)."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", _SCALE_SCRIPT], capture_output=True, text=True)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+    negative = _SCALE_SCRIPT.replace("first = caught(lambda: pottsops.potts_energy(y, image))",
+                                     "first = caught(lambda: pottsops.affinity(image - 0.5))")
+    negative = negative.replace('"lies in [0, 1]"', '"negative values"')
+    run = subprocess.run([sys.executable, "-c", negative], capture_output=True, text=True)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
+
+
+def test_a_uint8_image_is_refused_with_the_fix():
+    y = torch.softmax(torch.randn(1, 3, 4, 5), 1)
+    with pytest.raises(TypeError, match=r"image: .*torch.uint8; pass image.float\(\)"):
+        pottsops.potts_energy(y, torch.zeros(1, 3, 4, 5, dtype=torch.uint8))
+
+
+def test_a_gated_kernel_that_weighs_nothing_warns():
+    """Issue 31: 'rgb': 0.1 beside 0..255 colours makes every weight underflow to 0 and the loss exactly 0."""
+    y = torch.softmax(torch.randn(1, 3, 16, 16), 1)
+    image = torch.rand(1, 3, 16, 16) * 255
+    loss = GatedCRFLoss([{"weight": 1.0, "xy": 6.0, "rgb": 0.1}], 5)
+    with pytest.warns(UserWarning, match="weighs every pixel pair 0"):
+        assert float(loss(y, image)) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(y, image)  # once per module
+        assert float(GatedCRFLoss([{"weight": 1.0, "xy": 6.0, "rgb": 15.0}], 5)(y, image)) > 0
+
+
+def test_the_reference_bilateral_filter_of_an_empty_image_is_empty():
+    for shape in ((1, 2, 0, 5), (1, 2, 4, 0), (0, 2, 4, 5)):
+        out = pottsops.bilateral_filter(torch.rand(shape), torch.rand(shape) * 255, sigma_xy=5.0, sigma_rgb=10.0,
+                                        backend="reference")
+        assert out.shape == shape
