@@ -119,7 +119,8 @@ class GatedCRFLoss(torch.nn.Module):
         for index, desc in enumerate(kernels_desc):
             if not isinstance(desc, dict) or "xy" not in desc or set(desc) - {"weight", "xy", "rgb"}:
                 raise ValueError(f"kernels_desc[{index}]: expected a dict with 'xy' and optionally 'weight' and "
-                                 f"'rgb', got {desc!r}")
+                                 f"'rgb' (other modalities: divide each by its sigma, concatenate them into the "
+                                 f"image and give 'rgb': 1.0; docs/migrating.md), got {desc!r}")
             _checks.check_number(f"kernels_desc[{index}]['weight']", desc.get("weight", 1.0))
             _checks.check_positive(f"kernels_desc[{index}]['xy']", desc["xy"])
             if "rgb" in desc:
@@ -129,7 +130,12 @@ class GatedCRFLoss(torch.nn.Module):
         self.kernels_radius = kernels_radius
         self._warned, self._checks_left = False, _checks.SCALE_CHECKS
 
-    def forward(self, y_hat_softmax, image=None, mask=None):
+    def forward(self, y_hat_softmax, image=None, mask=None, *published_arguments):
+        if isinstance(image, (list, tuple)) or published_arguments:
+            raise TypeError("GatedCRFLoss: called with the published forward(y_hat_softmax, kernels_desc, "
+                            "kernels_radius, sample, height_input, width_input, ...); here the kernels go to the "
+                            "constructor: GatedCRFLoss(kernels_desc, kernels_radius)(y_hat_softmax, image, mask), "
+                            "image = sample['rgb'] resized to the prediction (docs/migrating.md)")
         _checks.check_labels("y_hat_softmax", y_hat_softmax)
         if image is None and any("rgb" in desc for desc in self.kernels_desc):
             raise ValueError("image: a kernel of kernels_desc has 'rgb', so forward needs the image")

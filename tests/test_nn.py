@@ -345,3 +345,12 @@ def test_the_reference_bilateral_filter_of_an_empty_image_is_empty():
         out = pottsops.bilateral_filter(torch.rand(shape), torch.rand(shape) * 255, sigma_xy=5.0, sigma_rgb=10.0,
                                         backend="reference")
         assert out.shape == shape
+
+
+def test_the_published_gated_crf_call_is_refused_with_the_mapping():
+    y = torch.softmax(torch.randn(1, 3, 8, 8), 1)
+    kernels = [{"weight": 1.0, "xy": 6.0, "rgb": 15.0}]
+    with pytest.raises(TypeError, match=r"GatedCRFLoss\(kernels_desc, kernels_radius\)\(y_hat_softmax, image, mask\)"):
+        GatedCRFLoss(kernels, 2)(y, kernels, 2, {"rgb": torch.rand(1, 3, 8, 8)}, 8, 8)
+    with pytest.raises(ValueError, match=r"kernels_desc\[0\].*concatenate them into the image"):
+        GatedCRFLoss([{"weight": 1.0, "xy": 6.0, "image": 0.1}], 2)
