@@ -22,10 +22,10 @@ def status():
 
 
 def build():
-    kinds = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for kind in kinds:
-        if not _extension.ensure(kind):
-            print(f"{kind}: not built: {_extension.describe(kind)}", file=sys.stderr)
+    states = pottsops.build()
+    for kind in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        if not states[kind].available:
+            print(f"{kind}: not built: {states[kind].reason}", file=sys.stderr)
             return 1
         print(f"{kind}: {_extension.describe(kind)}")
     return 0

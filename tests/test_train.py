@@ -201,7 +201,9 @@ def test_panels_png(tmp_path):
         torch.randn(3, 8, 9), 0), "pred": torch.zeros(8, 9, dtype=torch.long), "label": torch.ones(8, 9, dtype=torch.long)}
     save_panels(tmp_path / "p.png", [row, dict(row, y=None)])
     from PIL import Image
-    assert Image.open(tmp_path / "p.png").size == (5 * 9 + 4 * 2, 2 * (8 + 2))
+    panel = Image.open(tmp_path / "p.png")
+    assert panel.size == (5 * 9 + 4 * 2, 14 + 2 * (8 + 2))
+    assert np.asarray(panel)[:14].min() < 128  # the column titles are drawn
 
 
 def test_resume_after_an_interrupted_run_ends_with_the_same_weights(tmp_path, monkeypatch):
@@ -245,6 +247,12 @@ def test_command_line():
         parse_args(["--data", "voc"])
     with pytest.raises(SystemExit):
         parse_args(["--method", "magic"])
+
+
+def test_every_option_says_what_it_does():
+    from train.config import build_parser
+    silent = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and not a.help]
+    assert silent == []
 
 
 def test_two_process_ddp_on_cpu(tmp_path):

@@ -74,36 +74,58 @@ class TrainConfig:
 
 
 def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    return make_config(**{k: v for k, v in vars(args).items() if v is not None})
+
+
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    p.add_argument("--data", choices=DATASETS, default="synthetic")
-    p.add_argument("--method", choices=METHODS, default="soft")
-    p.add_argument("--root")
+    p.add_argument("--data", choices=DATASETS, default="synthetic", help="the dataset (synthetic: generated)")
+    p.add_argument("--method", choices=METHODS, default="soft", help="the training loss (docs/trainer.md)")
+    p.add_argument("--root", help="the dataset's folder (default: the evaluation data beside the repository for "
+                                   "camvid and acdc; POTTSOPS_DATA overrides)")
     p.add_argument("--ratio", default="1.0", help="CamVid scribble ratio: 1.0, 0.5, 0.3 or 0.0")
     p.add_argument("--scribbles", help="VOC: folder of ScribbleSup scribbles (PNG or XML)")
     p.add_argument("--num-classes", type=int, help="folder layout: number of classes")
     p.add_argument("--channels", type=int, default=3, help="folder layout: 1 (grey) or 3 (RGB)")
     p.add_argument("--backbone", choices=NETWORKS,
                    help="DeepLabV3+ on mobilenet_v2, resnet50 or resnet101, or a small U-Net (unet)")
-    p.add_argument("--output-stride", type=int, choices=(8, 16), default=16)
-    p.add_argument("--pretrained", help="local torchvision state dict for the backbone")
-    for name in ("eta", "lam", "sigma_rgb", "sigma_xy", "gd_lam", "gd_sigma_rgb", "gd_sigma_xy", "gd_scale"):
-        p.add_argument("--" + name.replace("_", "-"), type=float)
-    p.add_argument("--unary", choices=("cce", "ce", "rce"))
+    p.add_argument("--output-stride", type=int, choices=(8, 16), default=16, help="DeepLabV3+'s encoder stride")
+    p.add_argument("--pretrained", help="local torchvision state dict for the backbone (nothing is downloaded)")
+    numbers = (("eta", "weight of the pseudo-label term (hard, soft; eq. 8)"),
+               ("lam", "weight of the Potts term in the pseudo-label problem"),
+               ("sigma_rgb", "colour bandwidth of the affinities, in image units (0..255)"),
+               ("sigma_xy", "spatial bandwidth of the affinities, in pixels (window and dense neighbourhoods)"),
+               ("gd_lam", "gd: weight of the Potts loss"), ("gd_sigma_rgb", "gd: colour bandwidth"),
+               ("gd_sigma_xy", "gd: spatial bandwidth, in input pixels"),
+               ("gd_scale", "gd: the inputs of its dense loss are resized by this (rloss's scale_factor)"))
+    for name, text in numbers:
+        p.add_argument("--" + name.replace("_", "-"), type=float, help=text)
+    p.add_argument("--unary", choices=("cce", "ce", "rce"), help="soft: the unary H(y, sigma)")
     p.add_argument("--normalize", choices=("terms", "pixels"),
                    help="each loss term a mean over its pixels (terms) or eq. 8's sums / valid pixels (pixels)")
     p.add_argument("--gd-neighborhood", help="gd's Potts loss: dense (the dense CRF loss) or nn4 (grid CRF loss)")
-    p.add_argument("--full-loss", choices=FULL_LOSSES)
+    p.add_argument("--full-loss", choices=FULL_LOSSES, help="full: the dense-mask loss")
     p.add_argument("--hard-method", choices=("alpha_expansion", "mirror_descent"),
                    help="hard's labels: α-expansion (the paper's graph-cut baseline, needs pottsops[graphcut]) or the "
                         "relaxed solver")
-    p.add_argument("--relaxation")
-    p.add_argument("--neighborhood", help="nn4, nn8 or dense")
-    p.add_argument("--solver-iters", type=int)
-    for name, kind in (("warmup", float), ("epochs", int), ("batch_size", int), ("lr", float),
-                       ("workers", int), ("seed", int), ("input_scale", float), ("checkpoint_every", int),
-                       ("eval_every", int), ("eval_limit", int), ("panels", int), ("time_budget", float),
-                       ("max_steps", int), ("steps", int)):
-        p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--relaxation", help="soft: the Potts relaxation (cd, q, nq, lq, bl, ...)")
+    p.add_argument("--neighborhood", help="soft: nn4, nn8 or dense")
+    p.add_argument("--solver-iters", type=int, help="soft, hard (mirror_descent): solver steps per training step")
+    settings = (("warmup", float, "gd, hard, soft train on pCE alone for this fraction of the run (0..1)"),
+                ("epochs", int, "length of the run in epochs"),
+                ("steps", int, "length of the run in steps (instead of --epochs; the poly decay follows it)"),
+                ("max_steps", int, "stop (with a checkpoint) after this many steps of the run"),
+                ("time_budget", float, "stop after this many seconds of training (evaluation excluded)"),
+                ("batch_size", int, "images per step and process"), ("lr", float, "SGD learning rate"),
+                ("workers", int, "DataLoader workers"), ("seed", int, "seed of the weights and the data order"),
+                ("input_scale", float, "the network sees images resized by this"),
+                ("checkpoint_every", int, "also checkpoint every N steps"),
+                ("eval_every", int, "evaluate every N epochs"),
+                ("eval_limit", int, "evaluate on the first N validation images only"),
+                ("panels", int, "validation samples drawn in panels.png"))
+    for name, kind, text in settings:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     p.add_argument("--test-split", help="a split scored once at the end (CamVid: test; ACDC: --test-patients)")
     p.add_argument("--start-from", help="checkpoint to continue from when OUT has none (a shared warm-up)")
     for name in ("train_patients", "val_patients", "test_patients"):
@@ -111,17 +133,17 @@ def parse_args(argv=None):
                        help=f"ACDC: the patients of the {name.split('_')[0]} split")
     p.add_argument("--synthetic-size", type=int, nargs=2, metavar=("TRAIN", "VAL"),
                    help="the generated set: number of training and validation images")
-    p.add_argument("--crop", type=int, nargs=2)
-    p.add_argument("--scale", type=float, nargs=2)
-    p.add_argument("--no-flip", action="store_true")
-    for name in ("amp", "channels_last", "resident"):
-        p.add_argument("--" + name.replace("_", "-"), choices=("auto", "on", "off"))
-    p.add_argument("--device")
-    p.add_argument("--out")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training crop size")
+    p.add_argument("--scale", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random scale range")
+    p.add_argument("--no-flip", action="store_true", help="no random left-right flips")
+    for name, text in (("amp", "bf16 autocast"), ("channels_last", "channels_last memory format"),
+                       ("resident", "keep the training set in device memory")):
+        p.add_argument("--" + name.replace("_", "-"), choices=("auto", "on", "off"), help=f"{text} (auto: on CUDA)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--out", help="folder of the run's logs, checkpoint, results and panels")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    return make_config(**{k: v for k, v in vars(args).items() if v is not None})
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    return p
 
 
 def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides):

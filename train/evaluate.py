@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 PALETTE = torch.tensor([[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128],
                         [128, 128, 128], [64, 0, 0], [192, 0, 0], [64, 128, 0], [192, 128, 0], [64, 0, 128],
@@ -113,6 +113,9 @@ def colourise_soft(y):
     return torch.einsum("khw,kc->hwc", y.float().cpu(), palette).clamp(0, 255).byte().numpy()
 
 
+PANEL_TITLES = ("image", "scribbles", "pseudo-labels", "prediction", "ground truth")
+
+
 def save_panels(path, rows):
     """rows: dicts with image (C, H, W) 0..255, seeds, y (K, H, W) or None, pred, label -> one PNG, a row per
     sample: image | scribbles | soft pseudo-labels | prediction | ground truth."""
@@ -129,4 +132,8 @@ def save_panels(path, rows):
         tiles.append(np.concatenate([x for part in parts for x in (part, separator)][:-1], 1))
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 2), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
-    Image.fromarray(np.concatenate(tiles, 0)).save(path)
+    panel = Image.fromarray(np.concatenate([np.full((14, width, 3), 255, np.uint8)] + tiles, 0))
+    draw, column = ImageDraw.Draw(panel), rows[0]["image"].shape[-1] + 2
+    for index, title in enumerate(PANEL_TITLES):  # a title strip above the columns (the first row's widths)
+        draw.text((index * column + 2, 1), title, fill=(0, 0, 0))
+    panel.save(path)

@@ -39,7 +39,7 @@ class Regulariser:
     neighborhood: str = "nn4"
     sigma_rgb: float = 9.0
     sigma_xy: float = None
-    solver_iters: int = 100          # the median gap at 1e-2 on the ACDC study's warm-up logits (docs/trainer.md)
+    solver_iters: int = pottsops.nn.TRAINING_SOLVER_ITERS  # 100: the median gap at 1e-2 (docs/trainer.md)
     normalize: str = "pixels"       # hard and soft: eq. 8's sums / N ("pixels") or a mean per term ("terms")
     gd_lam: float = 1e-3             # the dense Potts sum per pixel is ~10^3 times a grid one's
     gd_neighborhood: str = "dense"
