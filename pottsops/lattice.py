@@ -67,7 +67,18 @@ class LatticeFilter:
         impl = _backend.resolve(backend, features.device, FILTER_BACKENDS, "bilateral_filter")
         self.lattice = None if impl == "reference" else torch.ops.pottsops.lattice_build(features)
 
+    def _check(self, values):
+        """values of the images the lattice was built for: (B, C, H, W) with the features' B, H and W (the op
+        itself sees only the pixel count, and the reference would broadcast a batch of one)."""
+        _checks.check_float("values", values)
+        B, _, H, W = self.features.shape
+        if values.dim() != 4 or values.shape[0] != B or values.shape[2:] != self.features.shape[2:]:
+            raise ValueError(f"values: expected shape ({B}, C, {H}, {W}), the batch and size of the images the "
+                             f"lattice was built for, got {_checks.shape_str(values)}")
+        _checks.check_device("values", values, "the lattice's features", self.features)
+
     def __call__(self, values):
+        self._check(values)
         if self.lattice is None:
             return reference.bilateral_filter(values, self.features)
         return torch.ops.pottsops.lattice_filter(values, self.lattice)
@@ -75,6 +86,7 @@ class LatticeFilter:
     def quadratic(self, values):
         """(A values, forms (B, C)): forms[b, c] = values[b, c] . (A values)[b, c] over the pixels, with the
         gradient 2 A values, which the backward pass takes from the filtered values (no second filtering)."""
+        self._check(values)
         if self.lattice is None:
             filtered = reference.bilateral_filter(values, self.features)
             return filtered, (values * filtered).sum((2, 3))

@@ -43,6 +43,9 @@ class PottsLoss(torch.nn.Module):
     def forward(self, probs, image=None, mask=None):
         _checks.check_labels("probs", probs)
         _checks.check_probabilities("probs", probs)
+        if image is not None:  # named as this signature names them (potts_energy would say y)
+            _checks.check_image("image", image, "probs", probs)
+        _checks.check_mask(mask, "probs", probs)
         return self.weight * potts_energy(probs, image, relaxation=self.relaxation, neighborhood=self.neighborhood,
                                           sigma_rgb=self.sigma_rgb, sigma_xy=self.sigma_xy, mask=mask,
                                           reduction=self.reduction, backend=self.backend)

@@ -280,3 +280,25 @@ def test_quadratic_forms_are_values_dot_filtered_and_gradcheck(dtype):
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(lambda v: torch.ops.pottsops.lattice_quadratic(v, built)[1],
                                         (values.requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_lattice_refuses_values_of_other_images(backend):
+    """Issue 30 items 10-11: a filter built for one 4x4 image took 2x8 values (same pixel count) or a batch
+    of two (the reference broadcast it) and returned numbers; now the values are refused by name."""
+    from pottsops.lattice import prepare_filter
+    lattice_filter = prepare_filter(torch.rand(1, 3, 4, 4) * 255, 5.0, 10.0, backend=backend)
+    for shape in ((1, 2, 2, 8), (2, 2, 4, 4), (1, 2, 4)):
+        with pytest.raises(ValueError, match=r"values: expected shape \(1, C, 4, 4\)"):
+            lattice_filter(torch.rand(shape))
+        with pytest.raises(ValueError, match=r"values: expected shape \(1, C, 4, 4\)"):
+            lattice_filter.quadratic(torch.rand(shape))
+    assert lattice_filter(torch.rand(1, 2, 4, 4)).shape == (1, 2, 4, 4)
+
+
+def test_potts_loss_names_its_own_arguments():
+    probs = torch.softmax(torch.randn(1, 3, 4, 4), 1)
+    with pytest.raises(ValueError, match=r"image: expected shape \(1, C, 4, 4\) to match probs"):
+        pottsops.nn.PottsLoss()(probs, torch.rand(1, 3, 5, 4) * 255)
+    with pytest.raises(ValueError, match=r"mask: .*probs"):
+        pottsops.nn.PottsLoss()(probs, torch.rand(1, 3, 4, 4) * 255, torch.ones(1, 4, 5, dtype=torch.bool))
