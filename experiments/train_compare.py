@@ -152,7 +152,7 @@ def main(argv=None):
 
 def run_row(label, seed, setting, run, warmup_steps):
     results = run["results"]
-    test = results.get("test", {"score": float("nan"), "scores": {"dice": [float("nan")] * 3, "volumes": {}}})
+    test = results.get("test", {"score": results["score"], "scores": results["scores"]})  # none held out: val
     dice = test["scores"].get("dice", test["scores"].get("iou"))
     seconds = _branch_seconds(run["out"], warmup_steps)
     return {"method": label, "seed": seed, "setting": " ".join(setting) if setting else "",
@@ -160,7 +160,7 @@ def run_row(label, seed, setting, run, warmup_steps):
             "rv": round(dice[0], 4), "myo": round(dice[1], 4), "lv": round(dice[2], 4) if len(dice) > 2 else "",
             "train_seconds": round(results["train_seconds"]), "seconds_per_step": seconds,
             "volumes": {name: float(np.nanmean(v)) for name, v in test["scores"].get("volumes", {}).items()},
-            "history": results["history"], "out": run["out"], "command": run["command"]}
+            "history": results["history"], "out": run["out"], "command": run["command"], "held_out": "test" in results}
 
 
 def _branch_seconds(out, warmup_steps):
@@ -269,7 +269,10 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
     lines += [f"## Results ({args.name})", "",
               f"Device: {device}; torch {torch.__version__}; Python {platform.python_version()}; commit {sha}.  "
               f"{args.warmup_steps} shared pCE warm-up steps, then {args.steps} steps per method.  Scores: "
-              f"mean 3D Dice (RV, Myo, LV) on the test split; tune: the same on the tuning split.", "",
+              + ("mean 3D Dice (RV, Myo, LV) or mIoU on the test split; tune: the same on the tuning split."
+                 if all(r["held_out"] for r in runs) else
+                 "**no held-out split was given: the 'test' columns are the validation split, the one any grid "
+                 "was tuned on**."), "",
               "| method | setting | seeds | test Dice (mean ± sd) | RV | Myo | LV | tune Dice | s / step |",
               "|---|---|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(r["method"] for r in runs):

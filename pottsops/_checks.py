@@ -72,6 +72,17 @@ def check_image(name, image, y_name, y):
     check_device(name, image, y_name, y)
 
 
+def fill_masked(image, mask):
+    """image with each masked-out pixel replaced by its image's per-channel least unmasked value (0 where an
+    image has none): what such a pixel held (even NaN) reaches no computation, and the fill stays inside the
+    image's range, which the lattice's range check reads."""
+    if mask is None:
+        return image
+    keep = mask.unsqueeze(1)
+    least = torch.where(keep, image, torch.inf).amin((2, 3), keepdim=True) if image.numel() else image
+    return torch.where(keep, image, torch.where(torch.isfinite(least), least, 0.0).to(image.dtype))
+
+
 def check_mask(mask, y_name, y):
     """(B, H, W) bool on y's device, or None."""
     if mask is None:

@@ -29,8 +29,7 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
                              f"(sigma_rgb >= {(0.5 / torch.finfo(dtype).max) ** 0.5:.2g}), got {sigma_rgb!r}")
         return torch.full((B,), inv, dtype=dtype, device=image.device)
     image = image.to(dtype)
-    if mask is not None:  # what a masked-out pixel holds (even NaN) must not reach the mean
-        image = torch.where(mask.unsqueeze(1), image, 0.0)
+    image = _checks.fill_masked(image, mask)  # what a masked-out pixel holds (even NaN) must not reach the mean
     H, W = image.shape[2:]
     total = image.new_zeros(B)
     count = image.new_zeros(B)
@@ -185,8 +184,9 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
     dense.check_method(method, relaxation)
     _checks.check_choice("precision", precision, dense.PRECISIONS)
     image = image.detach()
-    if mask is not None:  # a masked-out pixel takes part in no pair: whatever it holds (even NaN) is replaced
-        image = torch.where(mask.unsqueeze(1), image, 0.0)
+    # a masked-out pixel takes part in no pair: whatever it holds (even NaN) is replaced, inside the image's
+    # range (a 0 beside colours offset by 1e9 would fail the lattice's range check only when masked)
+    image = _checks.fill_masked(image, mask)
     if not torch.compiler.is_compiling():
         _checks.check_finite("image", image, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)

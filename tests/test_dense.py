@@ -302,3 +302,26 @@ def test_potts_loss_names_its_own_arguments():
         pottsops.nn.PottsLoss()(probs, torch.rand(1, 3, 5, 4) * 255)
     with pytest.raises(ValueError, match=r"mask: .*probs"):
         pottsops.nn.PottsLoss()(probs, torch.rand(1, 3, 4, 4) * 255, torch.ones(1, 4, 5, dtype=torch.bool))
+
+
+def test_masked_out_pixels_are_never_read():
+    """Issue 30 item 8: masked-out pixels were set to 0 before the lattice's range check (colours offset by
+    1e9 were refused only when a mask was given), and solve() refused NaN at masked-out pixels that
+    potts_energy accepts.  Now what they hold changes nothing."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.softmax(torch.randn(1, 3, 6, 7, generator=g), 1)
+    mask = torch.ones(1, 6, 7, dtype=torch.bool)
+    mask[0, 0, :3] = False
+    offset = torch.rand(1, 3, 6, 7, generator=g) * 255 + 1e9
+    for m in (None, mask):  # the same verdict with and without a mask
+        pottsops.potts_energy(y, offset, relaxation="bl", neighborhood="dense", sigma_rgb=15.0, mask=m)
+    image = torch.rand(1, 3, 6, 7, generator=g) * 255
+    logits, seeds = torch.randn(1, 3, 6, 7, generator=g), torch.full((1, 6, 7), 255)
+    for neighborhood, relaxation in (("nn4", "cd"), ("dense", "bl")):
+        results = []
+        for fill in (float("nan"), 0.0, 1e6):
+            held = image.clone()
+            held[0, :, 0, :3] = fill
+            results.append(pottsops.solve(logits, held, seeds, relaxation=relaxation, neighborhood=neighborhood,
+                                          mask=mask, iters=5))
+        assert all(torch.equal(results[0], r) for r in results[1:])

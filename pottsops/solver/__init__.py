@@ -185,7 +185,10 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     >>> y = pottsops.solve(logits, image, seeds, relaxation="cd", neighborhood="nn4", eta=0.3, lam=6.0)
     """
     start = time.perf_counter()
-    _checks.check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights)
+    # a masked-out pixel's colour is never read (as in potts_energy): checked where mask is True, then filled
+    _checks.check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights, image_where=mask)
+    if image is not None:
+        image = _checks.fill_masked(image.detach(), mask)
     relaxation_name(relaxation)
     unary_name(unary, "unary")
     for name, value in (("eta", eta), ("lam", lam), ("tol", tol)):
