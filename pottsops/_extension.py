@@ -25,6 +25,7 @@ import glob
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -126,12 +127,25 @@ def why_not_buildable(kind):
         return "no C++ compiler (c++ or $CXX) on PATH"
     if kind == "cuda":
         import torch
-        from torch.utils import cpp_extension
+        cpp_extension = quiet_cpp_extension()
         if torch.version.cuda is None:
             return "this torch build has no CUDA"
         if cpp_extension.CUDA_HOME is None:
             return "no CUDA toolkit (nvcc) found: set CUDA_HOME"
     return None
+
+
+def quiet_cpp_extension():
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found, using CUDA_HOME=..." warning:
+    a toolkit without a GPU is the normal case of a CPU build (and of CI), not something to act on."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    quiet = lambda record: "No CUDA runtime is found" not in record.getMessage()  # noqa: E731
+    logger.addFilter(quiet)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.removeFilter(quiet)
+    return cpp_extension
 
 
 def _find_ninja():
@@ -154,7 +168,7 @@ def _sources(kind):
 
 def _build(kind, folder, name):
     """Builds kind into folder with ninja; returns the built file.  The caller holds the lock."""
-    from torch.utils import cpp_extension
+    cpp_extension = quiet_cpp_extension()
     os.makedirs(folder, exist_ok=True)
     stale = os.path.join(folder, "lock")  # torch's own lock: left behind by a build that was killed
     if os.path.exists(stale):
