@@ -146,7 +146,8 @@ def main(argv=None):
         first = next((r for r in runs if r["method"] == label), None)
         if first and os.path.isfile(os.path.join(first["out"], "panels.png")):
             shutil.copyfile(os.path.join(first["out"], "panels.png"), os.path.join(out, f"panels_{label}.png"))
-    command = shlex.join(["python", "-m", "experiments.train_compare", *(sys.argv[1:] if argv is None else argv)])
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]  # the study's command
+    command = shlex.join(["python", "-m", "experiments.train_compare", *given])
     write_report(out, args, command, runs, tuning, differences, [w for w in warmups.values() if w])
 
 
