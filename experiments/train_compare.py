@@ -303,6 +303,7 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
                   f"{d['boot_low']:+.4f} .. {d['boot_high']:+.4f} | {d['n_seeds']} | {d['resolvable']:.4f} | "
                   f"{d['per_seed']} |" for d in differences]
         lines += ["", "What the intervals support:", ""] + verdicts(differences, {r["method"] for r in runs})
+    lines += measured_at_warmup(out)
     lines += ["", "![validation score against steps](curves.png)", "",
               "Commands (the study's command reruns nothing that finished and resumes what was cut short):", "",
               "```", command,
@@ -310,6 +311,38 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines[-40:]))
+
+
+def measured_at_warmup(out):
+    """The tables of experiments.warmup_labels, where it wrote them into this folder: mean over seeds."""
+    lines = []
+    path = os.path.join(out, "label_quality.csv")
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        lines += ["", f"Pseudo-labels at the warm-up checkpoints (experiments.warmup_labels; training crops, Dice "
+                      f"against the ground truth, mean over {len({r['seed'] for r in rows})} seeds; per seed in "
+                      f"label_quality.csv):", "", "| labels | RV | Myo | LV | mean | range over seeds |",
+                  "|---|---|---|---|---|---|"]
+        for name in dict.fromkeys(r["labels"] for r in rows):
+            rs = [r for r in rows if r["labels"] == name]
+            mean = lambda k: np.mean([float(r[k]) for r in rs])  # noqa: E731
+            values = [float(r["mean"]) for r in rs]
+            lines.append(f"| {name} | {mean('rv'):.3f} | {mean('myo'):.3f} | {mean('lv'):.3f} | {mean('mean'):.3f} | "
+                         f"{min(values):.3f}–{max(values):.3f} |")
+    path = os.path.join(out, "solver_steps.csv")
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        lines += ["", "Solver steps on the same problems (soft's cd + cce; gap (E - E*) / (E* - L); median over the "
+                      "seeds of each seed's median):", "", "| steps | median gap | 90th percentile | s / batch |",
+                  "|---|---|---|---|"]
+        for iters in dict.fromkeys(r["iters"] for r in rows):
+            rs = [r for r in rows if r["iters"] == iters]
+            median = lambda k: np.median([float(r[k]) for r in rs])  # noqa: E731
+            lines.append(f"| {iters} | {median('median_gap'):.4g} | {median('p90_gap'):.4g} | "
+                         f"{np.mean([float(r['seconds_per_batch']) for r in rs]):.3f} |")
+    return lines
 
 
 def write_csv(path, rows):

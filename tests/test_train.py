@@ -317,6 +317,9 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
             "--data", "synthetic", "--backbone", "unet", "--batch-size", "2", "--crop", "32", "32",
             "--synthetic-size", "4", "2", "--test-split", "test", "--panels", "0", "--workers", "0",
             "--device", "cpu", "--solver-iters", "3"]
+    os.makedirs(out / "tiny")
+    (out / "tiny" / "label_quality.csv").write_text("seed,labels,rv,myo,lv,mean\n0,soft,0.5,0.6,0.7,0.6\n"
+                                                    "1,soft,0.3,0.4,0.5,0.4\n")
     train_compare.main(argv)
     rows = list(csv.DictReader(open(out / "tiny" / "runs.csv")))
     assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [("pce", "0", "4"), ("pce", "1", "4"),
@@ -334,7 +337,8 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     assert [int(r["step"]) for r in log] == [3, 4]  # steps 1-2 are the warm-up's
     differences = list(csv.DictReader(open(out / "tiny" / "differences.csv")))
     assert [d["pair"] for d in differences] == ["soft-q-pce"] and differences[0]["n_seeds"] == "2"
-    assert "| soft-q |" in (out / "tiny" / "report.md").read_text()
+    report = (out / "tiny" / "report.md").read_text()
+    assert "| soft-q |" in report and "| soft | 0.400 | 0.500 | 0.600 | 0.500 | 0.400–0.600 |" in report
     stamp = os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json")
     train_compare.main(argv)  # everything finished: nothing reruns
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
