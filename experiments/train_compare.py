@@ -124,13 +124,14 @@ def main(argv=None):
         if scores:
             chosen[label] = (flag, max(scores, key=scores.get))
     runs = []
-    for label, method_args in methods.items():
-        if label in grids and label not in chosen:
-            continue
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: a study cut short leaves whole seeds, every method of them paired
+        for label, method_args in methods.items():
+            if label in grids and label not in chosen:
+                continue
             run = study.branch(label, method_args, chosen.get(label), seed)
             if run is not None:
                 runs.append(run_row(label, seed, chosen.get(label), run, args.warmup_steps))
+    runs.sort(key=lambda r: list(methods).index(r["method"]))  # the tables list a method's seeds together
     if not runs:
         raise SystemExit("no finished runs")
     out = os.path.join(args.out, args.name)
