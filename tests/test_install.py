@@ -212,3 +212,31 @@ def test_a_pure_wheel_from_a_tree_with_an_ahead_of_time_build_carries_no_module(
     import zipfile
     names = zipfile.ZipFile(next(tmp_path.glob("pottsops-*.whl"))).namelist()
     assert not [n for n in names if n.startswith("pottsops/_C")], names
+
+
+QUICK_START_PRELUDE = """
+import torch
+g = torch.Generator().manual_seed(15)
+images = torch.rand(2, 3, 16, 20, generator=g) * 255
+scribbles = torch.full((2, 16, 20), 255)
+scribbles[:, 3, 2:9], scribbles[:, 12, 5:15] = 0, 2
+conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+model = lambda x: conv(x / 255)
+"""
+
+
+def test_the_readme_quick_start_and_the_demo_run_from_the_installed_wheel(env, tmp_path):
+    """Issue 31: what a new user runs first, in the fresh environment (the wheel; torch, matplotlib and the
+    graph-cut extra from this one's site-packages, as the extras the README names would install them)."""
+    import re
+    python, root, _, _ = env
+    environment = {**os.environ, "POTTSOPS_CACHE": str(root / "cache")}
+    with open(os.path.join(ROOT, "README.md")) as f:
+        quick_start = re.search(r"## Quick start\n\n```python\n(.*?)```", f.read(), re.S).group(1)
+    code = QUICK_START_PRELUDE + quick_start + "\nprint('quick start', float(loss), float(e), pottsops.__file__)"
+    run = subprocess.run([python, "-c", code], capture_output=True, text=True, env=environment, cwd="/")
+    assert run.returncode == 0 and "quick start" in run.stdout, run.stderr[-2000:]
+    assert "site-packages" in run.stdout and ROOT not in run.stdout  # the installed pottsops, not this tree
+    demo = subprocess.run([python, "-m", "pottsops.demo", "--out", str(tmp_path / "demo.png"), "--iters", "20"],
+                          capture_output=True, text=True, env=environment, cwd="/")
+    assert demo.returncode == 0 and (tmp_path / "demo.png").stat().st_size > 10_000, demo.stderr[-2000:]
