@@ -15,11 +15,17 @@
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
 #include "pottsops/unaries.h"
+#ifdef __CUDACC__
+#include "cuda/launch.cuh"  // check_driver_takes_large_parameters
+#endif
 
 namespace pottsops {
 
-// The offsets and spatial factors, passed by value as a kernel parameter (CUDA >= 12.1 allows 32 KB of
-// parameters on sm_70 and later; 512 offsets take 6 KB in double).
+// The offsets and spatial factors, passed by value as a kernel parameter: 512 offsets take 6 KB in double,
+// past the 4 KB of parameters CUDA allowed before 12.1.  CUDA 12.1 and later allow 32764 bytes on sm_70 and
+// later, with a driver for 12.1 or later (check_driver_takes_large_parameters, at every launch); every CUDA
+// build of the torch versions pottsops supports is 12.6 or later, and an older nvcc stops at the #error
+// below.  (A table in device memory would have to outlive the CUDA graphs that solve() replays.)
 template <typename acc_t>
 struct PairTable {
   int count;
@@ -27,6 +33,10 @@ struct PairTable {
   int16_t dx[kMaxOffsets];
   acc_t spatial[kMaxOffsets];
 };
+
+#if defined(__CUDACC__) && (__CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__ < 1201)
+#error "pottsops: the grid kernels take their pair table (up to 6 KB) as a parameter, which needs CUDA 12.1 or later"
+#endif
 
 // Labels read from y (any strides).
 template <typename scalar_t>
@@ -119,6 +129,9 @@ DeviceGrid<scalar_t> device_grid(const GridArgs& args, const at::Tensor& like) {
 
 template <typename acc_t>
 PairTable<acc_t> pair_table(const GridArgs& args) {
+#ifdef __CUDACC__
+  check_driver_takes_large_parameters();
+#endif
   PairTable<acc_t> t{};
   t.count = static_cast<int>(args.num_offsets());
   TORCH_CHECK(t.count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
@@ -304,5 +317,12 @@ void dispatch_solver(int relaxation, int64_t kind, int64_t K, Body&& body) {
     });
   });
 }
+
+#ifdef __CUDACC__
+// The largest launch (grid_solver.cu's gradient kernel: the grid, the table in double, pointers, scalars).
+static_assert(sizeof(DeviceGrid<double>) + sizeof(PairTable<double>) + 10 * sizeof(double) <=
+                  kMaxKernelParameterBytes,
+              "the grid kernels' parameters pass CUDA's limit");
+#endif
 
 }  // namespace pottsops
