@@ -1,15 +1,17 @@
 """Accuracy of the dense lattices against the exact all-pairs sum (cpu-dense suite), on CamVid images small
 enough for the exact O(N^2) sum: the dense CRF loss (pottsops.nn.DenseCRFLoss, and rloss's when
 benchmarks/rloss.py finds it) and potts_energy(dense, bilinear), value and gradient.  Writes
-OUT/accuracy.md and OUT/accuracy.csv."""
+OUT/accuracy.md and OUT/accuracy.csv; and the lattice build's time and peak memory, kept or refused
+(OUT/lattice_memory.md and .csv)."""
 import csv
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 
 import pottsops
-from benchmarks import data, rloss
+from benchmarks import data, harness, rloss
 from pottsops.nn import DenseCRFLoss
 
 SIGMA_RGB, SIGMA_XY, K = 15.0, 100.0, 21
@@ -64,16 +66,60 @@ def measure(quick):
     return rows, reason
 
 
-def write(out, quick):
-    rows, reason = measure(quick)
-    with open(os.path.join(out, "accuracy.csv"), "w", newline="") as f:
+def memory_cases(quick):
+    """(name, image, sigma_xy, sigma_rgb): real images at usual bandwidths, noise, and more channels than the
+    lattice takes (issue 30: 14 channels at 256^2 took 4.4 GB and failed; RGB noise at 512^2 3.0 GB)."""
+    size = 64 if quick else 512
+    camvid = data.camvid_images(size, count=1)
+    noise = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    grey = camvid.mean(1, keepdim=True)
+    many = torch.rand(1, 14, size // 2, size // 2, generator=torch.Generator().manual_seed(1)) * 255
+    return [(f"CamVid RGB {size}^2", camvid, 100.0, 15.0), (f"CamVid RGB {size}^2", camvid, 5.0, 15.0),
+            (f"CamVid RGB + grey {size}^2", torch.cat([camvid, grey], 1), 10.0, 15.0),
+            (f"RGB noise {size}^2", noise, 10.0, 15.0), (f"RGB noise {size}^2", noise, 1.0, 1.0),
+            (f"14-channel noise {size // 2}^2", many, 10.0, 15.0)]
+
+
+def memory_row(name, image, sigma_xy, sigma_rgb):
+    """One lattice build: its time, the peak resident memory beyond what was there before, and what it gave."""
+    outcome = {}
+
+    def build():
+        start = time.perf_counter()
+        try:
+            built = pottsops.lattice.prepare_filter(image, sigma_xy, sigma_rgb, backend="cpu")
+            outcome["result"] = f"{built.lattice[2].shape[0] / image[0, 0].numel():.1f} vertices per pixel"
+        except ValueError as error:
+            outcome["result"] = "refused: " + str(error).split(":")[1].strip()[:60]
+        outcome["seconds"] = time.perf_counter() - start
+
+    peak = harness.cpu_peak_extra_mb(build)
+    return {"image": name, "sigma_xy, sigma_rgb": f"{sigma_xy:g}, {sigma_rgb:g}", "result": outcome["result"],
+            "seconds": f"{outcome['seconds']:.2f}", "peak MB": "not measured" if peak is None else f"{peak:.0f}"}
+
+
+def write_memory(out, quick):
+    rows = [memory_row(*case) for case in memory_cases(quick)]
+    write_table(out, "lattice_memory", rows, "The lattice build (`prepare_filter`, cpu backend, one thread): time "
+                "and peak resident memory beyond the inputs, and the vertices it keeps per pixel or why it refused.")
+
+
+def write_table(out, name, rows, caption):
+    with open(os.path.join(out, f"{name}.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["Dense CRF losses against the exact all-pairs sum (float64), 2 CamVid images resized, K = 21 softmax "
-             f"labels, sigma_rgb {SIGMA_RGB:g}, sigma_xy {SIGMA_XY:g}." + (f" rloss not measured: {reason}." if reason else ""),
-             "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines = [caption, "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
-    with open(os.path.join(out, "accuracy.md"), "w") as f:
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def write(out, quick):
+    rows, reason = measure(quick)
+    write_table(out, "accuracy", rows, "Dense CRF losses against the exact all-pairs sum (float64), 2 CamVid images "
+                f"resized, K = 21 softmax labels, sigma_rgb {SIGMA_RGB:g}, sigma_xy {SIGMA_XY:g}."
+                + (f" rloss not measured: {reason}." if reason else ""))
+    write_memory(out, quick)
+

@@ -11,7 +11,8 @@ import torch
 from pottsops import _backend, _checks, reference
 
 MAX_FEATURE = 2.0 ** 24  # csrc/pottsops/lattice_args.h kMaxLatticeFeature: the lattice's coordinate range
-MAX_LATTICE_DIM = 16  # csrc/pottsops/lattice.h kMaxLatticeDim: 2 positions + up to 14 image channels
+MAX_LATTICE_DIM = 6  # csrc/pottsops/lattice.h kMaxLatticeDim: 2 positions + up to 4 image channels
+SPARSE = "too sparse for the lattice"  # the start of lattice_build's refusal of features it cannot filter well
 
 FILTER_BACKENDS = ("cuda", "cpu", "reference")
 
@@ -37,6 +38,16 @@ def check_bandwidth(name, sigma, dtype):
     _checks.check_positive(name, sigma)
     if not 1.0 / sigma <= torch.finfo(dtype).max:
         raise ValueError(f"{name}: expected a number whose inverse is finite in {dtype}, got {sigma!r}")
+
+
+def check_lattice_channels(image):
+    """At most MAX_LATTICE_DIM - 2 image channels: beyond them the lattice cannot be accurate in bounded memory
+    (docs/design.md, "Lattice accuracy")."""
+    if 2 + image.shape[1] > MAX_LATTICE_DIM:
+        raise ValueError(f"image: the lattice is accurate up to {MAX_LATTICE_DIM - 2} channels (it keeps 0.78 of the "
+                         f"exact sum at 4 and 0.59 at 5 on a smooth image), got {image.shape[1]}: use fewer channels "
+                         "(a projection such as PCA), or the exact filter on small images (backend='reference', "
+                         "method='exact')")
 
 
 def check_lattice_range(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb"):
@@ -65,7 +76,14 @@ class LatticeFilter:
     def __init__(self, features, backend="auto"):
         self.features = features
         impl = _backend.resolve(backend, features.device, FILTER_BACKENDS, "bilateral_filter")
-        self.lattice = None if impl == "reference" else torch.ops.pottsops.lattice_build(features)
+        self.lattice = None
+        if impl != "reference":
+            try:
+                self.lattice = torch.ops.pottsops.lattice_build(features)
+            except RuntimeError as error:  # name the user's arguments, not the op's
+                if SPARSE not in str(error):
+                    raise
+                raise ValueError("image: " + str(error).split("features: ", 1)[-1].split("\n")[0]) from None
 
     def _check(self, values):
         """values of the images the lattice was built for: (B, C, H, W) with the features' B, H and W (the op
@@ -116,12 +134,10 @@ def prepare_filter(image, sigma_xy, sigma_rgb, *, backend="auto"):
     dtype = reference.accumulation_dtype(image.dtype)
     check_bandwidth("sigma_xy", sigma_xy, dtype)
     check_bandwidth("sigma_rgb", sigma_rgb, dtype)
-    if 2 + image.shape[1] > MAX_LATTICE_DIM:
-        raise ValueError(f"image: expected at most {MAX_LATTICE_DIM - 2} channels (the lattice has 2 + C_f <= "
-                         f"{MAX_LATTICE_DIM} dimensions), got {image.shape[1]}")
     image = image.detach()
     if not torch.compiler.is_compiling():
         _checks.check_finite("image", image)
     if _backend.resolve(backend, image.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
+        check_lattice_channels(image)
         check_lattice_range(image, sigma_xy, 1.0 / sigma_rgb)
     return LatticeFilter(bilateral_features(image, sigma_xy, sigma_rgb), backend)

@@ -87,16 +87,19 @@ def build(features, rings=RINGS):
     rows = torch.cat([image, keys], 3).view(-1, d + 1)
     vertices, entry_vertex = _unique_rows(rows)
     steps = _directions(d, features.device)
-    growing = torch.ones(B, dtype=torch.bool, device=features.device)
     for _ in range(rings):
         grown, inverse = _unique_rows(_with_neighbors(vertices, steps))
         counts = torch.bincount(grown[:, 0].long(), minlength=B)
-        growing &= counts <= vertex_budget(N, d)
-        keep = growing[grown[:, 0].long()]
-        keep[inverse[:vertices.shape[0]]] = True  # the vertices before this ring stay
-        new_index = keep.long().cumsum(0) - 1
-        entry_vertex = new_index[inverse[entry_vertex]]
-        vertices = grown[keep]
+        over = (counts > vertex_budget(N, d)).nonzero()
+        if over.numel():
+            b = int(over[0])
+            raise RuntimeError(
+                f"features: image {b}'s points are too sparse for the lattice: its blur rings would take more than "
+                f"{vertex_budget(N, d)} vertices ({N} pixels, {d} features), and without them it returns a fraction "
+                "of the exact sum (sigma_xy or sigma_rgb too small for the image, or noisy colours: use larger "
+                "sigmas, fewer channels, or the exact method on small images)")
+        entry_vertex = inverse[entry_vertex]
+        vertices = grown
     M = vertices.shape[0]
     every, inverse = _unique_rows(_with_neighbors(vertices, steps))
     vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)

@@ -191,9 +191,7 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
         _checks.check_finite("image", image, mask)
     inv = inv_two_sigma2(image, sigma_rgb, mask)
     if method == "lattice":
-        if 2 + image.shape[1] > lattice.MAX_LATTICE_DIM:  # positions and channels: the lattice's dimensions
-            raise ValueError(f"image: the dense neighbourhood's lattice takes at most {lattice.MAX_LATTICE_DIM - 2} "
-                             f"channels, got {image.shape[1]}; use method='exact' (small images) or fewer channels")
+        lattice.check_lattice_channels(image)
         lattice.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
     energy = dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
                                precision)

@@ -83,6 +83,11 @@ def test_cpu_dense_suite_checks_then_times_and_measures_accuracy(tmp_path, monke
     assert "rloss not measured: POTTSOPS_RLOSS is not set" in accuracy and "pottsops DenseCRFLoss" in accuracy
     with open(tmp_path / "accuracy.csv", newline="") as f:
         assert all(0.5 < float(r["value / exact"]) < 1.2 for r in csv.DictReader(f))
+    with open(tmp_path / "lattice_memory.csv", newline="") as f:
+        memory = {(r["image"], r["sigma_xy, sigma_rgb"]): r["result"] for r in csv.DictReader(f)}
+    assert memory[("CamVid RGB 64^2", "100, 15")].endswith("vertices per pixel")
+    assert memory[("RGB noise 64^2", "1, 1")].startswith("refused: image 0's points are too sparse")
+    assert memory[("14-channel noise 32^2", "10, 15")].startswith("refused: the lattice is accurate up to 4 channels")
 
 
 def test_cpu_peak_memory_sees_an_allocation():

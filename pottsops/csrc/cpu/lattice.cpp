@@ -33,8 +33,8 @@ namespace {
 
 // The lattice of one image: each pixel's d+1 (vertex, weight) entries, written where the caller says, and
 // each vertex's neighbours along the d+1 directions.  Rings of blur vertices are added around the splatted
-// ones while the lattice stays within lattice_vertex_budget (a ring that would pass it is left out whole),
-// so that memory stays bounded where the points are sparse (small sigmas); the hash table grows as needed.
+// ones; where they would pass lattice_vertex_budget (sparse points: small sigmas, noisy colours) the build
+// stops there, so that memory stays bounded, and the op refuses the features.  The hash table grows as needed.
 class LatticeBuilder {
  public:
   template <typename feature_t, typename weight_t>
@@ -66,17 +66,16 @@ class LatticeBuilder {
       }
     }
     // Each ring inserts the neighbours of the vertices before it, which are then those vertices' neighbours.
+    // A ring that would pass the budget stops the build (the lattice is then refused: see
+    // lattice_vertex_budget), so that memory never grows past it.
     const int64_t budget = lattice_vertex_budget(n, d);
     int64_t linked = 0;  // vertices whose neighbours are known
     for (int ring = 0; ring < kLatticeRings; ++ring) {
       const int64_t occupied = num_vertices();
       for (int64_t v = linked; v < occupied && num_vertices() <= budget; ++v) link(v, true);
-      if (num_vertices() > budget) {  // this ring is left out: back to the vertices before it
-        keys_.resize(occupied * d);
-        neighbors_.resize(occupied * 2 * stride);
-        for (int32_t& u : neighbors_) u = u >= occupied ? kUnknown : u;
-        rehash(table_.size());
-        break;
+      if (num_vertices() > budget) {
+        within_budget_ = false;
+        return;
       }
       linked = occupied;
     }
@@ -87,6 +86,8 @@ class LatticeBuilder {
   std::vector<int32_t> take_neighbors() { return std::move(neighbors_); }  // (vertices, d+1, 2), once
   // False if a feature was not finite or beyond kMaxLatticeFeature (the lattice is then left unfinished).
   bool valid() const { return valid_; }
+  // False if the blur rings would pass lattice_vertex_budget (the lattice is then left unfinished).
+  bool within_budget() const { return within_budget_; }
 
  private:
   struct Slot {
@@ -153,6 +154,7 @@ class LatticeBuilder {
 
   int d_;
   bool valid_ = true;
+  bool within_budget_ = true;
   std::vector<Slot> table_;
   std::vector<int32_t> keys_;       // (vertices, d)
   std::vector<int32_t> neighbors_;  // (vertices, d+1, 2)
@@ -254,7 +256,7 @@ std::vector<at::Tensor> lattice_build_cpu(const at::Tensor& features) {
   at::Tensor entry_vertex = at::empty({B, n, d + 1}, features.options().dtype(at::kInt));
   at::Tensor entry_weight = at::empty({B, n, d + 1}, features.options().dtype(weight_type));
   std::vector<std::vector<int32_t>> neighbors(B);
-  std::vector<char> valid(B, 1);
+  std::vector<char> valid(B, 1), within_budget(B, 1);
   // Features float32 or float64 (the simplex search is in double: float's 24 bits are not enough where
   // coordinates are large), weights the same.
   AT_DISPATCH_FLOATING_TYPES(weight_type, "lattice_build_cpu", [&] {
@@ -266,6 +268,7 @@ std::vector<at::Tensor> lattice_build_cpu(const at::Tensor& features) {
       for (int64_t b = begin; b < end; ++b) {
         LatticeBuilder built(pos + b * d * n, n, d, vertex + b * n * (d + 1), weight + b * n * (d + 1));
         valid[b] = built.valid();
+        within_budget[b] = built.within_budget();
         neighbors[b] = built.take_neighbors();
       }
     });
@@ -273,6 +276,10 @@ std::vector<at::Tensor> lattice_build_cpu(const at::Tensor& features) {
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(valid[b], "features: expected finite values of magnitude at most 2^24 (positions / sigma_xy, colours "
                 "/ sigma_rgb: a sigma too small for the image), got others in image ", b);
+    TORCH_CHECK(within_budget[b], "features: image ", b, "'s points are too sparse for the lattice: its blur rings "
+                "would take more than ", lattice_vertex_budget(n, d), " vertices (", n, " pixels, ", d, " features), "
+                "and without them it returns a fraction of the exact sum (sigma_xy or sigma_rgb too small for the "
+                "image, or noisy colours: use larger sigmas, fewer channels, or the exact method on small images)");
   }
   at::Tensor offsets = at::empty({B + 1}, features.options().dtype(at::kLong));
   int64_t* offset = offsets.data_ptr<int64_t>();

@@ -16,13 +16,14 @@ namespace pottsops {
 constexpr double kMaxLatticeFeature = 1 << 24;
 // Pixels per image, so that every vertex index (at most lattice_vertex_budget) fits in int32.
 constexpr int64_t kMaxLatticePixels = int64_t(1) << 24;
-constexpr int kLatticeRings = 2;
+constexpr int kLatticeRings = 2;  // rings of blur vertices around the splatted ones
 
-// The most vertices a lattice of n points in d dimensions holds before its blur rings are left out: 16
-// per simplex entry, and at least 2^18 (small images keep their rings).  The usual bandwidths need far
-// fewer (CamVid at sigma_xy 100, sigma_rgb 15: 0.5 per pixel with both rings; at 5, 15: 9.5); at 1, 1
-// the second ring would take 206 per pixel (a ring around each isolated point), and is left out.
-// At most 2^30, so that vertex indices stay int32.
+// The most vertices a lattice of n points in d dimensions may hold with its blur rings: 16 per simplex
+// entry, and at least 2^18 (small images keep their rings).  The usual bandwidths need far fewer (CamVid at
+// sigma_xy 100, sigma_rgb 15: 0.5 per pixel with both rings; at 5, 15: 9.5); sparse points need more (RGB
+// noise at 1, 1: 300 per pixel), and without its rings the lattice returns a fraction of the exact sum
+// (0.28 of it for that noise with one ring), so lattice_build refuses such features rather than leave a
+// ring out.  At most 2^30, so that vertex indices stay int32.
 inline int64_t lattice_vertex_budget(int64_t n, int d) {
   return std::min<int64_t>(std::max<int64_t>(16 * n * (d + 1), int64_t(1) << 18), int64_t(1) << 30);
 }
