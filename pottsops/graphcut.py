@@ -9,8 +9,9 @@ its minimisation is the discrete Potts problem
 U_i(k) = H(e_k, sigma_i), which graph cuts solve far better than local methods (docs/solver.md).  The
 weights are potts_energy's (pottsops.affinity, or the given weights), scribbles are hard constraints and
 masked-out pixels take part in no term.  GCO works in integers: the costs are scaled so that the largest
-term is 2^20 and rounded (a relative resolution of about 1e-6 of the largest term); the returned labels'
-energy is evaluated by the caller in floating point.
+term is 2^20, or less where a scribbled pixel's pairs together would pass GCO's largest term (1e7, past
+which GCO aborts the process), and rounded (a relative resolution of about 1e-6 of the largest term); the
+returned labels' energy is evaluated by the caller in floating point.
 
 The wrapper bundles the GCO C++ code, whose authors set their own terms of use (research purposes; see
 the GCO-v3.0 distribution): check them before using this method.
@@ -30,6 +31,7 @@ from pottsops.neighborhoods import as_neighborhood
 
 EXTRA = "pip install 'pottsops[graphcut]' (or pip install gco-wrapper)"
 SCALE = float(2 ** 20)  # the largest unary or pair cost, in GCO's integer units
+MAX_TERM = 10_000_000  # GCO_MAX_ENERGYTERM: a larger data or smooth cost makes GCO abort the process
 # GCO keeps its graphs in a process-wide std::map without a lock: graphs are created and destroyed by one
 # thread at a time (this lock), and only expansions (map lookups) run in parallel.
 _GCO_LOCK = threading.Lock()
@@ -175,9 +177,13 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
 
     def problem(b):
         """Integer costs and edges of image b."""
-        largest = max(float(costs[b].max(initial=0.0)), float(pair_w[b].max(initial=0.0)), 1e-300)
-        scale = SCALE / largest
         a, bb, w = _edges(pair_w[b], neighborhood.offsets, H, W)
+        largest = max(float(costs[b].max(initial=0.0)), float(pair_w[b].max(initial=0.0)), 1e-300)
+        # A scribble's wrong labels cost its pixel's pairs together (below), which with a window can pass
+        # GCO's largest term (GCO then aborts the process): the scale keeps that sum, rounded up, within it.
+        incident = np.bincount(a, weights=w, minlength=H * W) + np.bincount(bb, weights=w, minlength=H * W)
+        rounding = 2 * len(neighborhood.offsets) + 1  # each pair rounds up by at most 1/2
+        scale = min(SCALE / largest, (MAX_TERM - rounding) / max(float(incident.max(initial=0.0)), 1e-300))
         w_int = np.maximum(np.rint(w * scale), 0).astype(np.intc)
         keep = w_int > 0
         a, bb, w_int = a[keep].astype(np.intc), bb[keep].astype(np.intc), w_int[keep]
@@ -185,7 +191,7 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
         # A scribble is a hard constraint: any other label costs more than all of the pixel's pairs together.
         incident = np.bincount(a, weights=w_int, minlength=H * W) + np.bincount(bb, weights=w_int, minlength=H * W)
         fixed = seeded_np[b].reshape(-1)
-        wrong = np.minimum(incident[fixed] + 1, 2 ** 30)
+        wrong = incident[fixed] + 1
         c[fixed] = wrong[:, None]
         c[fixed, seeds_np[b].reshape(-1)[fixed]] = 0
         return np.ascontiguousarray(c.astype(np.intc)), (a, bb, w_int)

@@ -3,6 +3,8 @@ to the exact minimum on two labels (where a graph cut is exact) and within α-ex
 three; scribbles kept, masks honoured, batches in threads; solve()'s method choice and the missing-library
 paths."""
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,6 +97,24 @@ def test_scribbles_masks_weights_and_threads():
     assert torch.equal(graphcut.alpha_expansion(logits, None, seeds, weights=weights, threads=1), together)
     for b in range(4):
         assert torch.equal(graphcut.alpha_expansion(logits[b:b + 1], image[b:b + 1], seeds[b:b + 1]), together[b:b + 1])
+
+
+def test_scribbles_in_a_window_neighbourhood_do_not_abort_the_process():
+    """A scribble's wrong labels cost all its pixel's pairs together, which in window(2, dilation=2) (24
+    pairs at GCO's largest pair cost) passed GCO's largest term: GCO printed "danger of integer overflow" and
+    aborted the process (found by the fuzz suite: solve(levels=3) on a constant image).  Now the costs are
+    scaled within it: run in a subprocess, the labels keep the scribbles."""
+    code = ("import torch, pottsops\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "logits, image = torch.randn(2, 3, 17, 11, generator=g) * 15, torch.full((2, 1, 17, 11), 128.0)\n"
+            "seeds = torch.full((2, 17, 11), 255)\n"
+            "seeds[:, 3, 2:9], seeds[:, 12, 2:9] = 0, 2\n"
+            "for nb in (pottsops.window(2, dilation=2), pottsops.window(5)):\n"
+            "    y = pottsops.graphcut.alpha_expansion(logits, image, seeds, unary='cce', neighborhood=nb, lam=60.0)\n"
+            "    assert torch.equal(y.argmax(1)[seeds != 255], seeds[seeds != 255])\n"
+            "print('ok')\n")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0 and process.stdout.strip() == "ok", process.stderr[-2000:]
 
 
 def energy_of(y, logits, image, seeds, unary):
