@@ -375,7 +375,8 @@ def solve_case(rng):
                              "sigma_xy", "weights", "logits"])
         if expect == "init":
             kwargs["init"] = rng.choice([torch.zeros(B, K, H, W), -torch.ones(B, K, H, W),
-                                         torch.full((B, K, H, W), NAN), torch.ones(B, K, H, W + 1)])
+                                         torch.full((B, K, H, W), NAN), torch.ones(B, K, H, W + 1),
+                                         {"y": torch.ones(B, K, H, W)}])
         elif expect == "seeds":
             seeds = seeds.clone()
             seeds.view(-1)[0] = rng.choice([K, -3])
@@ -388,8 +389,14 @@ def solve_case(rng):
             logits = rng.choice([logits[:, :1], logits.long(), logits.clone().fill_(INF)])
         else:
             kwargs[expect] = {"eta": NAN, "lam": -1.0, "tol": INF, "lr": 0.0, "iters": 2.5, "levels": -1,
-                              "sigma_rgb": rng.choice([0.0, NAN, 1e-30]),
+                              "sigma_rgb": rng.choice([0.0, NAN, 1e-30, 1e-300]),
                               "sigma_xy": rng.choice([0.0, NAN, -1.0])}[expect]
+
+    elif rng.random() < 0.3:  # valid inputs that were refused or overflowed (issue 30 items 5 and 8)
+        if rng.random() < 0.5:
+            kwargs["init"] = torch.full((B, K, H, W), 3e38)  # per-pixel sums overflow float32
+        elif kwargs["mask"] is not None:
+            image = torch.where(kwargs["mask"].unsqueeze(1), image, NAN)  # NaN only where masked out
 
     def call():
         y, info = pottsops.solve(logits, image, seeds, **kwargs)
@@ -407,6 +414,30 @@ def window_case(rng):
             dilation = rng.choice([0, -2, None, 1.5])
     return Case("window", lambda: [pottsops.window(radius, dilation)], expect, describe(radius=radius,
                                                                                        dilation=dilation))
+
+
+def neighborhood_case(rng):
+    """A user Neighborhood: valid offsets and factors give finite energies on every backend that takes
+    them; a (0, 0) offset, one outside the half-plane or an unknown factor are refused by name (issue 30
+    item 6: ZeroDivisionError, or accepted by one backend and not another)."""
+    B, K, H, W = draw_shape(rng, small=True)
+    offsets = tuple(rng.sample([(0, 1), (1, 0), (1, 1), (1, -1), (2, 3), (0, 2)], rng.randint(1, 4)))
+    factor, expect = rng.choice(["inverse_distance", "gaussian", "inverse_distance"]), "valid"
+    if rng.random() < 0.5:
+        expect = rng.choice(["offsets", "factor"])
+        if expect == "offsets":
+            offsets = offsets + (rng.choice([(0, 0), (0, -1), (-1, 2), (0.5, 1)]),)
+        else:
+            factor = rng.choice(["cosine", "", None])
+    y = soft_labels(rng, (B, K, H, W), torch.float64)
+    image = draw_image(rng, B, H, W, torch.float64)
+    backend = rng.choice(["auto", "reference"])
+
+    def call():
+        nb = pottsops.Neighborhood("user", offsets, factor)
+        return [pottsops.potts_energy(y, image, neighborhood=nb, relaxation=rng.choice(pottsops.RELAXATIONS),
+                                      sigma_xy=2.0, backend=backend)]
+    return Case("Neighborhood", call, expect, describe(y=y) + f" offsets={offsets} factor={factor!r}")
 
 
 # Registered ops, called directly with what the public layer would pass, then one argument broken.
@@ -727,7 +758,7 @@ def empty_batch_case(rng):
 
 
 TARGETS = [(energy_case, 6), (unary_case, 3), (affinity_case, 2), (self_labeling_case, 1), (bilateral_case, 3),
-           (solve_case, 3), (window_case, 1), (nn_case, 2), (empty_batch_case, 1)]
+           (solve_case, 3), (window_case, 1), (nn_case, 2), (empty_batch_case, 1), (neighborhood_case, 1)]
 OP_TARGETS = [(grid_op_case, 3), (unary_op_case, 2), (lattice_op_case, 2), (segment_op_case, 1),
               (solver_op_case, 1), (lattice_accuracy_case, 1), (lattice_memory_case, 1), (double_backward_case, 1)]
 
