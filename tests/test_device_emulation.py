@@ -1,10 +1,12 @@
 """The CUDA grid, unary and solver kernels' device code run on the host (tests/csrc/device_emulation.cpp,
-built here) against the reference ops.  CI has no GPU: this is where it tests the code each CUDA thread runs
+built here) against the reference ops, in float64 and in float32 (the types the CUDA launchers use).  CI has no GPU: this is where it tests the code each CUDA thread runs
 (csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
 the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
 ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
-reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels share their
-per-thread code with the CPU lattice (lattice.h), tested in test_dense.py."""
+reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels are not emulated:
+their per-thread code is the CPU lattice's (lattice.h's simplex search, tested through lattice_simplex in
+test_dense.py) and a three-line segment sum, and the rest of the CUDA lattice is PyTorch code that
+test_dense.py runs on CPU tensors."""
 import hashlib
 import os
 import sys
@@ -77,10 +79,10 @@ def energy_and_grads(y, backend, weights=None, **kwargs):
 
 
 def test_the_emulation_is_what_runs():
-    """Inside emulated() the pottsops op runs the emulation (float64 only), and the CPU kernel after it."""
-    y = soft_labels((1, 3, 4, 5))
+    """Inside emulated() the pottsops op runs the emulation (float32 and float64), and the CPU kernel after it."""
+    y = soft_labels((1, 3, 4, 5)).half()
     with emulated("grid_potts_energy"):
-        with pytest.raises(RuntimeError, match="y: the emulated device code runs float64 only"):
+        with pytest.raises(RuntimeError, match="y: the emulated device code runs float32 and float64, got Half"):
             pottsops.potts_energy(y, backend="cpu")
     assert torch.isfinite(pottsops.potts_energy(y, backend="cpu"))
 
@@ -201,3 +203,97 @@ def test_adaptive_step_matches_the_reference(K):
         torch.ops.pottsops.adaptive_step(*inputs, rule)
     for got, want in zip(inputs[:4], expected[:4]):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# float32: the device code in the types the CUDA launchers use for float32 tensors (acc_t = float), against the
+# float64 reference of the same (float32) inputs.  Tolerances: float32's epsilon (1.2e-7) times the terms summed.
+F32 = dict(rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("neighborhood", ["nn4", pottsops.window(2)], ids=["nn4", "win2"])
+@pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
+def test_float32_energy_and_gradients(relaxation, neighborhood):
+    g = torch.Generator().manual_seed(31)
+    shape = (2, 5, 7, 45)
+    y = soft_labels(shape, torch.float32, generator=g)
+    image = random_image(shape, dtype=torch.float32, generator=g)
+    mask = random_mask(shape, generator=g)
+    expected = energy_and_grads(y.double(), "reference", relaxation=relaxation, neighborhood=neighborhood,
+                                image=image.double(), mask=mask)
+    with emulated("grid_potts_energy", "grid_potts_energy_backward"):
+        got = energy_and_grads(y, "cpu", relaxation=relaxation, neighborhood=neighborhood, image=image, mask=mask)
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, **F32)
+
+
+def test_float32_affinity():
+    g = torch.Generator().manual_seed(32)
+    image = random_image((2, 3, 6, 50), dtype=torch.float32, generator=g)
+    expected = pottsops.affinity(image.double(), "nn8", sigma_rgb=7.0, backend="reference")
+    with emulated("grid_affinity"):
+        got = pottsops.affinity(image, "nn8", sigma_rgb=7.0, backend="cpu")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", pottsops.UNARIES)
+def test_float32_unary(kind):
+    g = torch.Generator().manual_seed(33)
+    shape = (2, 6, 9, 31)
+    logits = torch.randn(shape, generator=g) * 6
+    logits[0, :, 0, 0] = torch.tensor([80.0, -80.0, 0.0, 3.0, -3.0, 1.0])
+    y = soft_labels(shape, torch.float32, sharpness=4.0, generator=g)
+    weights = torch.rand(2, 9, 31, generator=g)
+
+    def run(backend, z, t):
+        inputs = [z.clone().requires_grad_(), t.clone().requires_grad_()]
+        loss = pottsops.unary(*inputs, kind, reduction="none", backend=backend)
+        return (loss.detach(), *torch.autograd.grad(loss, inputs, weights.to(z.dtype)))
+
+    expected = run("reference", logits.double(), y.double())
+    with emulated("unary_loss", "unary_loss_backward"):
+        got = run("cpu", logits, y)
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, **F32)
+
+
+@pytest.mark.parametrize("relaxation, unary", [("cd", "cce"), ("q", "ce"), ("nq", "rce"), ("bl", "cce")])
+def test_float32_solver_gradient(relaxation, unary):
+    fused = solver_problem.make_problem(**solve_inputs(torch.float32), relaxation=relaxation, unary=unary,
+                                        neighborhood=pottsops.window(2, 1), backend="cpu")
+    reference = solver_problem.make_problem(**solve_inputs(torch.float64), relaxation=relaxation, unary=unary,
+                                            neighborhood=pottsops.window(2, 1), backend="reference")
+    y = torch.softmax(torch.randn(2, 23, 14, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), 3)
+    y = reference.clamp(y.permute(0, 3, 2, 1).float().double())
+    with emulated("grid_solver_gradient"):
+        got = fused.gradient(y.float())
+    for a, b in zip(got, reference.gradient(y)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=2e-4, atol=2e-3)
+
+
+def solve_inputs(dtype, K=4, B=2, H=14, W=23, seed=8):
+    """solve_problem's inputs, rounded to float32 first, in dtype."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, K, H, W, generator=g, dtype=torch.float64) * 2).float().to(dtype)
+    image = (torch.rand(B, 3, H, W, generator=g, dtype=torch.float64) * 255).float().to(dtype)
+    seeds = torch.full((B, H, W), 255)
+    seeds[:, 2:4, 2:12] = 1
+    seeds[:, 9:11, 4:15] = K - 1
+    mask = random_mask((B, K, H, W), keep=0.85, generator=g)
+    return dict(logits=logits, image=image, seeds=seeds, eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=None,
+                mask=mask, weights=None, ignore_index=255, dense_method="lattice")
+
+
+@pytest.mark.parametrize("K", [2, 5, 70])
+def test_float32_adaptive_step(K):
+    inputs, rule = adaptive_step_inputs(K, dtype=torch.float32)
+    expected = [t.double() if t.dtype == torch.float32 else t.clone() for t in inputs]
+    pottsops.reference.adaptive_step(*expected, rule)
+    with emulated("adaptive_step"):
+        torch.ops.pottsops.adaptive_step(*inputs, rule)
+    for got, want in zip(inputs[:4], expected[:4]):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)

@@ -5,8 +5,9 @@
 // kernel runs per pixel gets tested there (tests/test_device_emulation.py: against the reference ops and
 // the CPU loop).  Not tested this way: what nvcc makes of it and the cub reductions' order.
 //
-// Registered as pottsops_emulated::<op> (CPU, float64 only) with the implementations of grid_potts.cu,
-// unary.cu and solver.cu; tests give them the schemas of the pottsops ops of the same names.
+// Registered as pottsops_emulated::<op> (CPU, float32 and float64, in the types the CUDA launchers use) with
+// the implementations of grid_potts.cu, unary.cu and solver.cu; tests give them the schemas of the pottsops ops
+// of the same names.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -24,15 +25,16 @@
 namespace pottsops {
 namespace {
 
-void check_double(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kDouble, name, ": the emulated device code runs float64 only, got ",
-              t.scalar_type());
+void check_emulated(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat, name,
+              ": the emulated device code runs float32 and float64, got ", t.scalar_type());
 }
 
-// Runs thread(b, i) for the pixels i of block `block` of image b and sums its double results.
-template <typename Thread>
-double run_block(int64_t b, int64_t block, int64_t n, Thread&& thread) {
-  double total = 0;
+// Runs thread(b, i) for the pixels i of block `block` of image b and sums its results in total_t (a block's
+// reduction, in the order of its threads rather than cub's tree).
+template <typename total_t, typename Thread>
+total_t run_block(int64_t b, int64_t block, int64_t n, Thread&& thread) {
+  total_t total = 0;
   for (int64_t i = block * kThreads; i < (block + 1) * kThreads && i < n; ++i) total += thread(b, i);
   return total;
 }
@@ -44,17 +46,19 @@ at::Tensor grid_potts_energy_emulated(const at::Tensor& y, const c10::optional<a
                                       const c10::optional<at::Tensor>& inv_two_sigma2, at::IntArrayRef offsets,
                                       at::ArrayRef<double> spatial, int64_t relaxation, double eps) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
-  check_double(y, "y");
+  check_emulated(y, "y");
   const int64_t B = y.size(0), n = y.size(2) * y.size(3), blocks = block_count(n);
   at::Tensor partial = at::zeros({B, blocks}, y.options());
-  const DeviceGrid<double> g = device_grid<double>(args, y);
-  const PairTable<double> pairs = pair_table<double>(args);
-  double* out = partial.data_ptr<double>();
-  POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
-    at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j)
-        out[j] = run_block(j / blocks, j % blocks, n,
-                           [&](int64_t b, int64_t i) { return energy_pixel<R, double>(g, pairs, b, i); });
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_potts_energy_emulated", [&] {
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    scalar_t* out = partial.data_ptr<scalar_t>();
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+      at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j)
+          out[j] = run_block<scalar_t>(j / blocks, j % blocks, n,
+                                       [&](int64_t b, int64_t i) { return energy_pixel<R, scalar_t>(g, pairs, b, i); });
+      });
     });
   });
   return partial.sum(1);
@@ -67,21 +71,23 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_emulated(
     int64_t relaxation, double eps, bool weights_grad) {
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   check_backward_args(grad_energy, args, weights_grad);
-  check_double(y, "y");
-  const at::Tensor go = grad_energy.to(at::kDouble).contiguous();
+  check_emulated(y, "y");
+  const at::Tensor go = grad_energy.to(y.scalar_type()).contiguous();
   at::Tensor grad_y = at::empty_like(y);
   at::Tensor grad_w = weights_grad_buffer(args, weights_grad);
   const int64_t B = y.size(0), n = y.size(2) * y.size(3);
-  const DeviceGrid<double> g = device_grid<double>(args, y);
-  const PairTable<double> pairs = pair_table<double>(args);
-  const View4<double> out = view4<double>(grad_y);
-  double* gw = weights_grad ? grad_w.data_ptr<double>() : nullptr;
-  const double* go_data = go.data_ptr<double>();
-  POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
-    dispatch_kmax(y.size(1), [&](auto kmax) {
-      at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j)
-          backward_pixel<R, decltype(kmax)::value, double>(g, pairs, go_data[j / n], out, gw, j / n, j % n);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_potts_energy_backward_emulated", [&] {
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const View4<scalar_t> out = view4<scalar_t>(grad_y);
+    scalar_t* gw = weights_grad ? grad_w.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* go_data = go.data_ptr<scalar_t>();
+    POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
+      dispatch_kmax(y.size(1), [&](auto kmax) {
+        at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+          for (int64_t j = begin; j < end; ++j)
+            backward_pixel<R, decltype(kmax)::value, scalar_t>(g, pairs, go_data[j / n], out, gw, j / n, j % n);
+        });
       });
     });
   });
@@ -93,14 +99,16 @@ at::Tensor grid_affinity_emulated(const at::Tensor& image, const c10::optional<a
                                   const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets,
                                   at::ArrayRef<double> spatial) {
   const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
-  check_double(args.image, "image");
+  check_emulated(args.image, "image");
   const int64_t B = image.size(0), n = image.size(2) * image.size(3);
   at::Tensor out = at::empty({B, args.num_offsets(), image.size(2), image.size(3)}, args.image.options());
-  const DeviceGrid<double> g = device_grid<double>(args, image);
-  const PairTable<double> pairs = pair_table<double>(args);
-  const View4<double> view = view4<double>(out);
-  at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) affinity_pixel<double>(g, pairs, view, j / n, j % n);
+  AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_emulated", [&] {
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, image);
+    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const View4<scalar_t> view = view4<scalar_t>(out);
+    at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) affinity_pixel<scalar_t>(g, pairs, view, j / n, j % n);
+    });
   });
   return out;
 }
@@ -108,14 +116,16 @@ at::Tensor grid_affinity_emulated(const at::Tensor& image, const c10::optional<a
 at::Tensor unary_loss_emulated(const at::Tensor& logits, const at::Tensor& y, const c10::optional<at::Tensor>& mask,
                                int64_t kind, double eps) {
   const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
-  check_double(logits, "logits");
+  check_emulated(logits, "logits");
   const int64_t B = logits.size(0), n = logits.size(2) * logits.size(3);
   at::Tensor loss = at::empty({B, logits.size(2), logits.size(3)}, logits.options());
-  const DeviceUnary<double> u = device_unary<double>(args);
-  const View4<double> out = pixel_view<double>(loss);
-  POTTS_DISPATCH_UNARY(args.kind, [&] {
-    at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) unary_forward_pixel<U, double>(u, out, j / n, j % n);
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "unary_loss_emulated", [&] {
+    const DeviceUnary<scalar_t> u = device_unary<scalar_t>(args);
+    const View4<scalar_t> out = pixel_view<scalar_t>(loss);
+    POTTS_DISPATCH_UNARY(args.kind, [&] {
+      at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) unary_forward_pixel<U, scalar_t>(u, out, j / n, j % n);
+      });
     });
   });
   return loss;
@@ -127,16 +137,18 @@ std::tuple<at::Tensor, at::Tensor> unary_loss_backward_emulated(const at::Tensor
                                                                 double eps) {
   const UnaryArgs args = make_unary_args(logits, y, mask, kind, eps);
   check_unary_grad(grad_loss, logits);
-  check_double(logits, "logits");
-  const at::Tensor go = grad_loss.to(at::kDouble);
+  check_emulated(logits, "logits");
+  const at::Tensor go = grad_loss.to(logits.scalar_type());
   at::Tensor grad_z = at::empty_like(logits), grad_y = at::empty_like(y);
   const int64_t B = logits.size(0), n = logits.size(2) * logits.size(3);
-  const DeviceUnary<double> u = device_unary<double>(args);
-  const View4<const double> g = const_pixel_view<double>(go);
-  const View4<double> gz = view4<double>(grad_z), gy = view4<double>(grad_y);
-  POTTS_DISPATCH_UNARY(args.kind, [&] {
-    at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) unary_backward_pixel<U, double>(u, g, gz, gy, j / n, j % n);
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "unary_loss_backward_emulated", [&] {
+    const DeviceUnary<scalar_t> u = device_unary<scalar_t>(args);
+    const View4<const scalar_t> g = const_pixel_view<scalar_t>(go);
+    const View4<scalar_t> gz = view4<scalar_t>(grad_z), gy = view4<scalar_t>(grad_y);
+    POTTS_DISPATCH_UNARY(args.kind, [&] {
+      at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) unary_backward_pixel<U, scalar_t>(u, g, gz, gy, j / n, j % n);
+      });
     });
   });
   return {grad_z, grad_y};
@@ -150,28 +162,33 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_emulated(
   const GridArgs args = make_grid_args(y, image, weights, mask, inv_two_sigma2, offsets, spatial, relaxation, eps);
   check_grid_solver_args(y, operand, unlabeled, seeded);
   check_solver_scalars(kind, eta, lam, unary_eps);
-  check_double(y, "y");
+  check_emulated(y, "y");
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3), blocks = block_count(n);
   at::Tensor grad = at::empty_like(y, at::MemoryFormat::Contiguous);
-  at::Tensor energy = at::zeros({B, blocks}, y.options());
-  const DeviceGrid<double> g = device_grid<double>(args, y);
-  const PairTable<double> pairs = pair_table<double>(args);
-  double *grad_data = grad.data_ptr<double>(), *energy_data = energy.data_ptr<double>();
-  dispatch_solver(args.relaxation, kind, K, [&](auto r, auto u, auto kmax) {
-    at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        energy_data[j] = run_block(j / blocks, j % blocks, n, [&](int64_t b, int64_t i) {
-          double pixel_energy = 0;
-          double* out = grad_data + b * K * n + i;
-          solver_gradient_pixel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, double>(
-              g, g.stored(), pairs, operand.data_ptr<double>(), unlabeled.data_ptr<bool>(), seeded.data_ptr<bool>(),
-              eta, lam, unary_eps, b, i, [&](int64_t k, double gk) { out[k * n] = gk; }, pixel_energy);
-          return pixel_energy;
-        });
-      }
+  at::Tensor energy = at::zeros({B, blocks}, y.options().dtype(at::kDouble));  // as grid_solver.cu: double
+  double* energy_data = energy.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_emulated", [&] {
+    const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
+    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    scalar_t* grad_data = grad.data_ptr<scalar_t>();
+    dispatch_solver(args.relaxation, kind, K, [&](auto r, auto u, auto kmax) {
+      at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          energy_data[j] = run_block<double>(j / blocks, j % blocks, n, [&](int64_t b, int64_t i) {
+            scalar_t pixel_energy = 0;
+            scalar_t* out = grad_data + b * K * n + i;
+            solver_gradient_pixel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, scalar_t>(
+                g, g.stored(), pairs, operand.data_ptr<scalar_t>(), unlabeled.data_ptr<bool>(),
+                seeded.data_ptr<bool>(), static_cast<scalar_t>(eta), static_cast<scalar_t>(lam),
+                static_cast<scalar_t>(unary_eps), b, i, [&](int64_t k, scalar_t gk) { out[k * n] = gk; },
+                pixel_energy);
+            return static_cast<double>(pixel_energy);
+          });
+        }
+      });
     });
   });
-  return {energy.sum(1), grad};
+  return {energy.sum(1).to(y.scalar_type()), grad};
 }
 
 // solver.cu's adaptive_step_kernel: adaptive_pixel for every pixel of the images still running, the constants
@@ -180,29 +197,31 @@ void adaptive_step_emulated(const at::Tensor& theta, const at::Tensor& m, const 
                             const at::Tensor& grad, const at::Tensor& steps, const at::Tensor& scale,
                             const at::Tensor& seeds, const at::Tensor& seeded, at::ArrayRef<double> rule) {
   check_adaptive_step_args(theta, m, v, y, grad, steps, scale, seeds, seeded, rule);
-  check_double(y, "y");
+  check_emulated(y, "y");
   const AdaptiveRule r(rule);
   const int64_t B = y.size(0), K = y.size(1), n = y.size(2) * y.size(3);
-  double *pt = theta.data_ptr<double>(), *pm = m.data_ptr<double>(), *pv = v.data_ptr<double>();
-  double* py = y.data_ptr<double>();
-  const double* pg = grad.data_ptr<double>();
-  at::parallel_for(0, B * n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t b = j / n, base = b * K * n + j % n;
-      const double lr_scale = scale.data_ptr<double>()[b];
-      if (!(lr_scale > 0)) continue;
-      adaptive_pixel<double>(
-          K, seeded.data_ptr<bool>()[j], seeds.data_ptr<int64_t>()[j],
-          r.constants<double>(steps.data_ptr<int64_t>()[b], lr_scale),
-          [&](int64_t k, double& t, double& yk, double& gk, double& mk, double& vk) {
-            const int64_t at = base + k * n;
-            t = pt[at], yk = py[at], gk = pg[at], mk = pm[at], vk = pv[at];
-          },
-          [&](int64_t k, double t, double mk, double vk, double yk) {
-            const int64_t at = base + k * n;
-            pt[at] = t, pm[at] = mk, pv[at] = vk, py[at] = yk;
-          });
-    }
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "adaptive_step_emulated", [&] {
+    scalar_t *pt = theta.data_ptr<scalar_t>(), *pm = m.data_ptr<scalar_t>(), *pv = v.data_ptr<scalar_t>();
+    scalar_t* py = y.data_ptr<scalar_t>();
+    const scalar_t* pg = grad.data_ptr<scalar_t>();
+    at::parallel_for(0, B * n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const int64_t b = j / n, base = b * K * n + j % n;
+        const double lr_scale = scale.data_ptr<double>()[b];
+        if (!(lr_scale > 0)) continue;
+        adaptive_pixel<scalar_t>(
+            K, seeded.data_ptr<bool>()[j], seeds.data_ptr<int64_t>()[j],
+            r.constants<scalar_t>(steps.data_ptr<int64_t>()[b], lr_scale),
+            [&](int64_t k, scalar_t& t, scalar_t& yk, scalar_t& gk, scalar_t& mk, scalar_t& vk) {
+              const int64_t at = base + k * n;
+              t = pt[at], yk = py[at], gk = pg[at], mk = pm[at], vk = pv[at];
+            },
+            [&](int64_t k, scalar_t t, scalar_t mk, scalar_t vk, scalar_t yk) {
+              const int64_t at = base + k * n;
+              pt[at] = t, pm[at] = mk, pv[at] = vk, py[at] = yk;
+            });
+      }
+    });
   });
 }
 
