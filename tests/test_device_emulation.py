@@ -1,7 +1,7 @@
 """The CUDA grid, unary and solver kernels' device code run on the host (tests/csrc/device_emulation.cpp,
-built here) against the reference ops, in float64 and in float32 (the types the CUDA launchers use).  CI has no GPU: this is where it tests the code each CUDA thread runs
-(csrc/cuda/grid_device.cuh, unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in
-the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
+built here) against the reference ops, in float64 and in float32 (the types the CUDA launchers use).  CI
+has no GPU: this is where it tests the code each CUDA thread runs (csrc/cuda/grid_device.cuh,
+unary_device.cuh, the step rule's adaptive_pixel in pottsops/solver_math.h), in the kernels' launch shape.  Each test puts the emulated kernels in place of the CPU kernels of the pottsops
 ops of the same names, then goes through the public API; what it cannot check (nvcc's code, cub's
 reduction order) is left to benchmarks/gpu_suite.sh on a GPU.  The lattice's CUDA kernels are not emulated:
 their per-thread code is the CPU lattice's (lattice.h's simplex search, tested through lattice_simplex in
