@@ -166,7 +166,10 @@ def train(config):
         _keep_rows(os.path.join(config.out, "eval_log.csv"), lambda row: int(row["step"]) <= step)
     if rank == 0:
         with open(os.path.join(config.out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1, default=str)
+            written = dataclasses.asdict(config)
+            if written.get("root"):  # relative to where the run started: no machine's folders in results
+                written["root"] = os.path.relpath(written["root"])
+            json.dump(written, f, indent=1, default=str)
 
     def checkpoint(step_in_epoch):
         if rank == 0:
