@@ -206,20 +206,13 @@ void adaptive_step_emulated(const at::Tensor& theta, const at::Tensor& m, const 
     const scalar_t* pg = grad.data_ptr<scalar_t>();
     at::parallel_for(0, B * n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const int64_t b = j / n, base = b * K * n + j % n;
+        const int64_t b = j / n;
         const double lr_scale = scale.data_ptr<double>()[b];
         if (!(lr_scale > 0)) continue;
-        adaptive_pixel<scalar_t>(
-            K, seeded.data_ptr<bool>()[j], seeds.data_ptr<int64_t>()[j],
-            r.constants<scalar_t>(steps.data_ptr<int64_t>()[b], lr_scale),
-            [&](int64_t k, scalar_t& t, scalar_t& yk, scalar_t& gk, scalar_t& mk, scalar_t& vk) {
-              const int64_t at = base + k * n;
-              t = pt[at], yk = py[at], gk = pg[at], mk = pm[at], vk = pv[at];
-            },
-            [&](int64_t k, scalar_t t, scalar_t mk, scalar_t vk, scalar_t yk) {
-              const int64_t at = base + k * n;
-              pt[at] = t, pm[at] = mk, pv[at] = vk, py[at] = yk;
-            });
+        adaptive_pixel_strided<scalar_t>(K, n, b * K * n + j % n, seeded.data_ptr<bool>()[j],
+                                         seeds.data_ptr<int64_t>()[j],
+                                         r.constants<scalar_t>(steps.data_ptr<int64_t>()[b], lr_scale), pt, pm, pv,
+                                         py, pg);
       }
     });
   });

@@ -1,5 +1,5 @@
 // The solver's step on CUDA (adaptive_step; pottsops/solver/loop.py replays it with grid_solver_gradient from CUDA
-// graphs): one thread per pixel runs adaptive_pixel (pottsops/solver_math.h), the per-pixel form of the
+// graphs): one thread per pixel runs adaptive_pixel_strided (pottsops/solver_math.h), the per-pixel form of the
 // rule the CPU loop runs over rows.  No reductions: every value is written by the thread of its pixel.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -31,17 +31,8 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (pixel >= n) return;
-  const int64_t base = b * K * n + pixel;
-  adaptive_pixel<scalar_t>(
-      K, seeded[b * n + pixel], seeds[b * n + pixel], constants,
-      [&](int64_t k, scalar_t& t, scalar_t& yk, scalar_t& g, scalar_t& mk, scalar_t& vk) {
-        const int64_t at = base + k * n;
-        t = theta[at], yk = y[at], g = grad[at], mk = m[at], vk = v[at];
-      },
-      [&](int64_t k, scalar_t t, scalar_t mk, scalar_t vk, scalar_t yk) {
-        const int64_t at = base + k * n;
-        theta[at] = t, m[at] = mk, v[at] = vk, y[at] = yk;
-      });
+  adaptive_pixel_strided<scalar_t>(K, n, b * K * n + pixel, seeded[b * n + pixel], seeds[b * n + pixel], constants,
+                                   theta, m, v, y, grad);
 }
 
 void adaptive_step_cuda(const at::Tensor& theta, const at::Tensor& m, const at::Tensor& v, const at::Tensor& y,

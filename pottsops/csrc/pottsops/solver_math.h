@@ -90,6 +90,24 @@ POTTS_HD void adaptive_pixel(int64_t K, bool seeded, int64_t seed, const Adaptiv
   }
 }
 
+// adaptive_pixel on contiguous (B, K, H, W) tensors, the pixel's class k at base + k * n (base = b K n + i):
+// the CUDA kernel's form, which the host emulation of it runs too.
+template <typename T>
+POTTS_HD void adaptive_pixel_strided(int64_t K, int64_t n, int64_t base, bool seeded, int64_t seed,
+                                     const AdaptiveStep<T>& s, T* __restrict__ theta, T* __restrict__ m,
+                                     T* __restrict__ v, T* __restrict__ y, const T* __restrict__ grad) {
+  adaptive_pixel<T>(
+      K, seeded, seed, s,
+      [&](int64_t k, T& t, T& yk, T& g, T& mk, T& vk) {
+        const int64_t at = base + k * n;
+        t = theta[at], yk = y[at], g = grad[at], mk = m[at], vk = v[at];
+      },
+      [&](int64_t k, T t, T mk, T vk, T yk) {
+        const int64_t at = base + k * n;
+        theta[at] = t, m[at] = mk, v[at] = vk, y[at] = yk;
+      });
+}
+
 // The check at the end of each window of steps, from the second window on (the first steps from a good
 // start may not descend yet): when an image's lowest energy fell by at most tol times its excess over the
 // unary's lower bound (the energy less its constants) during the window, its learning rate is halved, or,
