@@ -32,7 +32,7 @@ def value_and_grad(fn, y):
     y = y.detach().clone().requires_grad_()
     value = fn(y)
     (grad,) = torch.autograd.grad(value, y)
-    return float(value), grad.double()
+    return float(value.detach()), grad.double()
 
 
 def row(method, size, scale, value, grad, exact_value, exact_grad):

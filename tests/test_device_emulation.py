@@ -87,6 +87,38 @@ def test_the_emulation_is_what_runs():
     assert torch.isfinite(pottsops.potts_energy(y, backend="cpu"))
 
 
+def test_the_grid_kernels_parameters_fit_in_4_kb():
+    """The largest grid launch's parameters (grid_device.cuh kLargestGridKernelParameters) within the 4 KB
+    that every CUDA version takes: the pair table is read from device memory.  Taken by value, the table of
+    512 offsets in double made it 6.4 KB, which needs CUDA 12.1 and a driver for it."""
+    assert torch.ops.pottsops_table_cache.largest_grid_kernel_parameters() <= 4096
+
+
+def test_the_table_cache_keeps_tables_a_graph_captured_and_drops_the_others():
+    """grid_device.cuh's tables go through pottsops/table_cache.h: one copy per table and device, made
+    outside a capture; a capture gets the copy made before it, and keeps it for good; past the capacity the
+    copies no capture used are dropped."""
+    cache = torch.ops.pottsops_table_cache
+    cache.reset(3)
+    table = lambda i: torch.arange(i, i + 24, dtype=torch.uint8)  # noqa: E731
+    first = cache.get(table(0), False)
+    assert torch.equal(first, table(0)) and cache.size() == 1
+    assert cache.get(table(0), False).data_ptr() == first.data_ptr()  # one copy per table
+    with pytest.raises(RuntimeError, match="table: this table \\(24 bytes\\) is not on cpu yet, and a CUDA graph is "
+                                           "being captured.*run the same call once before capturing"):
+        cache.get(table(1), True)
+    assert cache.get(table(0), True).data_ptr() == first.data_ptr()  # a capture uses the copy made before it
+    assert cache.get(torch.empty(0, dtype=torch.uint8), True).numel() == 0  # no pairs: nothing to copy
+    second, third = cache.get(table(1), False), cache.get(table(2), False)
+    assert cache.size() == 3
+    fourth = cache.get(table(3), False)  # full: drops the tables no capture used
+    assert cache.size() == 2 and torch.equal(fourth, table(3))
+    assert cache.get(table(0), False).data_ptr() == first.data_ptr()  # the captured one stayed
+    assert torch.equal(second, table(1)) and torch.equal(third, table(2))  # a caller's dropped copy stays valid
+    assert cache.get(table(1), False).data_ptr() != second.data_ptr()  # made again
+    assert cache.size() == 3
+
+
 @pytest.mark.parametrize("neighborhood", NEIGHBORHOODS, ids=NB_IDS)
 @pytest.mark.parametrize("relaxation", pottsops.RELAXATIONS)
 def test_energy_and_gradients_match_the_reference(relaxation, neighborhood):
@@ -106,6 +138,23 @@ def test_energy_and_gradients_match_the_reference(relaxation, neighborhood):
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_each_call_reads_its_own_table():
+    """The tables come from a cache keyed by their bytes (4 tables in the emulation): calls that differ only
+    in sigma_xy (the spatial factors), in dtype or in offsets each read their own, past the cache's capacity
+    and back, against the reference."""
+    g = torch.Generator().manual_seed(23)
+    shape = (1, 3, 6, 7)
+    for dtype, neighborhood, sigma_xy in [(torch.float64, pottsops.window(2), s) for s in (0.5, 1.0, 2.0, 4.0, 8.0)] + [
+            (torch.float32, pottsops.window(2), 1.0), (torch.float64, pottsops.window(1, dilation=2), 1.0),
+            (torch.float64, pottsops.window(2), 0.5)]:
+        y = soft_labels(shape, dtype, generator=g)
+        kwargs = dict(image=random_image(shape, dtype=dtype, generator=g), neighborhood=neighborhood, sigma_xy=sigma_xy)
+        expected = pottsops.potts_energy(y, backend="reference", reduction="none", **kwargs)
+        with emulated("grid_potts_energy"):
+            got = pottsops.potts_energy(y, backend="cpu", reduction="none", **kwargs)
+        torch.testing.assert_close(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
 
 
 @pytest.mark.parametrize("K", [2, 4, 5, 16, 17, 33, 64, 70])

@@ -120,3 +120,32 @@ def test_tensors_on_a_device_that_is_not_current(backend):
     torch.testing.assert_close(y.cpu(), expected, rtol=1e-5, atol=1e-5)
     energy = pottsops.potts_energy(torch.softmax(args[0], 1), args[1], backend=backend)
     assert energy.device == torch.device("cuda:1") and torch.isfinite(energy)
+
+
+def test_a_cuda_graph_replays_the_pair_table_it_captured():
+    """The CUDA grid kernels read their pair table from a device copy kept by a cache (grid_device.cuh): a graph
+    captured after a warm-up replays it even after hundreds of other tables passed through the cache, and a
+    capture that would need a table not yet on the device is refused with the fix."""
+    require_gpu("cuda")
+    g = torch.Generator().manual_seed(6)
+    y = soft_labels((2, 5, 48, 40), torch.float32, "cuda", generator=g)
+    image = random_image((2, 5, 48, 40), device="cuda", generator=g)
+    kwargs = dict(neighborhood=pottsops.window(3), backend="cuda", reduction="none")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        pottsops.potts_energy(y, image, sigma_xy=2.5, **kwargs)  # the warm-up makes the table
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pottsops.potts_energy(y, image, sigma_xy=2.5, **kwargs)
+    for i in range(300):  # past the cache's 256 tables: the ones no capture used are dropped
+        pottsops.potts_energy(y, image, sigma_xy=3.0 + i / 100, **kwargs)
+    graph.replay()
+    expected = pottsops.potts_energy(y.double(), image.double(), sigma_xy=2.5, neighborhood=pottsops.window(3),
+                                     backend="reference", reduction="none")
+    torch.testing.assert_close(captured.double(), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="offsets: this table .* is not on cuda:0 yet, and a CUDA graph is being "
+                                           "captured"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            pottsops.potts_energy(y, image, sigma_xy=9.5, **kwargs)

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <vector>
 
 #include "cuda/grid_device.cuh"
@@ -19,6 +20,7 @@
 #include "pottsops/device_code.h"
 #include "pottsops/solver_args.h"
 #include "pottsops/solver_math.h"
+#include "pottsops/table_cache.h"
 #include "pottsops/unary_args.h"
 #include "pottsops/unaries.h"
 
@@ -39,6 +41,31 @@ total_t run_block(int64_t b, int64_t block, int64_t n, Thread&& thread) {
   return total;
 }
 
+// The emulated launches take their pair tables through a TableCache as the CUDA launchers do (on CPU
+// tensors, never capturing); a small one, so that the tests' many tables also exercise its dropping.
+template <typename acc_t>
+CachedPairTable<acc_t> emulated_pair_table(const GridArgs& args) {
+  static TableCache cache(4);
+  return cached_pair_table<acc_t>(cache, args, at::Device(at::kCPU), false);
+}
+
+// pottsops_table_cache::*: a TableCache of its own for tests of its rules (what it keeps, drops, refuses).
+std::unique_ptr<TableCache>& probed_cache() {
+  static std::unique_ptr<TableCache> cache;
+  return cache;
+}
+
+void table_cache_reset(int64_t capacity) { probed_cache() = std::make_unique<TableCache>(capacity); }
+
+at::Tensor table_cache_get(const at::Tensor& bytes, bool capturing) {
+  const at::Tensor host = bytes.to(at::kByte).contiguous();
+  const std::vector<uint8_t> data(host.data_ptr<uint8_t>(), host.data_ptr<uint8_t>() + host.numel());
+  const at::Tensor copy = probed_cache()->get(data, at::Device(at::kCPU), capturing, "table");
+  return copy.defined() ? copy : at::empty({0}, at::kByte);
+}
+
+int64_t table_cache_size() { return static_cast<int64_t>(probed_cache()->size()); }
+
 int64_t block_count(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
 at::Tensor grid_potts_energy_emulated(const at::Tensor& y, const c10::optional<at::Tensor>& image,
@@ -51,7 +78,8 @@ at::Tensor grid_potts_energy_emulated(const at::Tensor& y, const c10::optional<a
   at::Tensor partial = at::zeros({B, blocks}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_potts_energy_emulated", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const CachedPairTable<scalar_t> table = emulated_pair_table<scalar_t>(args);
+    const PairTable<scalar_t>& pairs = table.view;
     scalar_t* out = partial.data_ptr<scalar_t>();
     POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
       at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -78,7 +106,8 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_emulated(
   const int64_t B = y.size(0), n = y.size(2) * y.size(3);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_potts_energy_backward_emulated", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const CachedPairTable<scalar_t> table = emulated_pair_table<scalar_t>(args);
+    const PairTable<scalar_t>& pairs = table.view;
     const View4<scalar_t> out = view4<scalar_t>(grad_y);
     scalar_t* gw = weights_grad ? grad_w.data_ptr<scalar_t>() : nullptr;
     const scalar_t* go_data = go.data_ptr<scalar_t>();
@@ -104,7 +133,8 @@ at::Tensor grid_affinity_emulated(const at::Tensor& image, const c10::optional<a
   at::Tensor out = at::empty({B, args.num_offsets(), image.size(2), image.size(3)}, args.image.options());
   AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_emulated", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, image);
-    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const CachedPairTable<scalar_t> table = emulated_pair_table<scalar_t>(args);
+    const PairTable<scalar_t>& pairs = table.view;
     const View4<scalar_t> view = view4<scalar_t>(out);
     at::parallel_for(0, B * n, kThreads, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) affinity_pixel<scalar_t>(g, pairs, view, j / n, j % n);
@@ -169,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_emulated(
   double* energy_data = energy.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_emulated", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const CachedPairTable<scalar_t> table = emulated_pair_table<scalar_t>(args);
+    const PairTable<scalar_t>& pairs = table.view;
     scalar_t* grad_data = grad.data_ptr<scalar_t>();
     dispatch_solver(args.relaxation, kind, K, [&](auto r, auto u, auto kmax) {
       at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -219,6 +250,13 @@ void adaptive_step_emulated(const at::Tensor& theta, const at::Tensor& m, const 
 }
 
 }  // namespace
+
+TORCH_LIBRARY(pottsops_table_cache, m) {
+  m.def("reset(int capacity) -> ()", &table_cache_reset);
+  m.def("get(Tensor bytes, bool capturing) -> Tensor", &table_cache_get);
+  m.def("size() -> int", &table_cache_size);
+  m.def("largest_grid_kernel_parameters() -> int", [] { return static_cast<int64_t>(kLargestGridKernelParameters); });
+}
 
 TORCH_LIBRARY_IMPL(pottsops_emulated, CPU, m) {
   m.impl("grid_potts_energy", &grid_potts_energy_emulated);

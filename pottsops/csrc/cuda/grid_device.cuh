@@ -9,34 +9,34 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "pottsops/device_code.h"
 #include "pottsops/grid_args.h"
 #include "pottsops/relaxations.h"
+#include "pottsops/table_cache.h"
 #include "pottsops/unaries.h"
 #ifdef __CUDACC__
-#include "cuda/launch.cuh"  // check_driver_takes_large_parameters
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace pottsops {
 
-// The offsets and spatial factors, passed by value as a kernel parameter: 512 offsets take 6 KB in double,
-// past the 4 KB of parameters CUDA allowed before 12.1.  CUDA 12.1 and later allow 32764 bytes on sm_70 and
-// later, with a driver for 12.1 or later (check_driver_takes_large_parameters, at every launch); every CUDA
-// build of the torch versions pottsops supports is 12.6 or later, and an older nvcc stops at the #error
-// below.  (A table in device memory would have to outlive the CUDA graphs that solve() replays.)
+// The offsets and spatial factors of the pairs, read from memory the kernel can reach: a copy on the device
+// for the CUDA kernels (device_pair_table, kept by a TableCache so that CUDA graphs can replay the launch),
+// host memory for the emulation.  As a kernel parameter the table would take up to 6 KB, past the 4 KB CUDA
+// allowed before 12.1.  Its bytes (pair_table_bytes): count spatial factors, then count dy, then count dx.
 template <typename acc_t>
 struct PairTable {
   int count;
-  int16_t dy[kMaxOffsets];
-  int16_t dx[kMaxOffsets];
-  acc_t spatial[kMaxOffsets];
+  const acc_t* spatial;
+  const int16_t* dy;
+  const int16_t* dx;
 };
-
-#if defined(__CUDACC__) && (__CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__ < 1201)
-#error "pottsops: the grid kernels take their pair table (up to 6 KB) as a parameter, which needs CUDA 12.1 or later"
-#endif
 
 // Labels read from y (any strides).
 template <typename scalar_t>
@@ -127,23 +127,70 @@ DeviceGrid<scalar_t> device_grid(const GridArgs& args, const at::Tensor& like) {
   return g;
 }
 
+// The table of args' offsets in the layout PairTable reads, acc_t's spatial factors first (aligned).
 template <typename acc_t>
-PairTable<acc_t> pair_table(const GridArgs& args) {
-#ifdef __CUDACC__
-  check_driver_takes_large_parameters();
-#endif
-  PairTable<acc_t> t{};
-  t.count = static_cast<int>(args.num_offsets());
-  TORCH_CHECK(t.count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
-  for (int e = 0; e < t.count; ++e) {
+std::vector<uint8_t> pair_table_bytes(const GridArgs& args) {
+  const int64_t count = args.num_offsets();
+  TORCH_CHECK(count <= kMaxOffsets, "offsets: at most ", kMaxOffsets, " supported");
+  const size_t dy_at = count * sizeof(acc_t), dx_at = dy_at + count * sizeof(int16_t);
+  std::vector<uint8_t> bytes(dx_at + count * sizeof(int16_t));
+  for (int64_t e = 0; e < count; ++e) {
     TORCH_CHECK(args.dy[e] < 32768 && args.dx[e] < 32768 && args.dx[e] > -32768, "offsets: (", args.dy[e], ", ",
                 args.dx[e], ") too large");
-    t.dy[e] = static_cast<int16_t>(args.dy[e]);
-    t.dx[e] = static_cast<int16_t>(args.dx[e]);
-    t.spatial[e] = static_cast<acc_t>(args.spatial[e]);
+    const acc_t spatial = static_cast<acc_t>(args.spatial[e]);
+    const int16_t dy = static_cast<int16_t>(args.dy[e]), dx = static_cast<int16_t>(args.dx[e]);
+    std::memcpy(bytes.data() + e * sizeof(acc_t), &spatial, sizeof(acc_t));
+    std::memcpy(bytes.data() + dy_at + e * sizeof(int16_t), &dy, sizeof(int16_t));
+    std::memcpy(bytes.data() + dx_at + e * sizeof(int16_t), &dx, sizeof(int16_t));
   }
-  return t;
+  return bytes;
 }
+
+// The PairTable of count pairs whose bytes (pair_table_bytes) start at `bytes` (aligned for acc_t).
+template <typename acc_t>
+PairTable<acc_t> pair_table_at(const uint8_t* bytes, int64_t count) {
+  const auto* spatial = reinterpret_cast<const acc_t*>(bytes);
+  const auto* dy = reinterpret_cast<const int16_t*>(spatial + count);
+  return {static_cast<int>(count), spatial, dy, dy + count};
+}
+
+// A pair table kept by a TableCache on a device: the cache's tensor, which the caller holds while its
+// kernels are queued, and the view the kernels read.
+template <typename acc_t>
+struct CachedPairTable {
+  at::Tensor bytes;
+  PairTable<acc_t> view;
+};
+
+template <typename acc_t>
+CachedPairTable<acc_t> cached_pair_table(TableCache& cache, const GridArgs& args, const at::Device& device,
+                                         bool capturing) {
+  at::Tensor bytes = cache.get(pair_table_bytes<acc_t>(args), device, capturing, "offsets");
+  return {bytes, pair_table_at<acc_t>(bytes.defined() ? bytes.data_ptr<uint8_t>() : nullptr, args.num_offsets())};
+}
+
+#ifdef __CUDACC__
+// The CUDA grid kernels' tables: one cache for the library (an inline function's static is one object).
+// 256 tables of at most 6 KB.
+inline TableCache& device_tables() {
+  static TableCache cache(256);
+  return cache;
+}
+
+// args' table on `device` for a launch on the current stream.  The stream is recorded on the table's memory,
+// so that PyTorch's allocator reuses it only after the launch, should the cache drop it meanwhile.
+template <typename acc_t>
+CachedPairTable<acc_t> device_pair_table(const GridArgs& args, const at::Device& device) {
+  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  const bool capturing = status != cudaStreamCaptureStatusNone;
+  CachedPairTable<acc_t> table = cached_pair_table<acc_t>(device_tables(), args, device, capturing);
+  if (table.bytes.defined() && !capturing)
+    c10::cuda::CUDACachingAllocator::recordStream(table.bytes.storage().data_ptr(), stream);
+  return table;
+}
+#endif
 
 // The Potts gradient of pixel p = (h, w) for the classes c0 .. c0 + KMAX - 1: acc[k] gathers go w dP/ds q_k
 // over the pairs that start (direction 0) and that end (direction 1) at it, self the factor of its own
@@ -318,11 +365,10 @@ void dispatch_solver(int relaxation, int64_t kind, int64_t K, Body&& body) {
   });
 }
 
-#ifdef __CUDACC__
-// The largest launch (grid_solver.cu's gradient kernel: the grid, the table in double, pointers, scalars).
-static_assert(sizeof(DeviceGrid<double>) + sizeof(PairTable<double>) + 10 * sizeof(double) <=
-                  kMaxKernelParameterBytes,
-              "the grid kernels' parameters pass CUDA's limit");
-#endif
+// The largest launch (grid_solver.cu's gradient kernel: the grid in double, the table's pointers, the
+// other pointers and scalars) within the 4 KB of parameters every CUDA version allows.
+constexpr size_t kLargestGridKernelParameters =
+    sizeof(DeviceGrid<double>) + sizeof(PairTable<double>) + 10 * sizeof(double);
+static_assert(kLargestGridKernelParameters <= 4096, "the grid kernels' parameters pass CUDA's 4 KB");
 
 }  // namespace pottsops

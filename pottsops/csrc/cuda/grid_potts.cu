@@ -68,9 +68,9 @@ at::Tensor grid_potts_energy_cuda(const at::Tensor& y, const c10::optional<at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_energy_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-    const PairTable<acc_t> pairs = pair_table<acc_t>(args);
+    const CachedPairTable<acc_t> pairs = device_pair_table<acc_t>(args, y.device());
     POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
-      energy_kernel<R, scalar_t><<<grid, kThreads, 0, stream>>>(g, pairs, partial.data_ptr<acc_t>());
+      energy_kernel<R, scalar_t><<<grid, kThreads, 0, stream>>>(g, pairs.view, partial.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -96,13 +96,13 @@ std::tuple<at::Tensor, at::Tensor> grid_potts_energy_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "grid_potts_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-      const PairTable<acc_t> pairs = pair_table<acc_t>(args);
+      const CachedPairTable<acc_t> pairs = device_pair_table<acc_t>(args, y.device());
       const View4<scalar_t> out = view4<scalar_t>(grad_y);
       acc_t* gw = weights_grad ? grad_w.data_ptr<acc_t>() : nullptr;
       POTTS_DISPATCH_RELAXATION(args.relaxation, [&] {
         dispatch_kmax(y.size(1), [&](auto kmax) {
           backward_kernel<R, decltype(kmax)::value, scalar_t>
-              <<<grid, kThreads, 0, stream>>>(g, pairs, go.data_ptr<acc_t>(), out, gw);
+              <<<grid, kThreads, 0, stream>>>(g, pairs.view, go.data_ptr<acc_t>(), out, gw);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -122,8 +122,9 @@ at::Tensor grid_affinity_cuda(const at::Tensor& image, const c10::optional<at::T
   const dim3 grid = pixel_grid(B, H, W, "image");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_cuda", [&] {
-    affinity_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(device_grid<scalar_t>(args, image),
-                                                             pair_table<scalar_t>(args), view4<scalar_t>(out));
+    const CachedPairTable<scalar_t> pairs = device_pair_table<scalar_t>(args, image.device());
+    affinity_kernel<scalar_t>
+        <<<grid, kThreads, 0, stream>>>(device_grid<scalar_t>(args, image), pairs.view, view4<scalar_t>(out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

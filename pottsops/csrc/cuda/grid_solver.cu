@@ -57,10 +57,10 @@ std::tuple<at::Tensor, at::Tensor> grid_solver_gradient_cuda(
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "grid_solver_gradient_cuda", [&] {
     const DeviceGrid<scalar_t> g = device_grid<scalar_t>(args, y);
-    const PairTable<scalar_t> pairs = pair_table<scalar_t>(args);
+    const CachedPairTable<scalar_t> pairs = device_pair_table<scalar_t>(args, y.device());
     dispatch_solver(args.relaxation, kind, y.size(1), [&](auto r, auto u, auto kmax) {
       solver_gradient_kernel<decltype(r)::value, decltype(u)::value, decltype(kmax)::value, scalar_t>
-          <<<grid, kThreads, 0, stream>>>(g, pairs, operand.data_ptr<scalar_t>(), unlabeled.data_ptr<bool>(),
+          <<<grid, kThreads, 0, stream>>>(g, pairs.view, operand.data_ptr<scalar_t>(), unlabeled.data_ptr<bool>(),
                                           seeded.data_ptr<bool>(), static_cast<scalar_t>(eta),
                                           static_cast<scalar_t>(lam), static_cast<scalar_t>(unary_eps),
                                           grad.data_ptr<scalar_t>(), energy.data_ptr<double>());
