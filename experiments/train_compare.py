@@ -62,11 +62,11 @@ class Study:
         self.root = os.path.join(args.runs, args.name)
         self.total = args.warmup_steps + args.steps
 
-    def run(self, out, extra, seed):
-        """Run `python -m train` into out unless it finished there; the resumable command."""
+    def run(self, out, extra, seed, again=False):
+        """Run `python -m train` into out unless it finished there (or again); the resumable command."""
         command = [sys.executable, "-m", "train", *self.train_args, *extra, "--seed", str(seed),
                    "--steps", str(self.total), "--out", out, "--no-progress", "--resume"]
-        if not os.path.isfile(os.path.join(out, "results.json")):
+        if again or not os.path.isfile(os.path.join(out, "results.json")):
             if self.args.table_only:
                 return None
             print("$", shlex.join(["python", *command[1:]]), flush=True)
@@ -74,15 +74,21 @@ class Study:
         with open(os.path.join(out, "results.json")) as f:
             return {"results": json.load(f), "out": out, "command": shlex.join(["python", *command[1:]])}
 
-    def warmup(self, seed):
+    def warmup(self, seed, again=False):
         out = os.path.join(self.root, "warmup", f"seed{seed}")
-        return self.run(out, ["--method", "pce", "--max-steps", str(self.args.warmup_steps)], seed)
+        return self.run(out, ["--method", "pce", "--max-steps", str(self.args.warmup_steps)], seed, again)
 
     def branch(self, label, method_args, setting, seed):
         flag, value = setting or (None, None)
         folder = f"{flag.lstrip('-')}{value}" if flag else "default"
         out = os.path.join(self.root, label, folder, f"seed{seed}")
         start = os.path.join(self.root, "warmup", f"seed{seed}", "last.pt")
+        finished = os.path.isfile(os.path.join(out, "results.json"))
+        if not finished and not self.args.table_only and not os.path.isfile(start):
+            # the finished runs are committed without their checkpoints: a new branch of an old seed repeats
+            # its warm-up, which gives the same weights (runs on the CPU are reproducible bit for bit)
+            print(f"{start} is missing: its warm-up runs again", flush=True)
+            self.warmup(seed, again=True)
         extra = [*method_args, *([flag, value] if flag else []), "--start-from", start, "--warmup", "0"]
         return self.run(out, extra, seed)
 

@@ -342,6 +342,16 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     stamp = os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json")
     train_compare.main(argv)  # everything finished: nothing reruns
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
+    # committed runs keep no checkpoints: a value added to a grid repeats the warm-up, to the same weights
+    warm = runs / "tiny" / "warmup" / "seed0" / "last.pt"
+    weights = torch.load(warm, weights_only=False)["model"]
+    warm.unlink()
+    train_compare.main(argv[:argv.index("soft-q=eta:0.3,1")] + ["soft-q=eta:0.1,0.3,1"] +
+                       argv[argv.index("soft-q=eta:0.3,1") + 1:])
+    again = torch.load(warm, weights_only=False)["model"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert (runs / "tiny" / "soft-q" / "eta0.1" / "seed0" / "results.json").exists()
+    assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
 
 
 def test_a_branch_continues_the_warmup_exactly(tmp_path):
