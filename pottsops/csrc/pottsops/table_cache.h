@@ -28,8 +28,8 @@ class TableCache {
   explicit TableCache(size_t capacity) : capacity_(capacity) {}
 
   // The copy of bytes on device (a uint8 tensor of bytes.size() elements; undefined for no bytes).
-  // capturing: whether a CUDA graph is being captured on the current stream.  The tensor is the cache's
-  // own: a caller keeps it while its kernels may read it only if it can be dropped (not captured).
+  // capturing: whether a CUDA graph is being captured on the current stream.  The cache may drop the tensor
+  // later (if no capture used it), so a caller holds its own reference while its kernels are queued.
   at::Tensor get(const std::vector<uint8_t>& bytes, const at::Device& device, bool capturing, const char* what) {
     if (bytes.empty()) return at::Tensor();
     Key key{device.str(), std::string(bytes.begin(), bytes.end())};
