@@ -20,7 +20,7 @@ from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
 from pottsops.potts import REDUCTIONS, affinity, potts_energy
 from pottsops.solver import solve
-from pottsops.unary import self_labeling_loss
+from pottsops.unary import NORMALIZATIONS, self_labeling_loss
 
 __all__ = ["PottsLoss", "DenseCRFLoss", "GatedCRFLoss", "SoftSelfLabelingLoss"]
 
@@ -179,9 +179,12 @@ TRAINING_SOLVER_ITERS = 100
 class SoftSelfLabelingLoss(torch.nn.Module):
     """Soft self-labeling: y = pottsops.solve(logits, image, seeds, ...) (no gradient), then
 
-        loss = ( -sum_{i in S} log sigma_i[seed_i] + eta sum_{i not in S} H(y_i, sigma_i) ) / N   (eq. 8)
+        loss = ( -sum_{i in S} log sigma_i[seed_i] + eta sum_{i not in S} H(y_i, sigma_i) ) / (|S| + eta |not S|)
 
-    with normalize='pixels' (default), or each term a mean over its pixels with normalize='terms'.
+    eq. 8's sums over their total weight (normalize='weighted', the default): the step size of a mean
+    whatever eta is, so pCE's learning rate carries over.  normalize='pixels' divides by the number of valid
+    pixels instead (a gradient about eta times smaller), 'terms' makes each term a mean over its own pixels
+    (pottsops.self_labeling_loss).
     forward(logits (B, K, H, W), image (B, C, H, W), seeds (B, H, W) class ids / ignore_index, mask (B, H, W)
     bool or None, return_labels=False) -> loss, or (loss, y) with return_labels=True.  solver_options go to
     solve() (tol, lr, levels, sigma_xy, weights, dense_method, backend, ...); iters defaults to
@@ -192,11 +195,11 @@ class SoftSelfLabelingLoss(torch.nn.Module):
     """
 
     def __init__(self, eta=0.3, lam=6.0, relaxation="cd", unary="cce", neighborhood="nn4", sigma_rgb=9.0,
-                 normalize="pixels", ignore_index=255, **solver_options):
+                 normalize="weighted", ignore_index=255, **solver_options):
         super().__init__()
         _checks.check_number("eta", eta)
         _checks.check_number("lam", lam)
-        _checks.check_choice("normalize", normalize, ("pixels", "terms"))
+        _checks.check_choice("normalize", normalize, NORMALIZATIONS)
         self.eta, self.lam, self.relaxation, self.unary = float(eta), float(lam), relaxation, unary
         self.neighborhood, self.sigma_rgb, self.normalize = neighborhood, sigma_rgb, normalize
         self.ignore_index, self.solver_options = ignore_index, {"iters": TRAINING_SOLVER_ITERS, **solver_options}

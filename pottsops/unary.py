@@ -58,11 +58,23 @@ def unary(logits, y, unary="cce", *, mask=None, eps=1e-8, reduction="mean", back
     return loss.sum() / count  # an empty mask: 0
 
 
+NORMALIZATIONS = ("weighted", "pixels", "terms")
+
+
 def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255, mask=None, eps=1e-8,
-                       normalize="pixels", backend="auto"):
+                       normalize="weighted", backend="auto"):
     """Network loss of soft self-labeling (paper eq. 8 without the Potts term, constant for the network).
 
-    normalize='pixels' (eq. 8 as written, divided by the number N of valid pixels, mask True):
+    normalize='weighted' (default): eq. 8's two sums divided by their total weight, as a weighted
+    cross-entropy's mean is,
+
+        ( -sum_{i in S} log sigma_i[seed_i]  +  eta sum_{i not in S} H(y_i, sigma_i) ) / ( |S| + eta |not S| )
+
+    so eq. 8's relative weights are kept and the step size is a mean's whatever eta is: eta = 0 is partial
+    cross-entropy, eta = 1 a mean over every valid pixel, and a user coming from pCE keeps pCE's learning
+    rate (under 'pixels' the gradient shrinks about eta-fold).
+
+    normalize='pixels' (eq. 8's sums divided by the number N of valid pixels, mask True):
 
         ( -sum_{i in S} log sigma_i[seed_i]  +  eta sum_{i not in S} H(y_i, sigma_i) ) / N
 
@@ -70,16 +82,17 @@ def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255,
 
         -mean_{i in S} log sigma_i[seed_i]  +  eta mean_{i not in S} H(y_i, sigma_i)
 
-    S: the scribbled pixels (seeds != ignore_index).  seeds: (B, H, W) integer class ids, ignore_index
-    elsewhere.  With normalize='pixels', add lam * potts_energy(y, ..., reduction="mean") for the full
-    objective in the same normalisation.
+    S: the scribbled pixels (seeds != ignore_index), counted where mask is True.  seeds: (B, H, W) integer
+    class ids, ignore_index elsewhere.  With normalize='pixels', add lam * potts_energy(y, ...,
+    reduction="mean") for the full objective in the same normalisation.  Nothing to weigh (no valid pixel, or
+    no scribble and eta = 0) gives 0.
 
     >>> loss = pottsops.self_labeling_loss(model(x), y.detach(), seeds)
     """
     _checks.check_labels("logits", logits)
     _checks.check_seeds(seeds, "logits", logits, ignore_index)
     _checks.check_mask(mask, "logits", logits)
-    _checks.check_choice("normalize", normalize, ("pixels", "terms"))
+    _checks.check_choice("normalize", normalize, NORMALIZATIONS)
     _checks.check_number("eta", eta)
     _checks.check_number("eps", eps)
     seeded = seeds != ignore_index
@@ -90,6 +103,10 @@ def self_labeling_loss(logits, y, seeds, eta=0.3, unary="cce", ignore_index=255,
     unary_term = unary_loss(logits, y, unary, mask=unlabeled, eps=eps, reduction="sum", backend=backend).float()
     if normalize == "terms":
         return seed_term / (seeded & valid).sum().clamp(min=1) + eta * unary_term / unlabeled.sum().clamp(min=1)
+    if normalize == "weighted":
+        weight = (seeded & valid).sum() + eta * unlabeled.sum()
+        # no weight at all (nothing valid, or eta = 0 without scribbles): the sums are 0 too; 0, not 0/0
+        return (seed_term + eta * unary_term) / torch.where(weight > 0, weight, 1.0)
     return (seed_term + eta * unary_term) / valid.sum().clamp(min=1)
 
 

@@ -87,9 +87,10 @@ def test_losses_by_hand():
 
 @pytest.mark.parametrize("method", ["soft", "hard"])
 def test_soft_and_hard_weigh_their_terms_as_eq_8(method):
-    """The default network loss of soft and hard is eq. 8's sums over one common count, the valid pixels:
-    (sum_S -log sigma[seed] + eta sum_{not S} H(y, sigma)) / N; normalize='terms' keeps each term a mean over
-    its own pixels; pce is a mean over S under either."""
+    """The default network loss of soft and hard is eq. 8's sums over their total weight:
+    (sum_S -log sigma[seed] + eta sum_{not S} H(y, sigma)) / (|S| + eta |not S|); normalize='pixels' divides
+    by the valid pixels N, normalize='terms' keeps each term a mean over its own pixels; pce is a mean over S
+    under each."""
     batch = _batch()
     logits = torch.randn(2, 3, 6, 7, requires_grad=True)
     seeded = (batch["seeds"] != 255) & batch["mask"]
@@ -97,16 +98,19 @@ def test_soft_and_hard_weigh_their_terms_as_eq_8(method):
     log_sigma = torch.log_softmax(logits, 1)
     seed_sum = -log_sigma.gather(1, batch["seeds"].clamp(max=2)[:, None])[:, 0][seeded].sum()
     reg = Regulariser(eta=0.7, solver_iters=20)
-    assert reg.normalize == "pixels"
+    assert reg.normalize == "weighted"
     loss, y = batch_loss(method, logits, batch, reg)
     if method == "soft":  # cce: -log(sigma . y)
         h = -torch.log((log_sigma.exp() * y).sum(1) + 1e-8)
     else:                 # ce: -sum y log sigma
         h = -(y * log_sigma).sum(1)
-    torch.testing.assert_close(loss, (seed_sum + 0.7 * h[unlabeled].sum()) / batch["mask"].sum())
+    weight = int(seeded.sum()) + 0.7 * int(unlabeled.sum())
+    torch.testing.assert_close(loss, (seed_sum + 0.7 * h[unlabeled].sum()) / weight)
+    pixels, _ = batch_loss(method, logits, batch, dataclasses.replace(reg, normalize="pixels"))
+    torch.testing.assert_close(pixels, (seed_sum + 0.7 * h[unlabeled].sum()) / batch["mask"].sum())
     terms, _ = batch_loss(method, logits, batch, dataclasses.replace(reg, normalize="terms"))
     torch.testing.assert_close(terms, seed_sum / seeded.sum() + 0.7 * h[unlabeled].mean())
-    for normalize in ("pixels", "terms"):
+    for normalize in ("weighted", "pixels", "terms"):
         torch.testing.assert_close(batch_loss("pce", logits, batch, dataclasses.replace(reg, normalize=normalize))[0],
                                    seed_sum / seeded.sum())
 

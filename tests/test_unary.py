@@ -113,17 +113,62 @@ def test_self_labeling_loss_is_eq8_without_potts(kind):
     seeds = torch.randint(0, K, (B, H, W), generator=g)
     seeds[torch.rand(B, H, W, generator=g) < 0.7] = 255
     mask = random_mask((B, K, H, W), generator=g, keep=0.9)
-    loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.3, unary=kind, mask=mask)
     log_sigma = torch.log_softmax(logits, 1)
     seeded = (seeds != 255) & mask
+    unlabeled = mask & (seeds == 255)
     seed_term = -log_sigma.gather(1, seeds.clamp(max=K - 1).unsqueeze(1))[:, 0][seeded].sum()
     unary_map = pottsops.unary(logits, y, kind, reduction="none", backend="reference")
-    expected = (seed_term + 0.3 * unary_map[mask & (seeds == 255)].sum()) / mask.sum()
+    # the default: eq. 8's sums over their total weight, counted by hand
+    loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.3, unary=kind, mask=mask)
+    weight = int(seeded.sum()) + 0.3 * int(unlabeled.sum())
+    torch.testing.assert_close(loss.double(), (seed_term + 0.3 * unary_map[unlabeled].sum()) / weight)
+    loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.3, unary=kind, mask=mask, normalize="pixels")
+    expected = (seed_term + 0.3 * unary_map[unlabeled].sum()) / mask.sum()
     torch.testing.assert_close(loss.double(), expected)
     terms = pottsops.self_labeling_loss(logits, y, seeds, eta=0.3, unary=kind, mask=mask, normalize="terms")
     expected = seed_term / seeded.sum() + 0.3 * unary_map[mask & (seeds == 255)].mean()
     torch.testing.assert_close(terms.double(), expected)
     # without a mask every pixel counts; the seeds term is ordinary cross-entropy
-    loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.0)
+    loss = pottsops.self_labeling_loss(logits, y, seeds, eta=0.0, normalize="pixels")
     torch.testing.assert_close(loss.double(), F.cross_entropy(logits, seeds, ignore_index=255, reduction="sum")
                                / (B * H * W))
+    # weighted at eta = 0 is partial cross-entropy, at eta = 1 the mean over every pixel
+    torch.testing.assert_close(pottsops.self_labeling_loss(logits, y, seeds, eta=0.0, unary=kind).double(),
+                               F.cross_entropy(logits, seeds, ignore_index=255))
+    every_pixel = torch.where(seeds == 255, pottsops.unary(logits, y, kind, reduction="none", backend="reference"),
+                              -log_sigma.gather(1, seeds.clamp(max=K - 1).unsqueeze(1))[:, 0])
+    torch.testing.assert_close(pottsops.self_labeling_loss(logits, y, seeds, eta=1.0, unary=kind).double(),
+                               every_pixel.mean())
+
+
+def test_the_weighted_loss_keeps_the_step_size_of_partial_cross_entropy():
+    """Why 'weighted' is the default: its logit gradient stays at pCE's size for every eta (the total weight
+    divides it), where under 'pixels' it shrinks with eta and with the share of scribbled pixels.  Size: the
+    L1 norm, which sums as the parameter gradient does (a mean over more pixels has a smaller L2 norm)."""
+    g = torch.Generator().manual_seed(5)
+    B, K, H, W = 2, 4, 32, 32
+    logits = torch.randn(B, K, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    y = soft_labels((B, K, H, W), torch.float64, generator=g)
+    seeds = torch.randint(0, K, (B, H, W), generator=g)
+    seeds[torch.rand(B, H, W, generator=g) < 0.97] = 255   # 3 % scribbled, as on ACDC
+    pce_grad, = torch.autograd.grad(F.cross_entropy(logits, seeds, ignore_index=255), logits)
+    for eta in (0.03, 0.1, 0.3, 1.0):
+        ratios = {}
+        for normalize in ("weighted", "pixels"):
+            loss = pottsops.self_labeling_loss(logits, y, seeds, eta=eta, unary="ce", normalize=normalize)
+            grad, = torch.autograd.grad(loss, logits)
+            ratios[normalize] = float(grad.abs().sum() / pce_grad.abs().sum())
+        assert 0.5 < ratios["weighted"] < 2, (eta, ratios)
+        if eta < 1:  # at eta = 1 the two divide by the same count
+            assert ratios["pixels"] < 0.5 * ratios["weighted"], (eta, ratios)
+
+
+def test_the_weighted_loss_with_nothing_to_weigh_is_zero():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    y = torch.full((1, 3, 4, 4), 1 / 3)
+    no_seeds = torch.full((1, 4, 4), 255)
+    for kwargs in (dict(eta=0.0), dict(eta=0.3, mask=torch.zeros(1, 4, 4, dtype=torch.bool))):
+        loss = pottsops.self_labeling_loss(logits, y, no_seeds, **kwargs)
+        assert float(loss) == 0.0
+        loss.backward()
+        assert torch.isfinite(logits.grad).all()

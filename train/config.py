@@ -102,8 +102,9 @@ def build_parser():
     for name, text in numbers:
         p.add_argument("--" + name.replace("_", "-"), type=float, help=text)
     p.add_argument("--unary", choices=("cce", "ce", "rce"), help="soft: the unary H(y, sigma)")
-    p.add_argument("--normalize", choices=("terms", "pixels"),
-                   help="each loss term a mean over its pixels (terms) or eq. 8's sums / valid pixels (pixels)")
+    p.add_argument("--normalize", choices=("weighted", "pixels", "terms"),
+                   help="hard, soft: eq. 8's sums / their weight |S| + eta |not S| (weighted, default: pce's step "
+                        "size), / the valid pixels (pixels) or each term a mean over its pixels (terms)")
     p.add_argument("--gd-neighborhood", help="gd's Potts loss: dense (the dense CRF loss) or nn4 (grid CRF loss)")
     p.add_argument("--full-loss", choices=FULL_LOSSES, help="full: the dense-mask loss")
     p.add_argument("--hard-method", choices=("alpha_expansion", "mirror_descent"),

@@ -194,7 +194,7 @@ def train(config):
             tick = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = net(normalise(image))
-            loss, _ = batch_loss(config.method, logits, batch, config.reg, warmup=done < config.warmup)
+            loss, labels = batch_loss(config.method, logits, batch, config.reg, warmup=done < config.warmup)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {float(loss)} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
@@ -202,9 +202,11 @@ def train(config):
             optimizer.step()
             step += 1
             if rank == 0:
+                seconds = time.perf_counter() - tick  # the step's time, without the Dice below
                 _append_csv(os.path.join(config.out, "train_log.csv"),
                             {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                             "loss": float(loss.detach()), "seconds": time.perf_counter() - tick})
+                             "loss": float(loss.detach()), "seconds": seconds,
+                             **batch_dice(logits, labels, batch)})
             progress.update(index + 1, f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}")
             trained, last = trained + time.perf_counter() - last, time.perf_counter()
             over_budget = config.time_budget is not None and trained > config.time_budget
@@ -271,10 +273,31 @@ def draw_panels(model, dataset, normalise, device, config, path, amp=False):
     save_panels(path, rows)
 
 
+def batch_dice(logits, labels, batch):
+    """The training batch's 2D Dice per foreground class against its ground truth (batch['label'], the dense
+    masks the scribbled methods never train on): of the network's argmax ('net_dice') and of the pseudo-labels'
+    argmax ('label_dice', blank for pce, gd, full and during the warm-up), as '/'-separated values of
+    classes 1..K-1 over the valid pixels (blank where a class is in neither).  How pseudo-labels and network
+    follow each other per class, over training (docs/trainer.md)."""
+    truth, valid = batch["label"], batch["mask"] & (batch["label"] != 255)
+
+    def per_class(pred):
+        values = []
+        for c in range(1, logits.shape[1]):
+            p, g = (pred == c) & valid, (truth == c) & valid
+            total = int(p.sum()) + int(g.sum())
+            values.append(f"{2.0 * int((p & g).sum()) / total:.4f}" if total else "")
+        return "/".join(values)
+    with torch.no_grad():
+        return {"net_dice": per_class(logits.argmax(1)),
+                "label_dice": per_class(labels.argmax(1)) if labels is not None else ""}
+
+
 def _headline(scores):
     out = {"miou": scores["miou"]}
     if "mean_dice" in scores:
         out["mean_dice"] = scores["mean_dice"]
+        out.update({f"dice_{c}": value for c, value in enumerate(scores["dice"], start=1)})  # per class
     out["score"] = out.get("mean_dice", out["miou"])
     return out
 

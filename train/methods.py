@@ -13,9 +13,10 @@
     soft  pce + eta H(y, sigma) over not S, y = solve(relaxation, unary, neighborhood) (eq. 8)
 
 S: the scribbled pixels, N: the valid (mask True) pixels.  hard and soft weigh their two terms as eq. 8 does:
-normalize='pixels' (default) divides eq. 8's sums by the one count N; normalize='terms' makes each term a mean
-over its own pixels, which weighs the pseudo-labels |not S| / |S| times less (about 100 times on ACDC) for the
-same eta.  pce, and gd's scribble term, is partial cross-entropy as usually written: a mean over S.  gd, hard
+normalize='weighted' (default) divides eq. 8's sums by their total weight |S| + eta |not S| (a weighted mean,
+so the step size is pce's at any eta and pce's learning rate carries over); normalize='pixels' divides them by
+the one count N (a gradient about eta times pce's); normalize='terms' makes each term a mean over its own
+pixels, which weighs the pseudo-labels |not S| / |S| times less (about 100 times on ACDC) for the same eta.  pce, and gd's scribble term, is partial cross-entropy as usually written: a mean over S.  gd, hard
 and soft train on pce alone during the warm-up (TrainConfig.warmup).  Only the public pottsops API is used.
 """
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ class Regulariser:
     sigma_rgb: float = 9.0
     sigma_xy: float = None
     solver_iters: int = pottsops.nn.TRAINING_SOLVER_ITERS  # 100: the median gap at 1e-2 (docs/trainer.md)
-    normalize: str = "pixels"       # hard and soft: eq. 8's sums / N ("pixels") or a mean per term ("terms")
+    normalize: str = "weighted"     # hard and soft: eq. 8's sums / their weight |S| + eta |not S| ("weighted"),
+                                     # / N ("pixels") or a mean per term ("terms")
     gd_lam: float = 1e-3             # the dense Potts sum per pixel is ~10^3 times a grid one's
     gd_neighborhood: str = "dense"
     gd_sigma_rgb: float = 15.0
