@@ -9,51 +9,71 @@ its minimisation is the discrete Potts problem
 U_i(k) = H(e_k, sigma_i), which graph cuts solve far better than local methods (docs/solver.md).  The
 weights are potts_energy's (pottsops.affinity, or the given weights), scribbles are hard constraints and
 masked-out pixels take part in no term.  GCO works in integers: the costs are scaled so that the largest
-term is 2^20, or less where a scribbled pixel's pairs together would pass GCO's largest term (1e7, past
-which GCO aborts the process), and rounded (a relative resolution of about 1e-6 of the largest term); the
-returned labels' energy is evaluated by the caller in floating point.
+term is 2^20, or less where a scribbled pixel's pairs together would pass GCO's largest term (1e7), and
+rounded.  Where that rounding cannot resolve the unary (its mean range over the unlabeled pixels below
+MIN_UNARY_UNITS integer units: pair weights about 1e4 times the unary or more, as with lam 1e12 or weights
+scaled by 1e30), the pairs heavier than a labelling's energy, which no better labelling cuts, are clamped to
+it and the image solved again (_solve_image); where even that leaves the unary unresolved (a pair far
+heavier than the unary must be cut), alpha_expansion raises ResolutionError, a ValueError naming eta, lam
+and weights, and solve() runs mirror descent instead (SolveInfo.note says so).  The returned labels' energy
+is evaluated by the caller in floating point.
+
+GCO reports errors by throwing C++ exceptions, which through ctypes would abort the process: its functions
+are called from pottsops' C++ module (csrc/cpu/graphcut.cpp), which turns them into RuntimeError, and the
+inputs it refuses (no pixels, one label) are handled before it is called.
 
 The wrapper bundles the GCO C++ code, whose authors set their own terms of use (research purposes; see
 the GCO-v3.0 distribution): check them before using this method.
 """
 import concurrent.futures
+import ctypes
 import functools
 import importlib
-import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pottsops import _checks, reference
+from pottsops import _checks, _extension, reference
 from pottsops.names import unary_name
 from pottsops.neighborhoods import as_neighborhood
 
 EXTRA = "pip install 'pottsops[graphcut]' (or pip install gco-wrapper)"
 SCALE = float(2 ** 20)  # the largest unary or pair cost, in GCO's integer units
-MAX_TERM = 10_000_000  # GCO_MAX_ENERGYTERM: a larger data or smooth cost makes GCO abort the process
-# GCO keeps its graphs in a process-wide std::map without a lock: graphs are created and destroyed by one
-# thread at a time (this lock), and only expansions (map lookups) run in parallel.
-_GCO_LOCK = threading.Lock()
+MAX_TERM = 10_000_000  # GCO_MAX_ENERGYTERM: GCO refuses a larger data or smooth cost
+MIN_UNARY_UNITS = 100.0  # the unary's mean range, in integer units, below which the rounding drops it (1 %)
+MAX_CLAMPS = 3  # solves with the heavy pairs clamped, where the unary is not resolved (_solve_image)
+# GCO's C functions, called in this order by pottsops' C++ module (csrc/cpu/graphcut.cpp)
+GCO_FUNCTIONS = ("gcoCreateGeneralGraph", "gcoDestroyGraph", "gcoSetDataCost", "gcoSetAllNeighbors",
+                 "gcoSetSmoothCost", "gcoInitLabelAtSite", "gcoExpansion", "gcoGetLabels")
+
+
+class ResolutionError(ValueError):
+    """GCO's integer costs cannot resolve the unary of this problem (module docstring)."""
 
 
 @functools.lru_cache(maxsize=None)
 def available():
-    """None if the graph-cut library can be imported, else why not (asked once per process: solve() asks at
-    every call for the bilinear relaxation)."""
+    """None if the graph-cut library can be imported and pottsops' C++ module (which calls it) is loaded, else
+    why not (asked once per process: solve() asks at every call for the bilinear relaxation)."""
     try:
         importlib.import_module("gco")
     except ImportError as error:
         return f"the graph-cut library is not installed ({error}): {EXTRA}"
+    if not _extension.ensure("cpu"):
+        return f"pottsops' C++ module, which calls GCO, is not loaded: {_extension.STATUS['cpu'].reason}"
     return None
 
 
 def _gco():
+    """The C++ module's gco_expansion with GCO's function addresses bound."""
     reason = available()
     if reason:
         raise ImportError(f"alpha_expansion needs the GCO library: {reason}")
     import gco
-    return gco
+    library = gco.cgco._cgco
+    addresses = [ctypes.cast(getattr(library, name), ctypes.c_void_p).value for name in GCO_FUNCTIONS]
+    return functools.partial(_extension.STATUS["cpu"].module.gco_expansion, addresses)
 
 
 def unary_costs(logits, unary, eps=1e-8):
@@ -103,34 +123,17 @@ def _edges(pair_w, offsets, H, W):
     return np.concatenate(a_all), np.concatenate(b_all), np.concatenate(w_all)
 
 
-def _expand_one(gco, handle, costs, edges, start, iters):
-    """One image on an existing GCO graph: costs (N, K) int32, edges (a, b, w int32), start labels (N,)."""
-    cg = gco.cgco._cgco
-    cg.gcoSetDataCost(handle, costs)
-    a, b, w = edges
-    if len(a):
-        cg.gcoSetAllNeighbors(handle, a, b, w, np.intc(a.size))
-    K = costs.shape[1]
-    smooth = np.ascontiguousarray((1 - np.eye(K)).astype(np.intc))
-    cg.gcoSetSmoothCost(handle, smooth)
-    for site in np.flatnonzero(start):  # GCO starts at label 0
-        cg.gcoInitLabelAtSite(handle, np.intc(site), np.intc(start[site]))
-    energy = np.empty(1, dtype=np.longlong)
-    cg.gcoExpansion(handle, np.intc(iters), energy)
-    labels = np.empty(costs.shape[0], dtype=np.intc)
-    cg.gcoGetLabels(handle, labels)
-    return labels
-
-
 def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta=0.3, lam=6.0, sigma_rgb=9.0,
                     sigma_xy=None, mask=None, weights=None, init=None, ignore_index=255, iters=-1, threads=None):
-    """One-hot labels y (B, K, H, W), in logits' float dtype, from α-expansion on the discrete Potts problem
+    """One-hot labels y (B, K, H, W), in logits' dtype, from α-expansion on the discrete Potts problem
     eta sum H(e_{l_i}, softmax(logits)_i) + lam sum w_ij [l_i != l_j] (module docstring), scribbles fixed.
 
     Arguments as in solve() (grid and window neighbourhoods); init: labels (B, K, H, W) whose argmax starts
     the moves (default argmax(logits)); iters: expansion cycles over all labels, -1 until no move lowers the
     energy; threads: images solved in parallel (default: the cores torch uses).  Masked-out pixels get
-    argmax(logits).  Needs the optional `gco-wrapper` package (pottsops[graphcut]).
+    argmax(logits).  An empty batch or image gives an empty result.  A problem
+    whose unary GCO's integer costs cannot resolve (module docstring) raises ResolutionError, a ValueError.
+    Needs the optional `gco-wrapper` package (pottsops[graphcut]).
 
     >>> y = pottsops.graphcut.alpha_expansion(logits, image, seeds, eta=0.3, lam=6.0)
     """
@@ -149,17 +152,22 @@ def alpha_expansion(logits, image, seeds, *, unary="ce", neighborhood="nn4", eta
         _checks.check_finite("init", init)
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < -1:
         raise ValueError(f"iters: expected an integer >= -1 (-1: until convergence), got {iters!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads: expected a number of threads >= 1, or None for the cores torch uses, got "
+                         f"{threads!r}")
     return labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, init,
-                  ignore_index, iters, threads)
+                  ignore_index, iters, threads).to(logits.dtype)
 
 
 def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, sigma_xy, mask, weights, init,
            ignore_index, iters=-1, threads=None):
     """alpha_expansion's work on arguments already checked (solve() checks them once, then calls this);
-    gco: the imported library, unary a name, neighborhood a Neighborhood."""
+    gco: _gco()'s function, unary a name, neighborhood a Neighborhood.  Labels in the accumulation dtype."""
     B, K, H, W = logits.shape
     dtype = reference.accumulation_dtype(logits.dtype)
     device = logits.device
+    if B * H * W == 0:  # nothing to cut (GCO refuses a graph without sites; K >= 2 is checked)
+        return torch.zeros(B, K, H, W, dtype=dtype, device=device)
     logits, seeds = logits.detach().cpu(), seeds.cpu()
     mask_cpu = None if mask is None else mask.cpu()
     seeded = (seeds != ignore_index) if mask_cpu is None else (seeds != ignore_index) & mask_cpu
@@ -171,49 +179,71 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     pair_w = lam * pair_weights(None if image is None else image.detach().cpu(), neighborhood, sigma_rgb, sigma_xy,
                                 mask_cpu, None if weights is None else weights.detach().cpu(), (B, K, H, W))
     start = (logits if init is None else init.detach().cpu()).argmax(1)
-    start = torch.where(seeded, seeds.long(), start).numpy().reshape(B, -1).astype(np.intc)
-    costs, pair_w, seeded_np = costs.numpy(), pair_w.numpy(), seeded.numpy()
+    start = torch.where(seeded, seeds.long(), start).reshape(B, H * W).to(torch.int32)
+    costs, pair_w, seeded_np, unlabeled_np = costs.numpy(), pair_w.numpy(), seeded.numpy(), unlabeled.numpy()
     seeds_np = seeds.long().numpy()
+    # each image's problem checked before any is solved (no graph is built for a batch that will be refused)
+    edges = [_edges(pair_w[b], neighborhood.offsets, H, W) for b in range(B)]
 
-    def problem(b):
-        """Integer costs and edges of image b."""
-        a, bb, w = _edges(pair_w[b], neighborhood.offsets, H, W)
-        largest = max(float(costs[b].max(initial=0.0)), float(pair_w[b].max(initial=0.0)), 1e-300)
-        # A scribble's wrong labels cost its pixel's pairs together (below), which with a window can pass
-        # GCO's largest term (GCO then aborts the process): the scale keeps that sum, rounded up, within it.
-        incident = np.bincount(a, weights=w, minlength=H * W) + np.bincount(bb, weights=w, minlength=H * W)
-        rounding = 2 * len(neighborhood.offsets) + 1  # each pair rounds up by at most 1/2
-        scale = min(SCALE / largest, (MAX_TERM - rounding) / max(float(incident.max(initial=0.0)), 1e-300))
-        w_int = np.maximum(np.rint(w * scale), 0).astype(np.intc)
-        keep = w_int > 0
-        a, bb, w_int = a[keep].astype(np.intc), bb[keep].astype(np.intc), w_int[keep]
-        c = np.rint(costs[b].reshape(K, -1).T * scale)
-        # A scribble is a hard constraint: any other label costs more than all of the pixel's pairs together.
-        incident = np.bincount(a, weights=w_int, minlength=H * W) + np.bincount(bb, weights=w_int, minlength=H * W)
-        fixed = seeded_np[b].reshape(-1)
-        wrong = incident[fixed] + 1
-        c[fixed] = wrong[:, None]
-        c[fixed, seeds_np[b].reshape(-1)[fixed]] = 0
-        return np.ascontiguousarray(c.astype(np.intc)), (a, bb, w_int)
-
+    def run(b):
+        return _solve_image(gco, costs[b], pair_w[b], edges[b], seeded_np[b], unlabeled_np[b], seeds_np[b],
+                            start[b].contiguous(), neighborhood, iters)
     workers = threads or max(1, torch.get_num_threads())
-    with _GCO_LOCK:
-        cg = gco.cgco._cgco
-        handles = []
-        try:
-            for _ in range(B):
-                handle = np.empty(1, dtype=np.intc)
-                cg.gcoCreateGeneralGraph(np.intc(H * W), np.intc(K), handle)
-                handles.append(int(handle[0]))
-
-            def run(b):
-                c, edges = problem(b)
-                return _expand_one(gco, handles[b], c, edges, start[b], iters)
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, max(B, 1))) as pool:
-                found = list(pool.map(run, range(B)))
-        finally:
-            for handle in handles:
-                cg.gcoDestroyGraph(np.intc(handle))
-    found = torch.from_numpy(np.stack(found).astype(np.int64)).view(B, H, W) if B else seeds.long()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, B)) as pool:
+        found = list(pool.map(run, range(B)))
+    found = torch.stack(found).long().view(B, H, W)
     found = torch.where(present, found, logits.argmax(1))
     return F.one_hot(found, K).permute(0, 3, 1, 2).to(dtype=dtype, device=device).contiguous()
+
+
+def _solve_image(gco, costs, pair_w, edges, seeded, unlabeled, seeds, start, neighborhood, iters):
+    """Labels (N,) int32 of one image.  Where the integer costs cannot resolve the unary (pairs far heavier
+    than it), the heavy pairs are clamped: a pair heavier than the energy E of a feasible labelling is cut
+    by no labelling below E, so clamping it to E changes no such labelling's energy and keeps the minimiser.
+    The first solve (unary unresolved) gives that labelling and E; each solve lowers E (kept in floating
+    point against the true weights), at most MAX_CLAMPS times."""
+    a, bb, w = edges
+    K = costs.shape[0]
+    flat = costs.reshape(K, -1)
+    weights, best, best_energy = pair_w, None, np.inf
+    for attempt in range(MAX_CLAMPS + 1):
+        c, integer_edges, units = _integer_problem(costs, weights, seeded, unlabeled, seeds, neighborhood)
+        found = gco(*(torch.from_numpy(x) for x in (c, *integer_edges)), start, iters)
+        labels = found.numpy().astype(np.int64)
+        energy = float(flat[labels, np.arange(labels.size)].sum() + (w * (labels[a] != labels[bb])).sum())
+        if energy < best_energy:
+            best, best_energy = found, energy
+        if units >= MIN_UNARY_UNITS:
+            return best
+        weights = np.minimum(pair_w, best_energy * (1 + 1e-6))
+        start = best
+    raise ResolutionError(
+        f"eta, lam, weights: GCO's integer costs cannot resolve this problem's unary even with the pairs "
+        f"heavier than its energy ({best_energy:.3g}) clamped: the unary's mean range is {units:.3g} integer "
+        f"units, at least {MIN_UNARY_UNITS:g} needed (some pair much heavier than the unary must be cut); "
+        f"scale eta and lam (or the weights) closer together, or use solve(method='mirror_descent')")
+
+
+def _integer_problem(costs, pair_w, seeded, unlabeled, seeds, neighborhood):
+    """GCO's integer costs (N, K), edges (a, b, w) of one image (costs (K, H, W), pair_w (E, H, W)), and the
+    unary's mean range over the unlabeled pixels in integer units (inf where there is no unary)."""
+    K, H, W = costs.shape
+    a, bb, w = _edges(pair_w, neighborhood.offsets, H, W)
+    largest = max(float(costs.max(initial=0.0)), float(pair_w.max(initial=0.0)), 1e-300)
+    # A scribble's wrong labels cost its pixel's pairs together (below), which with a window can pass GCO's
+    # largest term: the scale keeps that sum, rounded up, within it.
+    incident = np.bincount(a, weights=w, minlength=H * W) + np.bincount(bb, weights=w, minlength=H * W)
+    rounding = 2 * len(neighborhood.offsets) + 1  # each pair rounds up by at most 1/2
+    scale = min(SCALE / largest, (MAX_TERM - rounding) / max(float(incident.max(initial=0.0)), 1e-300))
+    unary_range = float(costs.max(0)[unlabeled].mean()) if unlabeled.any() else 0.0
+    units = unary_range * scale if unary_range > 0 else np.inf
+    w_int = np.maximum(np.rint(w * scale), 0).astype(np.int32)
+    keep = w_int > 0
+    a, bb, w_int = a[keep].astype(np.int32), bb[keep].astype(np.int32), w_int[keep]
+    c = np.rint(costs.reshape(K, -1).T * scale)
+    # A scribble is a hard constraint: any other label costs more than all of the pixel's pairs together.
+    incident = np.bincount(a, weights=w_int, minlength=H * W) + np.bincount(bb, weights=w_int, minlength=H * W)
+    fixed = seeded.reshape(-1)
+    c[fixed] = (incident[fixed] + 1)[:, None]
+    c[fixed, seeds.reshape(-1)[fixed]] = 0
+    return np.ascontiguousarray(c.astype(np.int32)), (a, bb, w_int), units

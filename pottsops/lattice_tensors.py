@@ -82,6 +82,10 @@ def build(features, rings=RINGS):
     """The lattice of features (B, d, H, W) (already divided by their sigmas)."""
     B, d = features.shape[:2]
     N = features.shape[2] * features.shape[3]
+    if B * N == 0:  # no pixels: a lattice without entries or vertices (the filter of nothing is empty)
+        empty = torch.zeros(0, dtype=torch.int64, device=features.device)
+        return Lattice(d, (B, N), features.new_zeros(0), empty, empty, torch.zeros(1, dtype=torch.int64,
+                       device=features.device), empty.view(0, d + 1, 2))
     keys, weights = torch.ops.pottsops.lattice_simplex(features)
     image = torch.arange(B, device=features.device, dtype=torch.int32).view(B, 1, 1, 1).expand(B, N, d + 1, 1)
     rows = torch.cat([image, keys], 3).view(-1, d + 1)
@@ -153,10 +157,12 @@ def filter_tensors(values, tensors):
     M = neighbors.shape[0]
     ok = (entry_vertex.shape == (entries,) and order.shape == (entries,) and offsets.shape == (M + 1,)
           and neighbors.shape == (M, d + 1, 2) and all(t.dtype == torch.int64 for t in tensors[1:]))
+    if ok:  # every index checked, also where there are no entries (an index op would read out of bounds)
+        ok = bool((offsets[0] == 0) & (offsets[-1] == entries) & (offsets.diff() >= 0).all())
     if ok and entries:
-        ok = bool((entry_vertex.min() >= 0) & (entry_vertex.max() < M) & (order.min() >= 0) & (order.max() < entries)
-                  & (neighbors.min() >= -1) & (neighbors.max() < M) & (offsets[0] == 0) & (offsets[-1] == entries)
-                  & (offsets.diff() >= 0).all())
+        ok = bool((entry_vertex.min() >= 0) & (entry_vertex.max() < M) & (order.min() >= 0) & (order.max() < entries))
+    if ok and neighbors.numel():
+        ok = bool((neighbors.min() >= -1) & (neighbors.max() < M))
     if not ok:
         raise ValueError("lattice: expected the tensors lattice_build made for these values (shapes, int64 indices "
                          "inside the lattice)")

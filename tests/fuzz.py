@@ -111,7 +111,7 @@ def draw_mask(rng, B, H, W):
         return torch.ones(B, H, W, dtype=torch.bool)
     if kind == "one":
         mask = torch.zeros(B, H, W, dtype=torch.bool)
-        mask[:, 0, 0] = True
+        mask[:, :1, :1] = True  # (an empty image has no first pixel)
         return mask
     g = torch.Generator().manual_seed(rng.randrange(1 << 30))
     return torch.rand(B, H, W, generator=g) < 0.7
@@ -759,15 +759,77 @@ def empty_batch_case(rng):
     return Case(f"empty batch: {name}", call, "valid", describe(y=y))
 
 
+def graphcut_case(rng):
+    """α-expansion through alpha_expansion and solve(): awkward shapes (empty images and batches included),
+    dtypes, scales of eta, lam and weights far apart (issue 38: the integer costs dropped the unary), masks,
+    windows, threads; valid calls give one-hot labels in the logits' dtype that keep the scribbles."""
+    B, K, H, W = draw_shape(rng, small=True)
+    B, H, W = rng.choice([B, B, B, 0]), rng.choice([H, H, H, 0]), rng.choice([W, W, W, 0])
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    dtype = rng.choice([torch.float32, torch.float64, torch.bfloat16, torch.float16])
+    logits = (rng.choice([0.0, 1.0, 5.0]) * torch.randn(B, K, H, W, generator=g)).to(dtype)
+    seeds = torch.where(torch.rand(B, H, W, generator=g) < 0.2, torch.randint(0, K, (B, H, W), generator=g), 255)
+    image = draw_image(rng, B, H, W) if rng.random() < 0.8 else None
+    neighborhood = rng.choice(["nn4", "nn8", pottsops.window(1), pottsops.window(2, dilation=2)])
+    kwargs = dict(unary=rng.choice(["ce", "cce"]), neighborhood=neighborhood, mask=draw_mask(rng, B, H, W),
+                  eta=rng.choice([0.3, 1e-12, 1e-3, 1e6]), lam=rng.choice([6.0, 1e-6, 1e3, 1e12]))
+    direct = rng.random() < 0.5
+    if direct:
+        kwargs["threads"] = rng.choice([None, 1, 3])
+    elif rng.random() < 0.3:
+        nb = pottsops.neighborhoods.as_neighborhood(neighborhood)
+        kwargs["weights"] = torch.rand(B, nb.num_offsets, H, W, generator=g) * rng.choice([1.0, 1e30, 1e-30])
+        image = None
+    expect = "valid"
+    if rng.random() < 0.3:
+        expect = rng.choice(["threads", "eta", "lam", "seeds", "init"] if direct else ["eta", "lam", "seeds", "init"])
+        if expect == "threads":
+            kwargs["threads"] = rng.choice([0, -1, "2", 2.5, True])
+        elif expect == "seeds":
+            seeds = seeds.clone()
+            seeds.view(-1)[:1] = rng.choice([K, -3])
+            if seeds.numel() == 0:
+                expect = "valid"
+        elif expect == "init":
+            kwargs["init"] = rng.choice([torch.ones(B, K, H, W + 1), torch.full((B, K, H, W), NAN)])
+            if B * H * W == 0 and kwargs["init"].shape[-1] == W:
+                expect = "valid"  # NaN in nothing
+        else:
+            kwargs[expect] = rng.choice([NAN, -1.0, INF])
+
+    def call():
+        if direct:
+            y = pottsops.graphcut.alpha_expansion(logits, image, seeds, **kwargs)
+            if y.dtype != logits.dtype:
+                raise AssertionError(f"labels in {y.dtype} for {logits.dtype} logits")
+        else:
+            y, info = pottsops.solve(logits, image, seeds, relaxation="bilinear", method="alpha_expansion",
+                                     return_info=True, **kwargs)
+            if info.note is None:
+                raise AssertionError("solve's info says nothing of how alpha_expansion ran")
+        scribbled = seeds != 255 if kwargs["mask"] is None else (seeds != 255) & kwargs["mask"]
+        if direct and not torch.equal(y.float().sum(1), torch.ones(B, H, W)):
+            raise AssertionError("alpha_expansion's labels are not one-hot")
+        if not torch.equal(y.argmax(1)[scribbled], seeds[scribbled]):
+            raise AssertionError("a scribble was not kept")
+        return [y]
+    return Case("graph cut", call, expect, describe(logits=logits, image=image, seeds=seeds, **kwargs),
+                tolerated="cannot resolve this problem's unary")
+
+
 TARGETS = [(energy_case, 6), (unary_case, 3), (affinity_case, 2), (self_labeling_case, 1), (bilateral_case, 3),
            (solve_case, 3), (window_case, 1), (nn_case, 2), (empty_batch_case, 1), (neighborhood_case, 1)]
 OP_TARGETS = [(grid_op_case, 3), (unary_op_case, 2), (lattice_op_case, 2), (segment_op_case, 1),
               (solver_op_case, 1), (lattice_accuracy_case, 1), (lattice_memory_case, 1), (double_backward_case, 1)]
 
 
+HAS_GRAPHCUT = pottsops.graphcut.available() is None
+
+
 def draw_case(number):
     rng = random.Random(number)
     targets = TARGETS + (OP_TARGETS if HAS_C else [(grid_op_case, 1), (unary_op_case, 1)] if HAS_TRITON else [])
+    targets = targets + ([(graphcut_case, 2)] if HAS_GRAPHCUT else [])
     make = rng.choices([t for t, _ in targets], weights=[w for _, w in targets])[0]
     return make(rng)
 

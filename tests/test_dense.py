@@ -253,6 +253,26 @@ def test_tensor_lattice_is_the_cpu_lattice(channels):
     assert lattice_tensors.build(features).neighbors.shape[0] == cpu[2].shape[0]  # the same vertices, rings included
 
 
+@pytest.mark.parametrize("shape", [(0, 1, 5, 6), (2, 1, 0, 6), (2, 1, 5, 0)])
+def test_tensor_lattice_of_no_pixels_is_empty_and_its_indices_are_checked(shape):
+    """An empty batch or image: the tensor lattice's build failed with an IndexError (the C++ op returns an
+    empty lattice), and its filter checked no index where there were no entries, so out-of-range neighbour
+    indices reached an index op (on CUDA a device-side assert, which poisons the context)."""
+    from pottsops import lattice_tensors
+    B, _, H, W = shape
+    features = lattice.bilateral_features(torch.rand(*shape, dtype=torch.float64) * 255, 3.0, 12.0)
+    tensors = lattice_tensors.build_tensors(features)
+    values = torch.randn(B, 4, H, W, dtype=torch.float64)
+    assert lattice_tensors.filter_tensors(values, tensors).shape == values.shape
+    weights, entry_vertex, order, offsets, neighbors = tensors
+    d = weights.shape[2] - 1
+    for bad in ([weights, entry_vertex, order, torch.zeros(3, dtype=torch.int64), torch.full((2, d + 1, 2), 7)],
+                [weights, entry_vertex, order, torch.zeros(2, dtype=torch.int64), torch.full((1, d + 1, 2), -5)],
+                [weights, entry_vertex, order, torch.ones(1, dtype=torch.int64), neighbors]):
+        with pytest.raises(ValueError, match="lattice: expected the tensors lattice_build made"):
+            lattice_tensors.filter_tensors(values, bad)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA lattice is checked on the GPU suite")
 def test_cuda_lattice_matches_cpu_and_is_deterministic():
     g = torch.Generator().manual_seed(9)

@@ -237,3 +237,70 @@ def test_windows_reaching_past_the_image(backend):
     reach = pottsops.window(3)  # offsets up to 3 rows / columns: some past a 4 x 5 image, some not
     torch.testing.assert_close(pottsops.potts_energy(y, image, neighborhood=reach, backend=backend),
                                pottsops.potts_energy(y, image, neighborhood=reach, backend="reference"))
+
+
+KILL_RUN = ["-m", "train", "--data", "synthetic", "--method", "soft", "--backbone", "unet", "--crop", "32", "32",
+            "--synthetic-size", "6", "2", "--batch-size", "2", "--epochs", "3", "--checkpoint-every", "1",
+            "--solver-iters", "5", "--workers", "0", "--panels", "0", "--no-progress", "--lr", "0.01", "--resume"]
+
+
+def _run_state(out):
+    """What an interrupted run must end with as an uninterrupted one does: the weights, the logs' rows
+    (without the seconds they took) and the final scores."""
+    import csv
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    logs = {}
+    for name, timed in (("train_log.csv", "seconds"), ("eval_log.csv", "train_seconds")):
+        with open(os.path.join(out, name), newline="") as f:
+            logs[name] = [{k: v for k, v in row.items() if k != timed} for row in csv.DictReader(f)]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    return state["model"], logs, (results["steps"], results["score"], results["scores"]["iou"])
+
+
+def _size(path):
+    return os.path.getsize(path) if os.path.exists(path) else -1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_runs_killed_at_random_moments_resume_to_the_uninterrupted_run(tmp_path, seed):
+    """Killed trainer runs (issue 38): a tiny run SIGKILLed four times, each time continued with --resume,
+    then run to its end, ends with the weights, log rows and scores of a run never killed, and leaves no
+    temporaries.  Two kills land in the windows a kill found: as soon as train_log.csv changes (created, maybe
+    without its header yet, rewritten or grown) and as soon as eval_log.csv grows (an evaluation row written, the checkpoint that records it
+    not yet); two at random moments within the uninterrupted run's time."""
+    import random
+    import time
+    reference = tmp_path / "straight"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *KILL_RUN, "--out", str(reference)], check=True, capture_output=True, timeout=600)
+    duration = time.perf_counter() - start
+    rng, out = random.Random(seed), tmp_path / "killed"
+    train_log, eval_log = out / "train_log.csv", out / "eval_log.csv"
+    moments = ["train log written", "eval log grew", "random", "random"]
+    rng.shuffle(moments)
+    landed = []
+    for moment in moments:
+        if (out / "results.json").exists():
+            break
+        train_size, eval_size = _size(train_log), _size(eval_log)
+        when = {"train log written": lambda: _size(train_log) != train_size,  # created, rewritten or grown
+                "eval log grew": lambda: _size(eval_log) > max(eval_size, 0)}.get(moment)
+        deadline = time.perf_counter() + rng.uniform(0.2, 1.0) * duration
+        process = subprocess.Popen([sys.executable, *KILL_RUN, "--out", str(out)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while process.poll() is None and not (when() if when else time.perf_counter() > deadline):
+            time.sleep(0.002)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            landed.append(moment)
+        process.wait()
+    done = subprocess.run([sys.executable, *KILL_RUN, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "eval log grew" in landed, landed
+    weights, logs, results = _run_state(out)
+    expected_weights, expected_logs, expected_results = _run_state(reference)
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+    assert logs == expected_logs and results == expected_results
+    assert not [name for name in os.listdir(out) if ".tmp" in name]

@@ -173,3 +173,123 @@ def test_given_weights_are_masked_as_the_image_weights_are(neighborhood):
     given = pottsops.affinity(image.double(), nb, backend="reference")
     expected = pottsops.affinity(image.double(), nb, mask=mask, backend="reference")
     assert torch.equal(graphcut.pair_weights(None, nb, 9.0, None, mask, given, (2, 3, 9, 11)), expected)
+
+
+def _subprocess_ok(code):
+    process = subprocess.run([sys.executable, "-c", code + "\nprint('ok')\n"], capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == 0 and process.stdout.strip().endswith("ok"), \
+        (process.returncode, process.stdout[-1000:], process.stderr[-2000:])
+    return process
+
+
+def test_empty_images_and_batches_give_empty_labels_in_a_subprocess():
+    """GCO throws "Number of sites must be >= 1" for an image of no pixels, which through ctypes aborted the
+    process (SIGABRT); an empty batch failed in numpy's reshape.  Now each gives an empty result, as mirror
+    descent does, through alpha_expansion, solve() and SoftSelfLabelingLoss."""
+    _subprocess_ok(
+        "import torch, pottsops\n"
+        "from pottsops import graphcut\n"
+        "for B, H, W in ((1, 0, 5), (1, 4, 0), (0, 4, 5), (0, 0, 0)):\n"
+        "    logits, image = torch.randn(B, 3, H, W), torch.rand(B, 3, H, W) * 255\n"
+        "    seeds = torch.full((B, H, W), 255)\n"
+        "    for y in (graphcut.alpha_expansion(logits, image, seeds),\n"
+        "              pottsops.solve(logits, image, seeds, relaxation='bl', unary='ce'),\n"
+        "              pottsops.solve(logits, image, seeds, relaxation='bl', unary='ce', method='alpha_expansion')):\n"
+        "        assert y.shape == (B, 3, H, W), y.shape\n"
+        "    loss = pottsops.nn.SoftSelfLabelingLoss(relaxation='bl', unary='ce')(logits.requires_grad_(), image, seeds)\n"
+        "    assert float(loss) == 0.0\n")
+
+
+def test_an_exception_gco_throws_is_a_python_error_in_a_subprocess():
+    """Whatever GCO throws (here: a graph without sites, which the public functions never build) becomes a
+    RuntimeError from pottsops' C++ module, never std::terminate."""
+    _subprocess_ok(
+        "import torch, pytest\n"
+        "from pottsops import graphcut\n"
+        "expand = graphcut._gco()\n"
+        "empty = torch.zeros(0, dtype=torch.int32)\n"
+        "with pytest.raises(RuntimeError, match='alpha_expansion: GCO stopped'):\n"
+        "    expand(torch.zeros(0, 3, dtype=torch.int32), empty, empty, empty, empty, -1)\n"
+        "with pytest.raises(RuntimeError, match='alpha_expansion: GCO stopped'):\n"
+        "    expand(torch.zeros(4, 1, dtype=torch.int32), empty, empty, empty, torch.zeros(4, dtype=torch.int32), -1)\n"
+        "labels = expand(torch.tensor([[0, 5], [5, 0]], dtype=torch.int32), torch.tensor([0], dtype=torch.int32),\n"
+        "                torch.tensor([1], dtype=torch.int32), torch.tensor([1], dtype=torch.int32),\n"
+        "                torch.zeros(2, dtype=torch.int32), -1)\n"
+        "assert labels.tolist() == [0, 1]\n")
+
+
+def _two_regions(eta=1.0, seed=0):
+    """3 x 4, K = 2: two colour regions whose pairs inside weigh 1 and across 1e-12 (at sigma_rgb 9), so that
+    at lam 1e12 the pairs inside dwarf the unary and the pairs across match it."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.zeros(1, 3, 3, 4, dtype=torch.float64)
+    image[..., 2:] = 38.7
+    return torch.randn(1, 2, 3, 4, generator=g, dtype=torch.float64) * 2, image, torch.full((1, 3, 4), 255)
+
+
+def _exact(logits, image, seeds, **kwargs):
+    """The lowest energy over all 2^12 labellings, by solve()'s own energy at iters = 0 from each one-hot."""
+    labellings = torch.tensor(list(itertools.product(range(2), repeat=12))).view(-1, 3, 4)
+    y = F.one_hot(labellings, 2).permute(0, 3, 1, 2).double()
+    n = len(y)
+    many = lambda t: None if t is None else t.expand(n, *t.shape[1:])  # noqa: E731
+    kwargs = {k: many(v) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    info = pottsops.solve(many(logits), many(image), many(seeds), relaxation="bl", unary="ce", init=y, iters=0,
+                          method="mirror_descent", return_info=True, **kwargs)[1]
+    return float(info.energies[0].min())
+
+
+@pytest.mark.parametrize("kwargs", [dict(lam=1e12), dict(lam=1e12, eta=1e-12), dict(lam=6.0, weights_factor=1e30)],
+                         ids=["lam1e12", "eta1e-12-lam1e12", "weights1e30"])
+@pytest.mark.parametrize("seed", range(3))
+def test_pairs_far_heavier_than_the_unary_do_not_drop_it(kwargs, seed):
+    """GCO's integer costs rounded a unary below about 1e-6 of the largest pair cost to 0: solve() returned
+    3.453 where the minimum was 1.312 (lam 1e12), 1.8e-3 against 7.6e-12 (eta 1e-12).  Now the pairs heavier
+    than a labelling's energy are clamped to it: the exact minimum, by brute force, on two labels."""
+    logits, image, seeds = _two_regions(seed=seed)
+    kwargs = dict(kwargs)
+    factor = kwargs.pop("weights_factor", None)
+    if factor is not None:
+        kwargs["weights"] = pottsops.affinity(image, "nn4", sigma_rgb=9.0) * factor
+        image = None
+    exact = _exact(logits, image, seeds, **kwargs)
+    y, info = pottsops.solve(logits, image, seeds, relaxation="bl", unary="ce", return_info=True, **kwargs)
+    assert info.method == "alpha_expansion"
+    assert float(info.best) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+    direct = graphcut.alpha_expansion(logits, image, seeds, **kwargs)
+    assert torch.equal(direct, y)
+
+
+def test_a_unary_no_clamp_can_resolve_is_refused_and_solve_says_it_ran_mirror_descent():
+    """Scribbles of two classes on a uniform image at lam 1e12: some pair of weight 1e12 must be cut, so no
+    clamp helps and the unary stays below GCO's resolution.  alpha_expansion refuses by name; solve() runs
+    mirror descent and says so in info.note."""
+    g = torch.Generator().manual_seed(1)
+    logits, image = torch.randn(1, 2, 5, 6, generator=g), torch.full((1, 1, 5, 6), 100.0)
+    seeds = torch.full((1, 5, 6), 255)
+    seeds[0, 0, 0], seeds[0, 4, 5] = 0, 1
+    with pytest.raises(graphcut.ResolutionError, match="eta, lam, weights: GCO's integer costs cannot resolve"):
+        graphcut.alpha_expansion(logits, image, seeds, lam=1e12)
+    with pytest.warns(RuntimeWarning, match="mirror descent ran instead"):
+        from pottsops.solver import _WARNED
+        _WARNED.discard("resolution")
+        y, info = pottsops.solve(logits, image, seeds, relaxation="bl", unary="ce", lam=1e12, return_info=True)
+    assert info.method == "mirror_descent" and "mirror descent ran instead of alpha_expansion" in info.note
+    assert torch.isfinite(y).all() and torch.equal(y.argmax(1)[seeds != 255], seeds[seeds != 255])
+    info = pottsops.solve(logits, image, seeds, relaxation="bl", unary="ce", return_info=True)[1]
+    assert info.method == "alpha_expansion" and "ignores iters, lr and levels" in info.note
+
+
+@pytest.mark.parametrize("threads", [-1, 0, "2", 2.5, True])
+def test_threads_must_be_a_positive_integer(threads):
+    logits, image, seeds = tiny_problem(3, 0)
+    with pytest.raises(ValueError, match="threads: expected a number of threads >= 1"):
+        graphcut.alpha_expansion(logits, image, seeds, threads=threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_labels_come_in_the_logits_dtype(dtype):
+    logits, image, seeds = tiny_problem(3, 0)
+    y = graphcut.alpha_expansion(logits.to(dtype), image, seeds)
+    assert y.dtype == dtype and torch.equal(y.double().sum(1), torch.ones(1, 3, 4, dtype=torch.float64))

@@ -379,3 +379,88 @@ def test_paired_statistics():
     low, high = paired_stats.bootstrap_interval(a, a - 0.05)
     assert low == pytest.approx(0.05) and high == pytest.approx(0.05)
     assert paired_stats.smallest_resolvable([0.01, 0.02, 0.03]) > high - low
+
+
+def _eval_steps(out):
+    with open(os.path.join(out, "eval_log.csv"), newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("log", ["train_log.csv", "eval_log.csv"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_empty_or_partial_log_a_kill_left_does_not_block_the_folder(tmp_path, log, resume):
+    """A SIGKILL right after a log is created leaves it at 0 bytes; later runs into that folder died with
+    "TypeError: 'NoneType' object is not iterable".  Now an empty log, a partial header or a partial last row
+    is dropped and the run goes on."""
+    config = _tiny(tmp_path, method="pce", epochs=2, panels=0, resume=resume)
+    os.makedirs(config.out)
+    for content in ("", "ste", "step,epoch,lr,loss\n1,0,0.0"):
+        with open(os.path.join(config.out, log), "w") as f:
+            f.write(content)
+        results = train.loop.train(config)
+        assert results["steps"] == 4
+        if not resume:
+            with open(os.path.join(config.out, "train_log.csv"), newline="") as f:
+                assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+            assert _eval_steps(config.out) == [2]
+
+
+def test_the_evaluation_log_agrees_with_the_checkpoint_after_a_kill_before_it(tmp_path, monkeypatch):
+    """An evaluation row is appended before the checkpoint that records it: a kill between the two (4 of 5
+    real kills at the epoch's end with --checkpoint-every dividing the epoch) left the resumed run's log with
+    that epoch twice (steps [4, 4, 8]).  Now the log keeps the rows the checkpoint recorded."""
+    straight = _tiny(tmp_path / "a", method="pce", epochs=3, checkpoint_every=2, panels=0)
+    train.loop.train(straight)
+    killed = _tiny(tmp_path / "b", method="pce", epochs=3, checkpoint_every=2, panels=0)
+    real_print = train.loop._print
+
+    def kill_after_the_first_evaluation(rank, text):
+        real_print(rank, text)
+        if text.startswith("epoch 1:"):  # the row is in eval_log.csv, the end-of-epoch checkpoint not written
+            raise KeyboardInterrupt("killed between the evaluation row and its checkpoint")
+    monkeypatch.setattr(train.loop, "_print", kill_after_the_first_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train.loop.train(killed)
+    monkeypatch.setattr(train.loop, "_print", real_print)
+    assert _eval_steps(killed.out) == [2]
+    killed.resume = True
+    train.loop.train(killed)
+    assert _eval_steps(killed.out) == _eval_steps(straight.out) == [2, 4]
+    reference = torch.load(os.path.join(straight.out, "last.pt"), weights_only=False)
+    resumed = torch.load(os.path.join(killed.out, "last.pt"), weights_only=False)
+    assert resumed["history"] == [{**h, "train_seconds": resumed["history"][i]["train_seconds"]}
+                                  for i, h in enumerate(reference["history"])]
+    for name, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_file_that_is_not_a_checkpoint_of_this_run_is_named(tmp_path):
+    config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
+    train.loop.train(config)
+    path = os.path.join(config.out, "last.pt")
+    other = _tiny(tmp_path, method="pce", max_steps=2, panels=0, resume=True, backbone="unet")
+    with pytest.raises(ValueError, match=r"resume: the checkpoint .*last.pt' is of another network "
+                                         r"\(\{'backbone': 'mobilenet_v2'.*'unet'"):
+        train.loop.train(other)
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=r"resume: .*last.pt' is not a checkpoint of python -m train \(it has no "
+                                         r"model, optimizer"):
+        train.loop.train(dataclasses.replace(config, resume=True))
+    start = _tiny(tmp_path / "c", method="pce", max_steps=1, panels=0, start_from=path)
+    with pytest.raises(ValueError, match="start_from: .* is not a checkpoint"):
+        train.loop.train(start)
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start(tmp_path):
+    """A kill during a checkpoint's write leaves last.pt.tmpPID (15 MB for the U-Net): removed when its
+    process is gone; one of a live process (another run writing into the folder) is left."""
+    config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
+    os.makedirs(config.out)
+    import subprocess
+    import sys
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = (os.path.join(config.out, f"last.pt.tmp{pid}") for pid in (int(gone.stdout), os.getppid()))
+    for path in (stale, live):
+        open(path, "wb").close()
+    train.loop.train(config)
+    assert not os.path.exists(stale) and os.path.exists(live)

@@ -107,9 +107,10 @@ def test_folder_layout_with_and_without_labels(tmp_path):
     ("missing", "scribbles: no file for 'x'"),
     ("unreadable", "image: cannot read"),
     ("size", r"size \(3, 4\) differs from its image's \(4, 4\)"),
-    ("class", "class id 7 is not below num_classes=3"),
+    ("class", "scribbles: .*x.png': class id 7 is not below num_classes=3"),
     ("empty", "has no scribbled pixel"),
-    ("rgb label", "expected a single-channel PNG"),
+    ("rgb label", "label: .*x.png': expected a single-channel PNG"),
+    ("unreadable scribbles", r"scribbles: cannot read .*scribbles/x.png"),
 ])
 def test_bad_data_is_named(tmp_path, problem, message):
     _png(tmp_path / "images" / "x.png", np.zeros((4, 4, 3)))
@@ -124,6 +125,8 @@ def test_bad_data_is_named(tmp_path, problem, message):
         _png(tmp_path / "scribbles" / "x.png", scribbles)
     if problem == "unreadable":
         (tmp_path / "images" / "x.png").write_bytes(b"not a png")
+    if problem == "unreadable scribbles":
+        (tmp_path / "scribbles" / "x.png").write_bytes(b"not a png")
     if problem == "rgb label":
         _png(tmp_path / "labels" / "x.png", np.zeros((4, 4, 3)))
     with pytest.raises(ValueError, match=message):
@@ -132,8 +135,14 @@ def test_bad_data_is_named(tmp_path, problem, message):
 
 def test_no_images_and_no_root(tmp_path):
     os.makedirs(tmp_path / "images")
-    with pytest.raises(ValueError, match="dataset: no images found"):
+    with pytest.raises(ValueError, match=r"dataset: no images found in .*images' \(split 'train': images named"):
         data.folder(str(tmp_path), "train", 3)
+    os.makedirs(tmp_path / "camvid" / "images" / "val")
+    with pytest.raises(ValueError, match=r"dataset: no images found in .*images/val' \(split 'val'"):
+        data.camvid(str(tmp_path / "camvid"), "val")
+    os.makedirs(tmp_path / "acdc" / "image")
+    with pytest.raises(ValueError, match=r"dataset: no images found in .*image' for patients 81-100"):
+        data.acdc(str(tmp_path / "acdc"), (81, 100))
     with pytest.raises(ValueError, match="root: expected a folder"):
         data.camvid(str(tmp_path / "nowhere"), "train")
 

@@ -33,9 +33,9 @@ class SegmentationFiles(torch.utils.data.Dataset):
     """Samples read from files.  items: dicts with name, image (path), label (path or None), scribbles
     (path to a PNG of class ids or a ScribbleSup XML, or None), volume."""
 
-    def __init__(self, items, num_classes, channels, class_names=None, scribble_width=3):
-        if not items:
-            raise ValueError("dataset: no images found")
+    def __init__(self, items, num_classes, channels, class_names=None, scribble_width=3, source="the dataset"):
+        if not items:  # source: where the images were looked for, for this message
+            raise ValueError(f"dataset: no images found in {source}")
         self.items, self.num_classes, self.channels = items, num_classes, channels
         self.class_names = class_names or tuple(str(k) for k in range(num_classes))
         self.scribble_width = scribble_width
@@ -54,7 +54,7 @@ class SegmentationFiles(torch.utils.data.Dataset):
         elif item["scribbles"].endswith(".xml"):
             seeds = read_scribble_xml(item["scribbles"], size, self.class_names, self.scribble_width)
         else:
-            seeds = read_ids(item["scribbles"], size, self.num_classes)
+            seeds = read_ids(item["scribbles"], size, self.num_classes, "scribbles")
         if item.get("scribbles") is not None and not (seeds != IGNORE).any():
             raise ValueError(f"scribbles: {item['scribbles']!r} has no scribbled pixel")
         return {"image": image, "label": label, "seeds": seeds, "name": item["name"],
@@ -116,18 +116,18 @@ def read_image(path, channels):
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels)).permute(2, 0, 1).contiguous()
 
 
-def read_ids(path, size, num_classes):
+def read_ids(path, size, num_classes, what="label"):
     """(H, W) int64 class ids of a PNG (palette indices as stored, 255 = ignore), checked against size and
-    num_classes."""
-    with _open(path, "label") as image:
+    num_classes; what: the kind of file (label, scribbles) the errors name."""
+    with _open(path, what) as image:
         if image.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{path!r}: expected a single-channel PNG of class ids, got mode {image.mode}")
+            raise ValueError(f"{what}: {path!r}: expected a single-channel PNG of class ids, got mode {image.mode}")
         ids = torch.from_numpy(np.asarray(image).astype(np.int64))
     if tuple(ids.shape) != tuple(size):
-        raise ValueError(f"{path!r}: size {tuple(ids.shape)} differs from its image's {tuple(size)}")
+        raise ValueError(f"{what}: {path!r}: size {tuple(ids.shape)} differs from its image's {tuple(size)}")
     bad = (ids != IGNORE) & ((ids < 0) | (ids >= num_classes))
     if bad.any():
-        raise ValueError(f"{path!r}: class id {int(ids[bad][0])} is not below num_classes={num_classes} "
+        raise ValueError(f"{what}: {path!r}: class id {int(ids[bad][0])} is not below num_classes={num_classes} "
                          f"(and is not {IGNORE} = ignore)")
     return ids
 
@@ -188,12 +188,14 @@ def _pair(folder, stem, required, what):
 
 def camvid(root, split, ratio="1.0"):
     """root: the camvid folder of ../shared/data (images/, labels/, scribbles/RATIO/)."""
-    images = _stems(os.path.join(root, "images", split))
+    image_folder = os.path.join(root, "images", split)
+    images = _stems(image_folder)
     items = [{"name": stem, "image": path,
               "label": _pair(os.path.join(root, "labels", split), stem, True, "label"),
               "scribbles": _pair(os.path.join(root, "scribbles", ratio, split), stem, True, "scribbles")}
              for stem, path in images.items()]
-    return SegmentationFiles(items, 11, 3, CAMVID_CLASSES)
+    return SegmentationFiles(items, 11, 3, CAMVID_CLASSES,
+                             source=f"{image_folder!r} (split {split!r}: its images, *.png or *.jpg)")
 
 
 def acdc(root, patients):
@@ -210,7 +212,8 @@ def acdc(root, patients):
                       "label": _pair(os.path.join(root, "label"), stem, True, "label"),
                       "scribbles": _pair(os.path.join(root, "scribble"), stem, True, "scribbles")})
     items.sort(key=lambda item: item["order"])
-    return SegmentationFiles(items, 4, 1, ACDC_CLASSES)
+    return SegmentationFiles(items, 4, 1, ACDC_CLASSES, source=f"{os.path.join(root, 'image')!r} for patients "
+                             f"{patients[0]}-{patients[1]} (files patientPPP_frameFF_slice_S.png)")
 
 
 def voc(root, split, scribbles=None):
@@ -229,7 +232,7 @@ def voc(root, split, scribbles=None):
     items = [{"name": stem, "image": os.path.join(root, "JPEGImages", stem + ".jpg"),
               "label": _pair(labels, stem, split == "val", "label"),
               "scribbles": _pair(scribbles, stem, need_scribbles, "scribbles")} for stem in stems]
-    return SegmentationFiles(items, 21, 3, VOC_CLASSES)
+    return SegmentationFiles(items, 21, 3, VOC_CLASSES, source=f"the image list {list_file!r} (split {split!r})")
 
 
 def folder(root, split, num_classes, channels=3):
@@ -240,4 +243,5 @@ def folder(root, split, num_classes, channels=3):
     items = [{"name": stem, "image": path, "label": _pair(sub("labels"), stem, False, "label"),
               "scribbles": _pair(sub("scribbles"), stem, split == "train", "scribbles")}
              for stem, path in _stems(sub("images")).items()]
-    return SegmentationFiles(items, num_classes, channels)
+    return SegmentationFiles(items, num_classes, channels,
+                             source=f"{sub('images')!r} (split {split!r}: images named *{', *'.join(IMAGE_EXTENSIONS)})")

@@ -146,15 +146,11 @@ def train(config):
     step, epoch, start_in_epoch, best, history, trained = 0, 0, 0, None, [], 0.0
     # a run continues from its own checkpoint (resume), else from start_from's (a branch of a shared warm-up)
     source = checkpoint_path if config.resume and os.path.isfile(checkpoint_path) else config.start_from
+    if rank == 0:
+        _remove_stale_temporaries(checkpoint_path)
     if source is not None:
-        try:
-            state = torch.load(source, map_location=device, weights_only=False)
-        except Exception as error:  # truncated or not a checkpoint: say which file, keep the cause
-            argument = "resume" if source == checkpoint_path else "start_from"
-            raise RuntimeError(f"{argument}: cannot read the checkpoint {source!r} ({type(error).__name__}: "
-                               f"{error}){'; delete it to start over' if argument == 'resume' else ''}") from error
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(source, "resume" if source == checkpoint_path else "start_from", model, optimizer,
+                                device, config)
         step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
         history, trained = state["history"], state["trained_seconds"]
         torch.set_rng_state(state["rng"])
@@ -163,7 +159,9 @@ def train(config):
         _print(rank, f"resumed from {source} at epoch {epoch}, step {step}")
     if rank == 0:  # the logs restart with the run, or go back to the checkpoint's step
         _keep_rows(os.path.join(config.out, "train_log.csv"), lambda row: int(row["step"]) <= step)
-        _keep_rows(os.path.join(config.out, "eval_log.csv"), lambda row: int(row["step"]) <= step)
+        # an evaluation row is appended before the checkpoint that records it: keep the ones it recorded
+        recorded = [entry["step"] for entry in history]
+        _keep_rows(os.path.join(config.out, "eval_log.csv"), lambda row: _consume(recorded, int(row["step"])))
     if rank == 0:
         with open(os.path.join(config.out, "config.json"), "w") as f:
             written = dataclasses.asdict(config)
@@ -302,16 +300,83 @@ def _headline(scores):
     return out
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "epoch", "step_in_epoch", "best", "history", "trained_seconds", "rng")
+
+
+def load_checkpoint(path, argument, model, optimizer, device, config):
+    """The trainer's checkpoint at path, its weights and optimiser state loaded into model and optimizer; any
+    failure a ValueError naming the argument (resume, start_from), the file and what to do."""
+    fix = "; delete it to start over" if argument == "resume" else ""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # truncated or not a torch file: say which file, keep the cause
+        raise RuntimeError(f"{argument}: cannot read the checkpoint {path!r} ({type(error).__name__}: "
+                           f"{error}){fix}") from error
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{argument}: {path!r} is not a checkpoint of python -m train (it has no "
+                         f"{', '.join(missing)}){fix}")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        saved = state.get("config") or {}
+        saved = {k: saved.get(k) for k in ("backbone", "data", "output_stride") if k in saved}
+        ours = {k: getattr(config, k) for k in saved}
+        raise ValueError(f"{argument}: the checkpoint {path!r} is of another network ({saved} there, {ours} in this "
+                         f"run): give the run its settings, or another --out{fix} ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0]})") from error
+    return state
+
+
+def _remove_stale_temporaries(checkpoint_path):
+    """A kill during save_atomically leaves checkpoint_path.tmpPID: remove those of processes that are gone."""
+    folder, prefix = os.path.dirname(checkpoint_path) or ".", os.path.basename(checkpoint_path) + ".tmp"
+    for name in os.listdir(folder):
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)   # still running (another process writing into this folder): leave it
+        except ProcessLookupError:
+            os.remove(os.path.join(folder, name))
+        except PermissionError:
+            pass
+
+
+def _consume(values, value):
+    """Whether value is in the list values, removing one occurrence (a log row kept once per record)."""
+    if value in values:
+        values.remove(value)
+        return True
+    return False
+
+
 def _keep_rows(path, keep):
+    """Rewrite the CSV log at path with the rows keep() accepts.  A kill can leave a log empty (created, no
+    header yet), with a partial header or a partial last row: rows that do not parse are dropped, and a log
+    left without rows is removed (the next row writes its header again)."""
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [row for row in reader if keep(row)]
-    with open(path, "w", newline="") as f:
+        fields = reader.fieldnames or []
+
+        def whole(row):  # DictReader puts a row's missing fields as None values, extra ones under the key None
+            try:
+                return None not in row and None not in row.values() and keep(row)
+            except ValueError:  # a step that is not a number: a partial row
+                return False
+        rows = [row for row in reader if whole(row)] if "step" in fields else []
+    if not rows:
+        os.remove(path)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _append_csv(path, row):

@@ -77,6 +77,11 @@ TORCH_LIBRARY(pottsops, m) {
       "float tol, int window) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
+namespace pottsops {
+torch::Tensor gco_expansion(const std::vector<int64_t>& functions, torch::Tensor costs, torch::Tensor first,
+                            torch::Tensor second, torch::Tensor weights, torch::Tensor start, int64_t iters);
+}  // namespace pottsops (csrc/cpu/graphcut.cpp)
+
 namespace {
 
 bool compiled_with_cuda() {
@@ -115,4 +120,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lattice_vertex_budget", &pottsops::lattice_vertex_budget, "the most vertices of one image's lattice");
   m.def("compiled_with_cuda", &compiled_with_cuda, "whether the CUDA kernels were built");
   m.def("compiled_with_openmp", &compiled_with_openmp, "whether the CPU kernels run in parallel");
+  m.def("gco_expansion", &pottsops::gco_expansion, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "alpha-expansion on one image through gco-wrapper's functions, GCO's exceptions as RuntimeError");
 }

@@ -50,7 +50,9 @@ class SolveInfo:
     time; best: the energy of the returned y; certificate: (B,) where the problem is convex (the quadratic
     relaxation, with any unary), an upper bound on best - (the minimum energy): the Frank-Wolfe duality gap
     sum_i (<g_i, y_i> - min_k g_ik) over the unlabeled pixels, g the energy's gradient at y; else None;
-    method: the method that ran ('mirror_descent' or 'alpha_expansion')."""
+    method: the method that ran ('mirror_descent' or 'alpha_expansion'); note: what a user should know of
+    how it ran (α-expansion ignores iters, lr and levels; mirror descent ran where α-expansion's integer costs
+    could not resolve the problem), else None."""
     energies: list = field(default_factory=list)
     iterations: torch.Tensor = None
     sweeps: torch.Tensor = None
@@ -61,6 +63,7 @@ class SolveInfo:
     best: torch.Tensor = None
     certificate: torch.Tensor = None
     method: str = None
+    note: str = None
 
 
 METHODS = ("auto", "mirror_descent", "alpha_expansion")
@@ -176,7 +179,10 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
         pottsops[graphcut]; with cce the labels are then polished) or 'auto' (default): alpha_expansion for
         bilinear with ce or cce where the extra is installed (with a warning where it is not), else
         mirror_descent.
-        info.iterations is 0 for alpha_expansion (GCO runs expansion cycles until none lowers the energy).
+        alpha_expansion ignores iters, lr and levels (GCO runs expansion cycles until none lowers the energy;
+        info.iterations is 0).  Where GCO's integer costs cannot resolve the unary (the pair weights exceed
+        it by about 1e4 or more: pottsops.graphcut), auto and alpha_expansion run mirror descent instead and
+        info.note says so.
     The mirror descent of the bilinear relaxation with the cce or ce unary ends with a polish: block
     coordinate descent, each pixel of a colour moved to the minimiser of its energy with its neighbours
     fixed (one-hot labels for ce, mixtures of at most two for cce).
@@ -228,11 +234,19 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
     y0 = problem.clamp(y0).contiguous()
     method = _method(method, problem, neighborhood)
     start_energy = problem.gradient(y0)[0]
+    note = None
     if method == "alpha_expansion":
-        y, best, info = _graph_cut(problem, y0, seeds, init, tol, dict(  # checked above: not again
-            unary=problem.unary, neighborhood=as_neighborhood(neighborhood), eta=eta, lam=lam, sigma_rgb=sigma_rgb,
-            sigma_xy=sigma_xy, mask=mask, weights=weights, ignore_index=ignore_index))
-    else:
+        try:
+            y, best, info = _graph_cut(problem, y0, seeds, init, tol, dict(  # checked above: not again
+                unary=problem.unary, neighborhood=as_neighborhood(neighborhood), eta=eta, lam=lam,
+                sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, mask=mask, weights=weights, ignore_index=ignore_index))
+            note = "alpha_expansion ignores iters, lr and levels"
+        except graphcut.ResolutionError as error:
+            method, note = "mirror_descent", f"mirror descent ran instead of alpha_expansion: {error}"
+            if "resolution" not in _WARNED:
+                _WARNED.add("resolution")
+                warnings.warn(f"pottsops.solve: {note}", RuntimeWarning, stacklevel=2)
+    if method == "mirror_descent":
         def coarse_problem(f):
             pooled_logits, pooled_image, pooled_seeds, pooled_mask, pooled_weights = coarse_inputs(
                 problem.logits, problem.image, seeds, mask, weights, ignore_index, f)
@@ -240,7 +254,7 @@ def solve(logits, image, seeds, *, relaxation="cd", unary="cce", neighborhood="n
                                 mask=pooled_mask, weights=pooled_weights,
                                 **dict(settings, sigma_xy=None if sigma_xy is None else sigma_xy / f))
         y, best, info = _mirror_descent(problem, y0, init, levels, iters, tol, rule, coarse_problem)
-    info.method = method
+    info.method, info.note = method, note
     info.energies.insert(0, start_energy)
     info.energies[1:] = [torch.minimum(e, start_energy) for e in info.energies[1:]]
     worse = ~(best <= start_energy)  # the start is kept where the solve did not go below it
