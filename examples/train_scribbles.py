@@ -116,7 +116,8 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True)
     model = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    # [soft self-labeling 2/3] pseudo-labels minimise eta H(y, sigma) + lam Potts(y) (cd, cce, nn4, sigma_rgb 9)
+    # [soft self-labeling 2/3] pseudo-labels minimise eta H(y, sigma) + lam Potts(y) (cd, cce, nn4, sigma_rgb 9);
+    # the loss is a weighted mean of the scribble and pseudo-label terms, so pCE's learning rate carries over
     soft_loss = pottsops.nn.SoftSelfLabelingLoss(eta=0.3, lam=6.0)
     warmup = args.steps // 5 if args.warmup is None else args.warmup
     step, start = 0, time.perf_counter()

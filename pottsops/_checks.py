@@ -160,29 +160,52 @@ def check_pseudo_label_inputs(logits, image, seeds, mask, ignore_index, weights=
             raise ValueError("weights: expected non-negative edge weights, got a negative value")
 
 
-SCALE_CHECKS = 100  # image-scale checks per process: a training loop's first steps, then nothing more to pay
-_scale_checks = {"left": SCALE_CHECKS}
+SCALE_CHECKS = 100  # image-scale checks per entry point: a training loop's first steps, then nothing more to pay
+_scale_checks, _scale_warned = {}, set()  # {entry point: checks left}, {(entry point, kind)}
 
 
 def warn_image_scale(image, sigma_rgb):
-    """Warn once per process where an image is not in the units sigma_rgb assumes: negative values (an image
-    normalised for the network) or all values in [0, 1] with sigma_rgb > 1 (0..1 colours against a bandwidth
-    meant for 0..255, so that every colour weight is about 1).  Only the first SCALE_CHECKS calls of a process
-    look (one min/max each), and none under torch.compile's tracing."""
-    if _scale_checks["left"] <= 0 or image.numel() == 0 or torch.compiler.is_compiling():
+    """Warn, once per public function or module (the entry point the user called) and kind, where an image is
+    not in the units sigma_rgb assumes: negative values (an image normalised for the network) or all values
+    in [0, 1] with sigma_rgb > 1 (0..1 colours against a bandwidth meant for 0..255, so that every colour
+    weight is about 1).  Only the first SCALE_CHECKS calls of each entry point look (one min/max each), and
+    none under torch.compile's tracing."""
+    if image.numel() == 0 or torch.compiler.is_compiling():
         return
-    _scale_checks["left"] -= 1
+    entry = _entry_point()
+    left = _scale_checks.get(entry, SCALE_CHECKS)
+    if left <= 0:
+        return
+    _scale_checks[entry] = left - 1
     low, high = (float(v) for v in torch.aminmax(image.detach()))
     if low < 0:
-        problem = f"has negative values (range [{low:.3g}, {high:.3g}]): is it the network's normalised input?"
+        kind, problem = "negative", f"has negative values (range [{low:.3g}, {high:.3g}]): is it the network's normalised input?"
     elif high <= 1 and sigma_rgb > 1:
-        problem = f"lies in [0, 1] (range [{low:.3g}, {high:.3g}]) while sigma_rgb = {sigma_rgb:g} is in colour units."
+        kind, problem = "unit", (f"lies in [0, 1] (range [{low:.3g}, {high:.3g}]) while sigma_rgb = {sigma_rgb:g} is "
+                                 f"in colour units.")
     else:
         return
-    _scale_checks["left"] = 0
-    warn_at_caller(f"image {problem} The colour weights exp(-|I_i - I_j|^2 / (2 sigma_rgb^2)) read the image in "
-                  f"the units of sigma_rgb: pass colours in 0..255 for the defaults (sigma_rgb 9, 15), or sigma_rgb "
-                  f"in your image's units.  (Warned once per process.)")
+    if (entry, kind) in _scale_warned:
+        return
+    _scale_warned.add((entry, kind))
+    warn_at_caller(f"{entry}: image {problem} The colour weights exp(-|I_i - I_j|^2 / (2 sigma_rgb^2)) read the "
+                   f"image in the units of sigma_rgb: pass colours in 0..255 for the defaults (sigma_rgb 9, 15), or "
+                   f"sigma_rgb in your image's units.  (Warned once per function or module and kind of image.)")
+
+
+def _entry_point():
+    """The pottsops function or method the user's code called (the outermost pottsops frame on the stack)."""
+    inside = os.path.dirname(os.path.abspath(sys.modules["pottsops"].__file__)) + os.sep
+    outside_ok = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # a module's __call__, torch.compile
+    frame, entry = sys._getframe(1), "pottsops"
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(inside):
+            entry = "pottsops." + getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+        elif not path.startswith(outside_ok):
+            break
+        frame = frame.f_back
+    return entry.replace(".forward", "")
 
 
 def warn_at_caller(message):

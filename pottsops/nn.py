@@ -76,6 +76,7 @@ class DenseCRFLoss(torch.nn.Module):
 
     def forward(self, images, segmentations, ROIs):
         _checks.check_labels("segmentations", segmentations)
+        _checks.check_probabilities("segmentations", segmentations)  # raw logits give a meaningless value
         _checks.check_image("images", images, "segmentations", segmentations)
         _checks.check_float("ROIs", ROIs)
         _checks.check_like("ROIs", ROIs, (segmentations.shape[0], *segmentations.shape[2:]),
@@ -140,6 +141,7 @@ class GatedCRFLoss(torch.nn.Module):
                             "constructor: GatedCRFLoss(kernels_desc, kernels_radius)(y_hat_softmax, image, mask), "
                             "image = sample['rgb'] resized to the prediction (docs/migrating.md)")
         _checks.check_labels("y_hat_softmax", y_hat_softmax)
+        _checks.check_probabilities("y_hat_softmax", y_hat_softmax)
         if image is None and any("rgb" in desc for desc in self.kernels_desc):
             raise ValueError("image: a kernel of kernels_desc has 'rgb', so forward needs the image")
         total = 0.0

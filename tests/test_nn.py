@@ -267,6 +267,11 @@ def test_a_first_hour_slip_is_an_error_naming_the_argument():
         with pytest.raises(ValueError, match=r"probs: expected probabilities in \[0, 1\]"):
             pottsops.nn.PottsLoss(relaxation)(logits, image)
     assert torch.isfinite(pottsops.nn.PottsLoss("cd")(torch.softmax(logits, 1), image))
+    # issue 39: DenseCRFLoss took raw logits silently (value -3.3e-6); every Potts module refuses them now
+    with pytest.raises(ValueError, match=r"segmentations: expected probabilities in \[0, 1\]"):
+        pottsops.nn.DenseCRFLoss(2e-9, 15.0, 100.0, 0.5)(image, logits, torch.ones(2, 8, 9))
+    with pytest.raises(ValueError, match=r"y_hat_softmax: expected probabilities in \[0, 1\]"):
+        pottsops.nn.GatedCRFLoss([{"weight": 1.0, "xy": 6.0, "rgb": 15.0}], 2)(logits, image)
     seeds = torch.full((2, 8, 9), 255)
     seeds[:, 0, 0] = 1
     with pytest.raises(TypeError, match=r"logits: expected a torch.Tensor, got dict.*model\(x\)\['out'\]"):
@@ -302,21 +307,30 @@ assert caught(lambda: pottsops.potts_energy(y, image * 255)) == []              
 assert caught(lambda: pottsops.potts_energy(y, image, sigma_rgb=0.1)) == []              # 0..1 in its units
 first = caught(lambda: pottsops.potts_energy(y, image))                                  # 0..1, sigma 9
 assert len(first) == 1 and "lies in [0, 1]" in first[0], first
-assert caught(lambda: pottsops.solve(torch.randn(1, 3, 8, 9), image - 0.5, torch.full((1, 8, 9), 255), iters=2)) == []
+assert caught(lambda: pottsops.potts_energy(y, image)) == []                             # once per function, kind
+# another function, or another kind, warns again (issue 39: one warning per process hid them)
+later = caught(lambda: pottsops.solve(torch.randn(1, 3, 8, 9), image - 0.5, torch.full((1, 8, 9), 255), iters=2))
+assert len(later) == 1 and "pottsops.solve: image has negative values" in later[0], later
+module = caught(lambda: pottsops.nn.PottsLoss()(y, image))
+assert len(module) == 1 and "pottsops.PottsLoss: image lies in [0, 1]" in module[0], module
+assert caught(lambda: pottsops.nn.PottsLoss()(y, image)) == []
 print("ok")
 """
 
 
 def test_an_image_in_other_units_than_sigma_rgb_warns_once():
     """Issue 31: a 0..1 image (or a normalised one) against sigma_rgb in colour units gives every weight about
-    1 without an error; the first calls of a process look at its range and warn once (a fresh process)."""
+    1 without an error; the first calls of a process look at its range and warn once per function or module
+    and kind of image (issue 39: once per process hid a later module's problem), in a fresh process."""
     import subprocess
     import sys
     run = subprocess.run([sys.executable, "-c", _SCALE_SCRIPT], capture_output=True, text=True)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
-    negative = _SCALE_SCRIPT.replace("first = caught(lambda: pottsops.potts_energy(y, image))",
-                                     "first = caught(lambda: pottsops.affinity(image - 0.5))")
-    negative = negative.replace('"lies in [0, 1]"', '"negative values"')
+    negative = _SCALE_SCRIPT.split("first = ")[0] + (
+        "first = caught(lambda: pottsops.affinity(image - 0.5))\n"
+        "assert len(first) == 1 and 'pottsops.affinity: image has negative values' in first[0], first\n"
+        "assert caught(lambda: pottsops.affinity(image - 0.5)) == []\n"
+        "print('ok')\n")
     run = subprocess.run([sys.executable, "-c", negative], capture_output=True, text=True)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr
 

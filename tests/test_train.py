@@ -464,3 +464,16 @@ def test_stale_checkpoint_temporaries_are_removed_at_start(tmp_path):
         open(path, "wb").close()
     train.loop.train(config)
     assert not os.path.exists(stale) and os.path.exists(live)
+
+
+def test_without_the_data_folder_the_trainer_says_where_to_get_it_without_a_traceback(tmp_path):
+    """Issue 39: from a clone without the evaluation data, `python -m train --data acdc` ended in a traceback."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for args, env in ((["--root", str(tmp_path / "nowhere")], {}), ([], {"POTTSOPS_DATA": str(tmp_path)})):
+        run = subprocess.run([sys.executable, "-m", "train", "--data", "acdc", *args], cwd=root, capture_output=True,
+                             text=True, env={**os.environ, **env}, timeout=300)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert "python -m train: root: no acdc data at" in run.stderr and "POTTSOPS_DATA" in run.stderr
+        assert "docs/trainer.md, 'Data'" in run.stderr

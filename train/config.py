@@ -164,6 +164,11 @@ def make_config(data="synthetic", no_flip=False, no_progress=False, **overrides)
         raise ValueError(f"method: expected one of {METHODS}, got {config.method!r}")
     if config.root is None and data in ("camvid", "acdc"):
         config.root = os.path.join(DEFAULT_DATA, data)
+    if data in ("camvid", "acdc") and not os.path.isdir(config.root):
+        layout = {"camvid": "images/{train,val}/*.jpg, labels/{train,val}/*.png, scribbles/RATIO/{train,val}/*.png",
+                  "acdc": "image/, label/, scribble/ of patientPPP_frameFF_slice_S.png"}[data]
+        raise ValueError(f"root: no {data} data at {config.root!r}: give --root FOLDER, or set POTTSOPS_DATA to a "
+                         f"folder holding {data}/ (layout: {layout}; where to get it: docs/trainer.md, 'Data')")
     if config.root is None and data in ("voc", "folder"):
         raise ValueError(f"root: --data {data} needs --root PATH")
     if data == "folder" and not config.num_classes:
