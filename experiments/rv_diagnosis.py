@@ -1,0 +1,133 @@
+"""Why soft self-labeling loses the right ventricle (issue 37): per-class curves and tables of a study made by
+experiments.train_compare whose arms change one thing each from the same warm-up.
+
+    python -m experiments.rv_diagnosis --runs runs/acdc_rv_diagnosis --seeds 0 --out experiments/results/train/acdc_rv_diagnosis
+
+Reads each arm's train_log.csv (per training batch, the 2D Dice of the network's argmax and of the
+pseudo-labels' argmax against the dense masks, which no method trains on), eval_log.csv (per epoch, the
+3D Dice per class on the tuning patients) and results.json (the end).  Writes OUT/per_class.csv,
+OUT/per_class.md (the table) and OUT/per_class.png (curves per class: network solid, pseudo-labels dashed,
+training batches smoothed over 50 steps; the tuning patients' Dice per epoch).  Only the tuning patients
+are scored: nothing here looks at the test patients.
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+
+CLASSES = ("RV", "Myo", "LV")
+
+
+def read_dice(row, key):
+    values = row.get(key) or ""
+    return [float(v) if v else np.nan for v in values.split("/")] if values else [np.nan] * len(CLASSES)
+
+
+def arm_record(folder, warmup_steps):
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(folder, "train_log.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) > warmup_steps]
+    steps = np.array([int(r["step"]) for r in rows])
+    net = np.array([read_dice(r, "net_dice") for r in rows])
+    labels = np.array([read_dice(r, "label_dice") for r in rows])
+    evals = []
+    path = os.path.join(folder, "eval_log.csv")
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            evals = [r for r in csv.DictReader(f)]
+    return {"results": results, "steps": steps, "net": net, "labels": labels, "evals": evals}
+
+
+def smooth(values, width=50):
+    out = np.full_like(values, np.nan)
+    for i in range(len(values)):
+        window = values[max(0, i - width + 1): i + 1]
+        out[i] = np.nanmean(window) if np.isfinite(window).any() else np.nan
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", required=True, help="the study's folder (RUNS/NAME of train_compare)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--last", type=int, default=100, help="steps at the end the batch Dice is averaged over")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    arms = {}
+    for results in sorted(glob.glob(os.path.join(args.runs, "*", "*", "seed*", "results.json"))):
+        folder = os.path.dirname(results)
+        label, seed = folder.split(os.sep)[-3], int(folder.split(os.sep)[-1][4:])
+        if label == "warmup" or seed not in args.seeds:
+            continue
+        arms.setdefault(label, []).append(arm_record(folder, args.warmup_steps))
+    warmups = [json.load(open(os.path.join(args.runs, "warmup", f"seed{s}", "results.json"))) for s in args.seeds
+               if os.path.isfile(os.path.join(args.runs, "warmup", f"seed{s}", "results.json"))]
+    rows = []
+    for label, records in arms.items():
+        tail = lambda key: np.nanmean([np.nanmean(r[key][-args.last:], 0) for r in records], 0)  # noqa: E731
+        tune = np.mean([r["results"]["scores"]["dice"] for r in records], 0)
+        net, labels = tail("net"), tail("labels")
+        rows.append({"arm": label, "seeds": len(records),
+                     "tune_dice": round(float(np.mean([r["results"]["score"] for r in records])), 4),
+                     **{f"tune_{c}": round(float(v), 4) for c, v in zip(CLASSES, tune)},
+                     **{f"batch_net_{c}": round(float(v), 4) for c, v in zip(CLASSES, net)},
+                     **{f"batch_labels_{c}": ("" if np.isnan(v) else round(float(v), 4)) for c, v in zip(CLASSES, labels)},
+                     "seconds_per_step": round(float(np.mean([r["results"]["train_seconds"] / max(1, len(r["steps"]))
+                                                              for r in records])), 3)})
+    rows.sort(key=lambda r: -r["tune_dice"])
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "per_class.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| arm | tune Dice | RV | Myo | LV | batch net RV / Myo / LV | batch labels RV / Myo / LV |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        labels = " / ".join("-" if r["batch_labels_" + c] == "" else f"{r['batch_labels_' + c]:.3f}" for c in CLASSES)
+        net = " / ".join(f"{r['batch_net_' + c]:.3f}" for c in CLASSES)
+        lines.append(f"| {r['arm']} | {r['tune_dice']:.4f} | {r['tune_RV']:.3f} | {r['tune_Myo']:.3f} | "
+                     f"{r['tune_LV']:.3f} | {net} | {labels} |")
+    if warmups:
+        tune = np.mean([w["scores"]["dice"] for w in warmups], 0)
+        lines.append(f"| (warm-up, step {args.warmup_steps}) | {np.mean([w['score'] for w in warmups]):.4f} | "
+                     f"{tune[0]:.3f} | {tune[1]:.3f} | {tune[2]:.3f} | | |")
+    with open(os.path.join(args.out, "per_class.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(os.path.join(args.out, "per_class.png"), arms)
+
+
+def plot(path, arms):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), sharex=True)
+    for i, (label, records) in enumerate(arms.items()):
+        colour, record = f"C{i % 10}", records[0]
+        for c, name in enumerate(CLASSES):
+            axes[0, c].plot(record["steps"], smooth(record["net"][:, c]), "-", color=colour, lw=1, label=label)
+            if np.isfinite(record["labels"][:, c]).any():
+                axes[0, c].plot(record["steps"], smooth(record["labels"][:, c]), "--", color=colour, lw=1)
+            steps = [int(e["step"]) for e in record["evals"]]
+            values = [float(e[f"dice_{c + 1}"]) for e in record["evals"] if f"dice_{c + 1}" in e]
+            if values:
+                axes[1, c].plot(steps[-len(values):], values, "-o", color=colour, lw=1, ms=3, label=label)
+            axes[0, c].set_title(f"{name}: training batches (net solid, pseudo-labels dashed)")
+            axes[1, c].set_title(f"{name}: tuning patients, 3D Dice")
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    axes[0, 0].set_ylabel("2D Dice vs the dense masks")
+    axes[1, 0].set_ylabel("3D Dice")
+    axes[1, 2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
