@@ -477,3 +477,20 @@ def test_without_the_data_folder_the_trainer_says_where_to_get_it_without_a_trac
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert "python -m train: root: no acdc data at" in run.stderr and "POTTSOPS_DATA" in run.stderr
         assert "docs/trainer.md, 'Data'" in run.stderr
+
+
+def test_the_time_budget_covers_the_evaluations_during_the_run(tmp_path, monkeypatch):
+    """Issue 39: --time-budget 60 trained 2 steps and then evaluated for 12 minutes.  The evaluations during
+    the run now count against the budget (the final one runs after it): here each takes 3 s, the budget is
+    5 s and training alone would finish its 10 steps well within it."""
+    import time
+    real_evaluate = train.loop.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(3.0)
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(train.loop, "evaluate", slow_evaluate)
+    config = _tiny(tmp_path, method="pce", epochs=5, time_budget=5.0, panels=0)
+    results = train.loop.train(config)
+    assert results["steps"] < 10 and results["evaluation_seconds"] >= 3.0, results["steps"]
+    assert results["train_seconds"] < 5.0

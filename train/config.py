@@ -67,7 +67,8 @@ class TrainConfig:
     eval_every: int = 1              # epochs
     eval_limit: int = None           # evaluate on the first N validation images only
     panels: int = 4                  # validation samples drawn in panels.png
-    time_budget: float = None        # seconds of training (evaluation excluded), then stop; the poly decay
+    time_budget: float = None        # seconds of training and of the evaluations during it, then stop (the
+                                     # final evaluation, val and test, runs after it); the poly decay
                                      # follows the budget when it ends the run before `epochs`
     max_steps: int = None            # stop after this many steps (tests)
     progress: bool = True
@@ -117,7 +118,8 @@ def build_parser():
                 ("epochs", int, "length of the run in epochs"),
                 ("steps", int, "length of the run in steps (instead of --epochs; the poly decay follows it)"),
                 ("max_steps", int, "stop (with a checkpoint) after this many steps of the run"),
-                ("time_budget", float, "stop after this many seconds of training (evaluation excluded)"),
+                ("time_budget", float, "stop after this many seconds of training and evaluation (the final "
+                 "evaluation runs after it)"),
                 ("batch_size", int, "images per step and process"), ("lr", float, "SGD learning rate"),
                 ("workers", int, "DataLoader workers"), ("seed", int, "seed of the weights and the data order"),
                 ("input_scale", float, "the network sees images resized by this"),

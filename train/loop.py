@@ -143,7 +143,7 @@ def train(config):
 
     os.makedirs(config.out, exist_ok=True)
     checkpoint_path = os.path.join(config.out, "last.pt")
-    step, epoch, start_in_epoch, best, history, trained = 0, 0, 0, None, [], 0.0
+    step, epoch, start_in_epoch, best, history, trained, evaluated = 0, 0, 0, None, [], 0.0, 0.0
     # a run continues from its own checkpoint (resume), else from start_from's (a branch of a shared warm-up)
     source = checkpoint_path if config.resume and os.path.isfile(checkpoint_path) else config.start_from
     if rank == 0:
@@ -153,6 +153,7 @@ def train(config):
                                 device, config)
         step, epoch, start_in_epoch, best = state["step"], state["epoch"], state["step_in_epoch"], state["best"]
         history, trained = state["history"], state["trained_seconds"]
+        evaluated = state.get("evaluated_seconds", 0.0)  # (checkpoints before it was recorded: none)
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -173,17 +174,17 @@ def train(config):
         if rank == 0:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                              "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "history": history,
-                             "trained_seconds": trained,
+                             "trained_seconds": trained, "evaluated_seconds": evaluated,
                              "rng": torch.get_rng_state(),
                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                              "config": dataclasses.asdict(config)}, checkpoint_path)
 
-    stop = False
+    stop, spent = False, trained + evaluated
     while epoch < epochs and not stop:
         progress = _Progress(len(batches), config.progress and rank == 0)
         last = time.perf_counter()
         for index, batch in enumerate(batches.epoch(epoch, start_in_epoch), start=start_in_epoch):
-            done = run_progress(step, total_steps, trained, config.time_budget)
+            done = run_progress(step, total_steps, spent, config.time_budget)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * (1 - done) ** config.poly_power
             image = batch["image"]
@@ -207,11 +208,12 @@ def train(config):
                              **batch_dice(logits, labels, batch)})
             progress.update(index + 1, f"epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}")
             trained, last = trained + time.perf_counter() - last, time.perf_counter()
-            over_budget = config.time_budget is not None and trained > config.time_budget
-            if distributed and config.time_budget is not None:  # every rank stops at the same step
-                flag = torch.tensor(float(over_budget), device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                over_budget = bool(flag)
+            spent = trained + evaluated  # of the time budget: training and the evaluations during the run
+            if distributed and config.time_budget is not None:  # every rank: the same schedule, the same last step
+                shared = torch.tensor(spent, device=device, dtype=torch.float64)
+                dist.all_reduce(shared, op=dist.ReduceOp.MAX)  # (only rank 0 evaluates; the others wait in
+                spent = float(shared)                          # their next step, inside their training time)
+            over_budget = config.time_budget is not None and spent > config.time_budget
             if config.max_steps is not None and step >= config.max_steps or over_budget or step >= total_steps:
                 stop = True
                 checkpoint(index + 1)
@@ -223,11 +225,13 @@ def train(config):
             break
         epoch, start_in_epoch = epoch + 1, 0
         if rank == 0 and epoch % config.eval_every == 0 and epoch < epochs:  # the last: below
+            tick = time.perf_counter()
             scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                               limit=config.eval_limit, input_scale=config.input_scale)
             history.append({"epoch": epoch, "step": step, "train_seconds": round(trained, 1), **_headline(scores)})
             _append_csv(os.path.join(config.out, "eval_log.csv"), history[-1])
             best = max(best or 0.0, history[-1]["score"])
+            evaluated += time.perf_counter() - tick  # inside the time budget
             _print(rank, f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
                                                        if isinstance(v, float)))
         checkpoint(0)
@@ -238,7 +242,7 @@ def train(config):
     scores = evaluate(model, val_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                       limit=config.eval_limit, input_scale=config.input_scale)
     results = {"method": config.method, "data": config.data, "steps": step, "epochs_done": epoch,
-               "train_seconds": trained, **_headline(scores), "scores": scores,
+               "train_seconds": trained, "evaluation_seconds": evaluated, **_headline(scores), "scores": scores,
                "history": history}
     if test_set is not None:  # a held-out split, never looked at during the run
         test_scores = evaluate(model, test_set, normalise, device, volumes=config.data == "acdc", amp=amp,
