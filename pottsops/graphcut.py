@@ -182,8 +182,7 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     start = torch.where(seeded, seeds.long(), start).reshape(B, H * W).to(torch.int32)
     costs, pair_w, seeded_np, unlabeled_np = costs.numpy(), pair_w.numpy(), seeded.numpy(), unlabeled.numpy()
     seeds_np = seeds.long().numpy()
-    # each image's problem checked before any is solved (no graph is built for a batch that will be refused)
-    edges = [_edges(pair_w[b], neighborhood.offsets, H, W) for b in range(B)]
+    edges = [_edges(pair_w[b], neighborhood.offsets, H, W) for b in range(B)]  # the true weights, for energies
 
     def run(b):
         return _solve_image(gco, costs[b], pair_w[b], edges[b], seeded_np[b], unlabeled_np[b], seeds_np[b],
@@ -206,11 +205,11 @@ def _solve_image(gco, costs, pair_w, edges, seeded, unlabeled, seeds, start, nei
     K = costs.shape[0]
     flat = costs.reshape(K, -1)
     weights, best, best_energy = pair_w, None, np.inf
-    for attempt in range(MAX_CLAMPS + 1):
+    for _ in range(MAX_CLAMPS + 1):
         c, integer_edges, units = _integer_problem(costs, weights, seeded, unlabeled, seeds, neighborhood)
         found = gco(*(torch.from_numpy(x) for x in (c, *integer_edges)), start, iters)
-        labels = found.numpy().astype(np.int64)
-        energy = float(flat[labels, np.arange(labels.size)].sum() + (w * (labels[a] != labels[bb])).sum())
+        ids = found.numpy().astype(np.int64)
+        energy = float(flat[ids, np.arange(ids.size)].sum() + (w * (ids[a] != ids[bb])).sum())
         if energy < best_energy:
             best, best_energy = found, energy
         if units >= MIN_UNARY_UNITS:
