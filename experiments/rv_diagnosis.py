@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from experiments.train_compare import read_log
+
 CLASSES = ("RV", "Myo", "LV")
 
 
@@ -29,16 +31,11 @@ def read_dice(row, key):
 def arm_record(folder, warmup_steps):
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    with open(os.path.join(folder, "train_log.csv"), newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) > warmup_steps]
+    rows = [r for r in read_log(os.path.join(folder, "train_log.csv")) if int(r["step"]) > warmup_steps]
     steps = np.array([int(r["step"]) for r in rows])
     net = np.array([read_dice(r, "net_dice") for r in rows])
     labels = np.array([read_dice(r, "label_dice") for r in rows])
-    evals = []
-    path = os.path.join(folder, "eval_log.csv")
-    if os.path.isfile(path):
-        with open(path, newline="") as f:
-            evals = [r for r in csv.DictReader(f)]
+    evals = read_log(os.path.join(folder, "eval_log.csv")) or []
     return {"results": results, "steps": steps, "net": net, "labels": labels, "evals": evals}
 
 

@@ -21,6 +21,7 @@ present, then the tables, the verdicts, the curves and the commands), curves.png
 """
 import argparse
 import csv
+import gzip
 import json
 import os
 import platform
@@ -173,12 +174,21 @@ def run_row(label, seed, setting, run, warmup_steps):
 
 def _branch_seconds(out, warmup_steps):
     """Mean seconds per training step after the warm-up (forward, loss with its solve, backward, update)."""
-    path = os.path.join(out, "train_log.csv")
-    if not os.path.isfile(path):
+    rows = read_log(os.path.join(out, "train_log.csv"))
+    if rows is None:
         return ""
-    with open(path, newline="") as f:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(f) if int(row["step"]) > warmup_steps]
+    seconds = [float(row["seconds"]) for row in rows if int(row["step"]) > warmup_steps]
     return round(float(np.mean(seconds)), 4) if seconds else ""
+
+
+def read_log(path):
+    """The rows of a run's CSV log, or of its gzipped copy (PATH.gz: committed results keep their logs so),
+    or None."""
+    for name, opener in ((path, open), (path + ".gz", gzip.open)):
+        if os.path.isfile(name):
+            with opener(name, "rt", newline="") as f:
+                return list(csv.DictReader(f))
+    return None
 
 
 def paired_differences(runs, pairs):
