@@ -3,9 +3,9 @@ experiments.train_compare whose arms change one thing each from the same warm-up
 
     python -m experiments.rv_diagnosis --runs runs/acdc_rv_diagnosis --seeds 0 --out experiments/results/train/acdc_rv_diagnosis
 
-Reads each arm's train_log.csv (per training batch, the 2D Dice of the network's argmax and of the
-pseudo-labels' argmax against the dense masks, which no method trains on), eval_log.csv (per epoch, the
-3D Dice per class on the tuning patients) and results.json (the end).  Writes OUT/per_class.csv,
+Reads each arm's train_log.csv (or .csv.gz; per training batch, the 2D Dice of the network's argmax and of
+the pseudo-labels' argmax against the dense masks, which no method trains on) and results.json (the end,
+and its history: per epoch, the 3D Dice per class on the tuning patients).  Writes OUT/per_class.csv,
 OUT/per_class.md (the table) and OUT/per_class.png (curves per class: network solid, pseudo-labels dashed,
 training batches smoothed over 50 steps; the tuning patients' Dice per epoch).  Only the tuning patients
 are scored: nothing here looks at the test patients.
@@ -35,8 +35,7 @@ def arm_record(folder, warmup_steps):
     steps = np.array([int(r["step"]) for r in rows])
     net = np.array([read_dice(r, "net_dice") for r in rows])
     labels = np.array([read_dice(r, "label_dice") for r in rows])
-    evals = read_log(os.path.join(folder, "eval_log.csv")) or []
-    return {"results": results, "steps": steps, "net": net, "labels": labels, "evals": evals}
+    return {"results": results, "steps": steps, "net": net, "labels": labels, "evals": results["history"]}
 
 
 def smooth(values, width=50):
@@ -99,6 +98,31 @@ def main(argv=None):
     plot(os.path.join(args.out, "per_class.png"), arms)
 
 
+def label_mass(checkpoint, batches=3):
+    """Per foreground class, over the unscribbled valid pixels of that class in the checkpoint's first training
+    batches (pooled): the mean of y and of sigma at the true class, and the share of pixels where each's
+    argmax is the true class.  y: solve() with the checkpoint run's settings (soft's)."""
+    import pottsops
+    import torch
+    from experiments.warmup_labels import problems
+    cases, reg = problems(checkpoint, batches)
+    sums = np.zeros((len(CLASSES), 5))
+    for logits, batch in cases:
+        y = pottsops.solve(logits, batch["image"], batch["seeds"], relaxation=reg.relaxation, unary=reg.unary,
+                           neighborhood=reg.neighborhood, eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb,
+                           mask=batch["mask"], iters=reg.solver_iters)
+        sigma = torch.softmax(logits, 1)
+        free = batch["mask"] & (batch["seeds"] == 255)
+        for c in range(1, len(CLASSES) + 1):
+            where = free & (batch["label"] == c)
+            sums[c - 1] += [float(y[:, c][where].sum()), float(sigma[:, c][where].sum()),
+                            float((y.argmax(1) == c)[where].sum()), float((sigma.argmax(1) == c)[where].sum()),
+                            float(where.sum())]
+    count = np.maximum(sums[:, 4:], 1)
+    return {name: dict(zip(("y", "sigma", "y_argmax", "sigma_argmax"), (sums[c, :4] / count[c]).round(3).tolist()))
+            for c, name in enumerate(CLASSES)}
+
+
 def plot(path, arms):
     import matplotlib
     matplotlib.use("Agg")
@@ -110,11 +134,11 @@ def plot(path, arms):
             axes[0, c].plot(record["steps"], smooth(record["net"][:, c]), "-", color=colour, lw=1, label=label)
             if np.isfinite(record["labels"][:, c]).any():
                 axes[0, c].plot(record["steps"], smooth(record["labels"][:, c]), "--", color=colour, lw=1)
-            steps = [int(e["step"]) for e in record["evals"]]
-            values = [float(e[f"dice_{c + 1}"]) for e in record["evals"] if f"dice_{c + 1}" in e]
+            evals = [e for e in record["evals"] if f"dice_{c + 1}" in e]  # (the warm-up's epochs: none)
+            steps, values = [int(e["step"]) for e in evals], [float(e[f"dice_{c + 1}"]) for e in evals]
             if values:
-                axes[1, c].plot(steps[-len(values):], values, "-o", color=colour, lw=1, ms=3, label=label)
-            axes[0, c].set_title(f"{name}: training batches (net solid, pseudo-labels dashed)")
+                axes[1, c].plot(steps, values, "-o", color=colour, lw=1, ms=3, label=label)
+            axes[0, c].set_title(f"{name}: training batches (net -, labels --)")
             axes[1, c].set_title(f"{name}: tuning patients, 3D Dice")
     for ax in axes[1]:
         ax.set_xlabel("training step")

@@ -83,6 +83,7 @@ at::Tensor grid_affinity_cpu(const at::Tensor& image, const c10::optional<at::Te
                              const at::Tensor& inv_two_sigma2, at::IntArrayRef offsets, at::ArrayRef<double> spatial) {
   const GridArgs args = make_affinity_args(image, mask, inv_two_sigma2, offsets, spatial);
   at::Tensor out = at::empty({image.size(0), args.num_offsets(), image.size(2), image.size(3)}, args.image.options());
+  if (out.numel() == 0) return out;  // no pixels (W = 0 would still index a row of nothing)
   AT_DISPATCH_FLOATING_TYPES(args.image.scalar_type(), "grid_affinity_cpu", [&] {
     const GridKernel<scalar_t> kernel(args, /*labels=*/false);
     kernel.affinity(view4<scalar_t>(out));
