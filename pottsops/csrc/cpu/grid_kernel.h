@@ -124,14 +124,14 @@ struct GridKernel {
 
   void load(Row& row, int64_t b, int64_t h) const {
     row.present.assign(W, 1);
-    if (mask.data) copy_strided(&mask(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
+    if (mask.data) copy_strided(mask.at(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
     const uint8_t* __restrict__ present = row.present.data();
     row.labels.resize(K * W);
     row.norm.assign(W, acc_t(0));
     acc_t* __restrict__ norm = row.norm.data();
     for (int64_t k = 0; k < K; ++k) {
       acc_t* __restrict__ out = row.labels.data() + k * W;
-      copy_strided(&y(b, k, h, 0), y.sw, out, 1, W);
+      copy_strided(y.at(b, k, h, 0), y.sw, out, 1, W);
       if (mask.data)
         for (int64_t w = 0; w < W; ++w) out[w] = present[w] ? out[w] : acc_t(0);
       for (int64_t w = 0; w < W; ++w) norm[w] += out[w] * out[w];
@@ -140,7 +140,7 @@ struct GridKernel {
       row.image.resize(C * W);
       for (int64_t c = 0; c < C; ++c) {
         acc_t* __restrict__ out = row.image.data() + c * W;
-        copy_strided(&image(b, c, h, 0), image.sw, out, 1, W);
+        copy_strided(image.at(b, c, h, 0), image.sw, out, 1, W);
         if (mask.data)
           for (int64_t w = 0; w < W; ++w) out[w] = present[w] ? out[w] : acc_t(0);
       }
@@ -161,7 +161,7 @@ struct GridKernel {
     const int64_t dx = args.dx[e];
     const acc_t spatial = static_cast<acc_t>(args.spatial[e]);
     if (weights.data) {
-      copy_strided(&weights(b, e, h, w0), weights.sw, wt + w0, 1, w1 - w0);
+      copy_strided(weights.at(b, e, h, w0), weights.sw, wt + w0, 1, w1 - w0);
     } else if (image.data) {
       for (int64_t w = w0; w < w1; ++w) wt[w] = acc_t(0);
       for (int64_t c = 0; c < C; ++c) {
@@ -225,7 +225,7 @@ struct GridKernel {
   void backward(const acc_t* grad_energy, const View4<scalar_t>& grad_y, acc_t* grad_weights) const {
     backward_rows<R>(grad_energy, grad_weights, nullptr, 0, B * H,
                      [&](int64_t b, int64_t h, const acc_t* acc, const Row&) {
-                       for (int64_t k = 0; k < K; ++k) copy_strided(acc + k * W, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+                       for (int64_t k = 0; k < K; ++k) copy_strided(acc + k * W, 1, grad_y.at(b, k, h, 0), grad_y.sw, W);
                      });
   }
 
@@ -337,7 +337,7 @@ struct GridKernel {
           int64_t w0 = 0, w1 = 0;
           if (pair_columns(h, e, w0, w1)) pair_weights(row(h), row(h + args.dy[e]), b, h, e, w0, w1, wt.data());
           for (int64_t w = 0; w < W; ++w) wt[w] = (w >= w0 && w < w1) ? wt[w] : acc_t(0);
-          copy_strided(wt.data(), 1, &out(b, e, h, 0), out.sw, W);
+          copy_strided(wt.data(), 1, out.at(b, e, h, 0), out.sw, W);
         }
       }
     });

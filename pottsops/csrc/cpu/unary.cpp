@@ -52,13 +52,13 @@ struct UnaryRows {
     row.y.resize(K * W);
     row.sigma.resize(K * W);
     row.present.assign(W, 1);
-    if (mask.data) copy_strided(&mask(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
+    if (mask.data) copy_strided(mask.at(b, 0, h, 0), mask.sw, row.present.data(), 1, W);
     const uint8_t* __restrict__ present = row.present.data();
     for (int64_t k = 0; k < K; ++k) {
       acc_t* __restrict__ zk = row.z.data() + k * W;
       acc_t* __restrict__ yk = row.y.data() + k * W;
-      copy_strided(&z(b, k, h, 0), z.sw, zk, 1, W);
-      copy_strided(&y(b, k, h, 0), y.sw, yk, 1, W);
+      copy_strided(z.at(b, k, h, 0), z.sw, zk, 1, W);
+      copy_strided(y.at(b, k, h, 0), y.sw, yk, 1, W);
       if (mask.data)
         for (int64_t w = 0; w < W; ++w) {
           zk[w] = present[w] ? zk[w] : acc_t(0);
@@ -115,7 +115,7 @@ struct UnaryRows {
         const int64_t b = r / H, h = r % H;
         load<U>(row, b, h);
         for (int64_t w = 0; w < W; ++w) out[w] = row.present[w] ? row.value[w] : acc_t(0);
-        copy_strided(out.data(), 1, &loss(b, 0, h, 0), loss.sw, W);
+        copy_strided(out.data(), 1, loss.at(b, 0, h, 0), loss.sw, W);
       }
     });
   }
@@ -129,7 +129,7 @@ struct UnaryRows {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / H, h = r % H;
         load<U>(row, b, h);
-        copy_strided(&grad_loss(b, 0, h, 0), grad_loss.sw, go.data(), 1, W);
+        copy_strided(grad_loss.at(b, 0, h, 0), grad_loss.sw, go.data(), 1, W);
         for (int64_t w = 0; w < W; ++w) go[w] = row.present[w] ? go[w] : acc_t(0);
         const acc_t* __restrict__ dot = row.dot.data();
         const acc_t* __restrict__ sum_y = row.sum_y.data();
@@ -146,8 +146,8 @@ struct UnaryRows {
             out_z[w] = scale[w] * unary_grad_logit<U, acc_t>(zk[w], yk[w], sk[w], dot[w], sum_y[w], lse[w], value[w], eps);
           for (int64_t w = 0; w < W; ++w)
             out_y[w] = scale[w] * unary_grad_label<U, acc_t>(zk[w], yk[w], sk[w], dot[w], lse[w], eps);
-          copy_strided(out_z, 1, &grad_z(b, k, h, 0), grad_z.sw, W);
-          copy_strided(out_y, 1, &grad_y(b, k, h, 0), grad_y.sw, W);
+          copy_strided(out_z, 1, grad_z.at(b, k, h, 0), grad_z.sw, W);
+          copy_strided(out_y, 1, grad_y.at(b, k, h, 0), grad_y.sw, W);
         }
       }
     });

@@ -25,6 +25,9 @@ struct View4 {
     return n * sn + c * sc + h * sh + w * sw;
   }
   POTTS_HD T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[offset(n, c, h, w)]; }
+  // The address of element (n, c, h, w), for a run of elements that may be empty: no reference is formed, so
+  // a tensor without elements (data null) gives null + 0 rather than a reference to nothing.
+  POTTS_HD T* at(int64_t n, int64_t c, int64_t h, int64_t w) const { return data + offset(n, c, h, w); }
 };
 
 template <typename T>
