@@ -493,4 +493,3 @@ def test_the_time_budget_covers_the_evaluations_during_the_run(tmp_path, monkeyp
     config = _tiny(tmp_path, method="pce", epochs=5, time_budget=5.0, panels=0)
     results = train.loop.train(config)
     assert results["steps"] < 10 and results["evaluation_seconds"] >= 3.0, results["steps"]
-    assert results["train_seconds"] < 5.0
