@@ -15,6 +15,7 @@ starts, the energy written independently of the solver, and its lowest known val
   class only, has no relative gap to speak of).
 """
 import csv
+import gzip
 import os
 
 import numpy as np
@@ -207,12 +208,13 @@ def read_best(path):
     """{key: row} of the lowest known energies."""
     if not os.path.exists(path):
         return {}
-    with open(path, newline="") as f:
+    with gzip.open(path, "rt", newline="") as f:
         return {tuple(r[k] for k in BEST_FIELDS[:6]): r for r in csv.DictReader(f)}
 
 
 def write_best(path, best):
-    with open(path, "w", newline="") as f:
+    """Written gzipped (path ends .gz): the file is committed with the results."""
+    with gzip.open(path, "wt", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=BEST_FIELDS)
         writer.writeheader()
         writer.writerows(sorted(best.values(), key=lambda r: tuple(r[k] for k in BEST_FIELDS[:6])))

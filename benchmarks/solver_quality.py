@@ -7,7 +7,7 @@ and how good argmax(y) is (benchmarks/solver_problems.py defines the problems, s
 
 For every image, start (zero, noisy), relaxation with cce (and cd with ce and rce) and neighbourhood:
 
-1. E*, the lowest energy known (best_energies.csv, kept between runs with how it was found): two long runs
+1. E*, the lowest energy known (best_energies.csv.gz, kept between runs with how it was found): two long runs
    of solve() (iters 2000 per level, tol 0, with and without coarse levels), the exact minimiser where one exists
    (quadratic, zero logits: a harmonic labelling), α-expansion run to convergence for bilinear + ce (the
    discrete Potts problem), and every run below; all energies through the reference ops in float64.  Each
@@ -27,7 +27,7 @@ For every image, start (zero, noisy), relaxation with cce (and cd with ce and rc
    (--baseline-images 0: no baselines, e.g. to measure another version of pottsops beside these rows).
 
 Writes runs.csv.gz (one row per image and method), curves.csv.gz (median gap against steps and seconds per
-configuration and method, of the latest run of each), best_energies.csv, report.md and curves.png under
+configuration and method, of the latest run of each), best_energies.csv.gz, report.md and curves.png under
 --out.  Needs scikit-image.
 """
 import argparse
@@ -285,7 +285,7 @@ def main(argv=None):
     DEVICE = torch.device(args.device)
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
-    best_path = os.path.join(args.out, "best_energies.csv")
+    best_path = os.path.join(args.out, "best_energies.csv.gz")
     runs_path = os.path.join(args.out, "runs.csv.gz")
     best = read_best(best_path)
     done = set()

@@ -194,8 +194,7 @@ def plot(curves, rows, path):
         row[0].legend(fontsize=7, ncol=2)
     fig.suptitle("solve(): median gap to the lowest known energy against time (x: plain Adam loop, 300 steps)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=80)
 
 
 def main(argv=None):
@@ -209,14 +208,14 @@ def main(argv=None):
     lines = ["# solve(): time to quality on CamVid and ACDC", "",
              f"`python -m benchmarks.solver_quality` then `python -m benchmarks.solver_report`, {env['device']}, "
              f"torch {env['torch']}; code: {', '.join(dict.fromkeys(r['label'] for r in rows))}.", "",
-             "Gap: (E - E*) / (E* - L), E* the lowest energy known for the image (best_energies.csv: long runs, the "
+             "Gap: (E - E*) / (E* - L), E* the lowest energy known for the image (best_energies.csv.gz: long runs, the "
              "exact minimiser where one exists, α-expansion for bl+ce, every run here; the E* column says where it "
              "comes from), L the unary's lower bound (the energy's constant "
              "part); a thousandth of the start's excess where E* - L is smaller.  Medians over images; \"1e-2 within "
              "budget\": images whose run got within 1e-2 in at most the budget; the quality column pools argmax(y) "
              "over the images (CamVid: mIoU, ACDC: mean Dice of RV, Myo, LV over the pooled slices).", "",
              f"Runs that failed the check (finite, simplex, seeds, energy not above the start's): {len(bad)}.", ""]
-    best = read_best(os.path.join(args.out, "best_energies.csv"))
+    best = read_best(os.path.join(args.out, "best_energies.csv.gz"))
     lines += ["## solve() defaults at a glance", "",
               "Median gap at the end (images that got within 1e-2 inside the budget / images), per neighbourhood. "
               "† E* from a method solve() did not run (α-expansion for bl+ce, the harmonic solve), so the gap is "

@@ -3,8 +3,8 @@ experiments.train_compare whose arms change one thing each from the same warm-up
 
     python -m experiments.rv_diagnosis --runs runs/acdc_rv_diagnosis --seeds 0 --out experiments/results/train/acdc_rv_diagnosis
 
-Reads each arm's train_log.csv (or .csv.gz; per training batch, the 2D Dice of the network's argmax and of
-the pseudo-labels' argmax against the dense masks, which no method trains on) and results.json (the end,
+Reads each arm's train_log.csv (or .gz; per training batch, the 2D Dice of the network's argmax and of
+the pseudo-labels' argmax against the dense masks, which no method trains on) and results.json (or .gz; the end,
 and its history: per epoch, the 3D Dice per class on the tuning patients).  Writes OUT/per_class.csv,
 OUT/per_class.md (the table) and OUT/per_class.png (curves per class: network solid, pseudo-labels dashed,
 training batches smoothed over 50 steps; the tuning patients' Dice per epoch).  Only the tuning patients
@@ -13,12 +13,12 @@ are scored: nothing here looks at the test patients.
 import argparse
 import csv
 import glob
-import json
 import os
 
 import numpy as np
 
-from experiments.train_compare import read_log
+from benchmarks import harness
+from experiments.train_compare import read_log, read_results
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -29,8 +29,7 @@ def read_dice(row, key):
 
 
 def arm_record(folder, warmup_steps):
-    with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)
+    results = read_results(folder)
     rows = [r for r in read_log(os.path.join(folder, "train_log.csv")) if int(r["step"]) > warmup_steps]
     steps = np.array([int(r["step"]) for r in rows])
     net = np.array([read_dice(r, "net_dice") for r in rows])
@@ -55,14 +54,15 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     arms = {}
-    for results in sorted(glob.glob(os.path.join(args.runs, "*", "*", "seed*", "results.json"))):
-        folder = os.path.dirname(results)
+    for folder in sorted(glob.glob(os.path.join(args.runs, "*", "*", "seed*"))):
+        if read_results(folder) is None:
+            continue
         label, seed = folder.split(os.sep)[-3], int(folder.split(os.sep)[-1][4:])
         if label == "warmup" or seed not in args.seeds:
             continue
         arms.setdefault(label, []).append(arm_record(folder, args.warmup_steps))
-    warmups = [json.load(open(os.path.join(args.runs, "warmup", f"seed{s}", "results.json"))) for s in args.seeds
-               if os.path.isfile(os.path.join(args.runs, "warmup", f"seed{s}", "results.json"))]
+    warmups = [read_results(os.path.join(args.runs, "warmup", f"seed{s}")) for s in args.seeds]
+    warmups = [w for w in warmups if w is not None]
     rows = []
     for label, records in arms.items():
         tail = lambda key: np.nanmean([np.nanmean(r[key][-args.last:], 0) for r in records], 0)  # noqa: E731
@@ -146,8 +146,7 @@ def plot(path, arms):
     axes[1, 0].set_ylabel("3D Dice")
     axes[1, 2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=90)
 
 
 if __name__ == "__main__":

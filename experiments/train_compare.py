@@ -32,6 +32,7 @@ import sys
 
 import numpy as np
 
+from benchmarks import harness
 from experiments import paired_stats
 
 PAIRS = ("soft-gd", "soft-hard", "soft-pce", "gd-pce", "hard-pce")
@@ -67,13 +68,12 @@ class Study:
         """Run `python -m train` into out unless it finished there (or again); the resumable command."""
         command = [sys.executable, "-m", "train", *self.train_args, *extra, "--seed", str(seed),
                    "--steps", str(self.total), "--out", out, "--no-progress", "--resume"]
-        if again or not os.path.isfile(os.path.join(out, "results.json")):
+        if again or read_results(out) is None:
             if self.args.table_only:
                 return None
             print("$", shlex.join(["python", *command[1:]]), flush=True)
             subprocess.run(command, check=True)
-        with open(os.path.join(out, "results.json")) as f:
-            return {"results": json.load(f), "out": out, "command": shlex.join(["python", *command[1:]])}
+        return {"results": read_results(out), "out": out, "command": shlex.join(["python", *command[1:]])}
 
     def warmup(self, seed, again=False):
         out = os.path.join(self.root, "warmup", f"seed{seed}")
@@ -84,7 +84,7 @@ class Study:
         folder = f"{flag.lstrip('-')}{value}" if flag else "default"
         out = os.path.join(self.root, label, folder, f"seed{seed}")
         start = os.path.join(self.root, "warmup", f"seed{seed}", "last.pt")
-        finished = os.path.isfile(os.path.join(out, "results.json"))
+        finished = committed(os.path.join(out, "results.json")) is not None
         if not finished and not self.args.table_only and not os.path.isfile(start):
             # the finished runs are committed without their checkpoints: a new branch of an old seed repeats
             # its warm-up, which gives the same weights (runs on the CPU are reproducible bit for bit)
@@ -181,14 +181,31 @@ def _branch_seconds(out, warmup_steps):
     return round(float(np.mean(seconds)), 4) if seconds else ""
 
 
+def committed(path):
+    """path, or its gzipped copy PATH.gz (committed results keep a run's logs and results so), or None."""
+    return next((name for name in (path, path + ".gz") if os.path.isfile(name)), None)
+
+
+def _read_text(path):
+    return (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="")
+
+
 def read_log(path):
-    """The rows of a run's CSV log, or of its gzipped copy (PATH.gz: committed results keep their logs so),
-    or None."""
-    for name, opener in ((path, open), (path + ".gz", gzip.open)):
-        if os.path.isfile(name):
-            with opener(name, "rt", newline="") as f:
-                return list(csv.DictReader(f))
-    return None
+    """The rows of a run's CSV log (or of its gzipped copy), or None."""
+    found = committed(path)
+    if found is None:
+        return None
+    with _read_text(found) as f:
+        return list(csv.DictReader(f))
+
+
+def read_results(folder):
+    """A finished run's results.json (or its gzipped copy), or None."""
+    found = committed(os.path.join(folder, "results.json"))
+    if found is None:
+        return None
+    with _read_text(found) as f:
+        return json.load(f)
 
 
 def paired_differences(runs, pairs):
@@ -271,8 +288,7 @@ def plot_curves(path, name, runs, warmups):
     ax.set_title(name)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def write_report(out, args, command, runs, tuning, differences, warmups):
