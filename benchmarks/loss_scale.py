@@ -1,12 +1,12 @@
 """How strong each loss term of the README is beside partial cross-entropy (pCE), at the image sizes users run.
 
-    python -m benchmarks.loss_scale [--images N] [--sizes 180x240 360x480 513x513] --out benchmarks/results/loss-scale
+    python -m benchmarks.loss_scale [--sizes 180x240 360x480 513x513] --out benchmarks/results/loss-scale
 
 For CamVid val images (../shared/data/camvid, POTTSOPS_DATA overrides; generated scenes without it) resized to
 each size, a torchvision DeepLabV3 (MobileNetV3-Large, from scratch, train mode, batch 2, seed 0) trained
 with pCE on the batch until pCE's loss is WARMUP_LOSS (predictions that follow the scribbles, as where a
-Potts term is switched on; from scratch, every Potts gradient nearly vanishes), and the scribbles: the norm of each term's gradient, to the network's parameters and to its logits, divided by pCE's
-on the same batch (pCE: cross-entropy over the scribbled pixels, a mean over them).  A ratio of 0.1 means the
+Potts term is switched on; from scratch, every Potts gradient nearly vanishes), and the scribbles: the norm
+of each term's gradient, to the network's parameters and to its logits, divided by pCE's on the same batch (pCE: cross-entropy over the scribbled pixels, a mean over them).  A ratio of 0.1 means the
 term moves the network a tenth as much as the scribbles do.  Terms: the README's modules at the README's
 weights, and SoftSelfLabelingLoss, which replaces pCE (its ratio is its step size against pCE's).
 Writes OUT/results.md and OUT/results.csv.

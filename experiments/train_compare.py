@@ -68,12 +68,14 @@ class Study:
         """Run `python -m train` into out unless it finished there (or again); the resumable command."""
         command = [sys.executable, "-m", "train", *self.train_args, *extra, "--seed", str(seed),
                    "--steps", str(self.total), "--out", out, "--no-progress", "--resume"]
-        if again or read_results(out) is None:
+        results = None if again else read_results(out)
+        if results is None:
             if self.args.table_only:
                 return None
             print("$", shlex.join(["python", *command[1:]]), flush=True)
             subprocess.run(command, check=True)
-        return {"results": read_results(out), "out": out, "command": shlex.join(["python", *command[1:]])}
+            results = read_results(out)
+        return {"results": results, "out": out, "command": shlex.join(["python", *command[1:]])}
 
     def warmup(self, seed, again=False):
         out = os.path.join(self.root, "warmup", f"seed{seed}")

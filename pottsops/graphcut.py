@@ -182,10 +182,10 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     start = torch.where(seeded, seeds.long(), start).reshape(B, H * W).to(torch.int32)
     costs, pair_w, seeded_np, unlabeled_np = costs.numpy(), pair_w.numpy(), seeded.numpy(), unlabeled.numpy()
     seeds_np = seeds.long().numpy()
-    edges = [_edges(pair_w[b], neighborhood.offsets, H, W) for b in range(B)]  # the true weights, for energies
+    edges = [_edges(pair_w[b], neighborhood.offsets, H, W) for b in range(B)]
 
     def run(b):
-        return _solve_image(gco, costs[b], pair_w[b], edges[b], seeded_np[b], unlabeled_np[b], seeds_np[b],
+        return _solve_image(gco, costs[b], edges[b], seeded_np[b], unlabeled_np[b], seeds_np[b],
                             start[b].contiguous(), neighborhood, iters)
     workers = threads or max(1, torch.get_num_threads())
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, B)) as pool:
@@ -195,18 +195,18 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     return F.one_hot(found, K).permute(0, 3, 1, 2).to(dtype=dtype, device=device).contiguous()
 
 
-def _solve_image(gco, costs, pair_w, edges, seeded, unlabeled, seeds, start, neighborhood, iters):
+def _solve_image(gco, costs, edges, seeded, unlabeled, seeds, start, neighborhood, iters):
     """Labels (N,) int32 of one image.  Where the integer costs cannot resolve the unary (pairs far heavier
     than it), the heavy pairs are clamped: a pair heavier than the energy E of a feasible labelling is cut
     by no labelling below E, so clamping it to E changes no such labelling's energy and keeps the minimiser.
     The first solve (unary unresolved) gives that labelling and E; each solve lowers E (kept in floating
     point against the true weights), at most MAX_CLAMPS times."""
-    a, bb, w = edges
+    a, bb, w = edges  # the pairs with their true weights: every labelling's energy is evaluated on them
     K = costs.shape[0]
     flat = costs.reshape(K, -1)
-    weights, best, best_energy = pair_w, None, np.inf
+    weights, best, best_energy = w, None, np.inf
     for _ in range(MAX_CLAMPS + 1):
-        c, integer_edges, units = _integer_problem(costs, weights, seeded, unlabeled, seeds, neighborhood)
+        c, integer_edges, units = _integer_problem(costs, (a, bb, weights), seeded, unlabeled, seeds, neighborhood)
         found = gco(*(torch.from_numpy(x) for x in (c, *integer_edges)), start, iters)
         ids = found.numpy().astype(np.int64)
         energy = float(flat[ids, np.arange(ids.size)].sum() + (w * (ids[a] != ids[bb])).sum())
@@ -214,7 +214,7 @@ def _solve_image(gco, costs, pair_w, edges, seeded, unlabeled, seeds, start, nei
             best, best_energy = found, energy
         if units >= MIN_UNARY_UNITS:
             return best
-        weights = np.minimum(pair_w, best_energy * (1 + 1e-6))
+        weights = np.minimum(w, best_energy * (1 + 1e-6))
         start = best
     raise ResolutionError(
         f"eta, lam, weights: GCO's integer costs cannot resolve this problem's unary even with the pairs "
@@ -223,12 +223,13 @@ def _solve_image(gco, costs, pair_w, edges, seeded, unlabeled, seeds, start, nei
         f"scale eta and lam (or the weights) closer together, or use solve(method='mirror_descent')")
 
 
-def _integer_problem(costs, pair_w, seeded, unlabeled, seeds, neighborhood):
-    """GCO's integer costs (N, K), edges (a, b, w) of one image (costs (K, H, W), pair_w (E, H, W)), and the
-    unary's mean range over the unlabeled pixels in integer units (inf where there is no unary)."""
+def _integer_problem(costs, edges, seeded, unlabeled, seeds, neighborhood):
+    """GCO's integer costs (N, K) and edges (a, b, w) of one image (costs (K, H, W), edges: _edges' pairs with
+    their float weights), and the unary's mean range over the unlabeled pixels in integer units (inf where
+    there is no unary)."""
     K, H, W = costs.shape
-    a, bb, w = _edges(pair_w, neighborhood.offsets, H, W)
-    largest = max(float(costs.max(initial=0.0)), float(pair_w.max(initial=0.0)), 1e-300)
+    a, bb, w = edges
+    largest = max(float(costs.max(initial=0.0)), float(w.max(initial=0.0)), 1e-300)
     # A scribble's wrong labels cost its pixel's pairs together (below), which with a window can pass GCO's
     # largest term: the scale keeps that sum, rounded up, within it.
     incident = np.bincount(a, weights=w, minlength=H * W) + np.bincount(bb, weights=w, minlength=H * W)

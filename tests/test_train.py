@@ -452,18 +452,20 @@ def test_a_file_that_is_not_a_checkpoint_of_this_run_is_named(tmp_path):
 
 
 def test_stale_checkpoint_temporaries_are_removed_at_start(tmp_path):
-    """A kill during a checkpoint's write leaves last.pt.tmpPID (15 MB for the U-Net): removed when its
-    process is gone; one of a live process (another run writing into the folder) is left."""
+    """A kill during a checkpoint's write leaves last.pt.tmpPID (15 MB for the U-Net), one during a log's
+    rewrite NAME.csv.tmpPID: removed when its process is gone; one of a live process (another run writing into
+    the folder) is left."""
     config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
     os.makedirs(config.out)
     import subprocess
     import sys
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale, live = (os.path.join(config.out, f"last.pt.tmp{pid}") for pid in (int(gone.stdout), os.getppid()))
-    for path in (stale, live):
+    stale_log = os.path.join(config.out, f"train_log.csv.tmp{int(gone.stdout)}")  # a kill inside _keep_rows
+    for path in (stale, live, stale_log):
         open(path, "wb").close()
     train.loop.train(config)
-    assert not os.path.exists(stale) and os.path.exists(live)
+    assert not os.path.exists(stale) and not os.path.exists(stale_log) and os.path.exists(live)
 
 
 def test_without_the_data_folder_the_trainer_says_where_to_get_it_without_a_traceback(tmp_path):

@@ -4,6 +4,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from pottsops.unary import NORMALIZATIONS
 from train.methods import FULL_LOSSES, METHODS, Regulariser
 from train.model import NETWORKS
 
@@ -103,7 +104,7 @@ def build_parser():
     for name, text in numbers:
         p.add_argument("--" + name.replace("_", "-"), type=float, help=text)
     p.add_argument("--unary", choices=("cce", "ce", "rce"), help="soft: the unary H(y, sigma)")
-    p.add_argument("--normalize", choices=("weighted", "pixels", "terms"),
+    p.add_argument("--normalize", choices=NORMALIZATIONS,
                    help="hard, soft: eq. 8's sums / their weight |S| + eta |not S| (weighted, default: pce's step "
                         "size), / the valid pixels (pixels) or each term a mean over its pixels (terms)")
     p.add_argument("--gd-neighborhood", help="gd's Potts loss: dense (the dense CRF loss) or nn4 (grid CRF loss)")

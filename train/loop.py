@@ -147,7 +147,7 @@ def train(config):
     # a run continues from its own checkpoint (resume), else from start_from's (a branch of a shared warm-up)
     source = checkpoint_path if config.resume and os.path.isfile(checkpoint_path) else config.start_from
     if rank == 0:
-        _remove_stale_temporaries(checkpoint_path)
+        _remove_stale_temporaries(config.out)
     if source is not None:
         state = load_checkpoint(source, "resume" if source == checkpoint_path else "start_from", model, optimizer,
                                 device, config)
@@ -280,19 +280,21 @@ def batch_dice(logits, labels, batch):
     masks the scribbled methods never train on): of the network's argmax ('net_dice') and of the pseudo-labels'
     argmax ('label_dice', blank for pce, gd, full and during the warm-up), as '/'-separated values of
     classes 1..K-1 over the valid pixels (blank where a class is in neither).  How pseudo-labels and network
-    follow each other per class, over training (docs/trainer.md)."""
-    truth, valid = batch["label"], batch["mask"] & (batch["label"] != 255)
-
-    def per_class(pred):
-        values = []
-        for c in range(1, logits.shape[1]):
-            p, g = (pred == c) & valid, (truth == c) & valid
-            total = int(p.sum()) + int(g.sum())
-            values.append(f"{2.0 * int((p & g).sum()) / total:.4f}" if total else "")
-        return "/".join(values)
+    follow each other per class, over training (docs/trainer.md).  Counted on the device, read with one copy
+    (a training step's only synchronisation with the host beyond the loss)."""
+    K = logits.shape[1]
+    valid = batch["mask"] & (batch["label"] != 255)
+    truth = batch["label"][valid].long()
     with torch.no_grad():
-        return {"net_dice": per_class(logits.argmax(1)),
-                "label_dice": per_class(labels.argmax(1)) if labels is not None else ""}
+        preds = [logits.argmax(1)[valid]] + ([labels.argmax(1)[valid]] if labels is not None else [])
+        counts = torch.stack([torch.stack([torch.bincount(pred[pred == truth], minlength=K),
+                                           torch.bincount(pred, minlength=K), torch.bincount(truth, minlength=K)])
+                              for pred in preds]).tolist()  # [pred][overlap, predicted, true][class]
+
+    def text(overlap, predicted, true):
+        return "/".join(f"{2.0 * overlap[c] / (predicted[c] + true[c]):.4f}" if predicted[c] + true[c] else ""
+                        for c in range(1, K))
+    return {"net_dice": text(*counts[0]), "label_dice": text(*counts[1]) if labels is not None else ""}
 
 
 def _headline(scores):
@@ -333,12 +335,12 @@ def load_checkpoint(path, argument, model, optimizer, device, config):
     return state
 
 
-def _remove_stale_temporaries(checkpoint_path):
-    """A kill during save_atomically leaves checkpoint_path.tmpPID: remove those of processes that are gone."""
-    folder, prefix = os.path.dirname(checkpoint_path) or ".", os.path.basename(checkpoint_path) + ".tmp"
+def _remove_stale_temporaries(folder):
+    """A kill while a file is written atomically (save_atomically, _keep_rows) leaves NAME.tmpPID in the run's
+    folder: remove those of processes that are gone."""
     for name in os.listdir(folder):
-        pid = name[len(prefix):]
-        if not name.startswith(prefix) or not pid.isdigit():
+        pid = name.rpartition(".tmp")[2]
+        if ".tmp" not in name or not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)   # still running (another process writing into this folder): leave it

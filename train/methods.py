@@ -16,7 +16,8 @@ S: the scribbled pixels, N: the valid (mask True) pixels.  hard and soft weigh t
 normalize='weighted' (default) divides eq. 8's sums by their total weight |S| + eta |not S| (a weighted mean,
 so the step size is pce's at any eta and pce's learning rate carries over); normalize='pixels' divides them by
 the one count N (a gradient about eta times pce's); normalize='terms' makes each term a mean over its own
-pixels, which weighs the pseudo-labels |not S| / |S| times less (about 100 times on ACDC) for the same eta.  pce, and gd's scribble term, is partial cross-entropy as usually written: a mean over S.  gd, hard
+pixels, which weighs the pseudo-labels |not S| / |S| times less (about 100 times on ACDC) for the same eta.
+pce, and gd's scribble term, is partial cross-entropy as usually written: a mean over S.  gd, hard
 and soft train on pce alone during the warm-up (TrainConfig.warmup).  Only the public pottsops API is used.
 """
 from dataclasses import dataclass
