@@ -11,7 +11,8 @@ warmup/seeds); then each method continues from its checkpoint (`--start-from`, `
 that all methods of a seed share the start, the data order and the schedule.  A method is a trainer method or
 a variant LABEL=ARGS (`soft-q="--method soft --relaxation quadratic"`).  Tuning: a method with --grid
 LABEL=FLAG:V1,V2 runs each value on the tuning seeds (default: the first) and keeps the one with the best
-validation score (the trainer's val split, here the tuning patients); the other seeds run that value.  The
+validation score (the trainer's val split, here the tuning patients); the other seeds run that value.  Two
+--grid of one label tune their product (`--grid soft=lr:0.01,0.03 --grid soft=eta:0.01,0.03`: 4 runs).  The
 report scores the test split (results.json "test"), which no choice looked at.  Finished runs are skipped and
 a run cut short resumes from its checkpoint: the same command continues the study.
 
@@ -48,6 +49,15 @@ def parse_method(spec):
     return label, shlex.split(args)
 
 
+def product_grids(specs):
+    """['soft=lr:0.01,0.03', 'soft=eta:0.1'] -> {'soft': [(('--lr', '0.01'), ('--eta', '0.1')), ...]}: each
+    label's settings, one per run, the product of its --grid values."""
+    grids = {}
+    for label, flag, values in map(parse_grid, specs):
+        grids[label] = [(*before, (flag, value)) for before in grids.get(label, [()]) for value in values]
+    return grids
+
+
 def parse_grid(spec):
     """'soft=eta:0.3,1' -> ('soft', '--eta', ['0.3', '1'])."""
     try:
@@ -82,8 +92,8 @@ class Study:
         return self.run(out, ["--method", "pce", "--max-steps", str(self.args.warmup_steps)], seed, again)
 
     def branch(self, label, method_args, setting, seed):
-        flag, value = setting or (None, None)
-        folder = f"{flag.lstrip('-')}{value}" if flag else "default"
+        """setting: ((flag, value), ...) from the method's grids, or () for none."""
+        folder = "-".join(f"{flag.lstrip('-')}{value}" for flag, value in setting) or "default"
         out = os.path.join(self.root, label, folder, f"seed{seed}")
         start = os.path.join(self.root, "warmup", f"seed{seed}", "last.pt")
         finished = committed(os.path.join(out, "results.json")) is not None
@@ -92,7 +102,8 @@ class Study:
             # its warm-up, which gives the same weights (runs on the CPU are reproducible bit for bit)
             print(f"{start} is missing: its warm-up runs again", flush=True)
             self.warmup(seed, again=True)
-        extra = [*method_args, *([flag, value] if flag else []), "--start-from", start, "--warmup", "0"]
+        flags = [part for pair in setting for part in pair]
+        extra = [*method_args, *flags, "--start-from", start, "--warmup", "0"]
         return self.run(out, extra, seed)
 
 
@@ -113,7 +124,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     study = Study(args, [a for a in args.train_args if a != "--"])
     methods = dict(map(parse_method, args.methods))
-    grids = {label: (flag, values) for label, flag, values in map(parse_grid, args.grid)}
+    grids = product_grids(args.grid)
     unknown = set(grids) - set(methods)
     if unknown:
         raise SystemExit(f"--grid: {sorted(unknown)} not among --methods")
@@ -121,25 +132,25 @@ def main(argv=None):
 
     warmups = {seed: study.warmup(seed) for seed in dict.fromkeys(tune_seeds + args.seeds)}
     tuning, chosen = [], {}
-    for label, (flag, values) in grids.items():
+    for label, settings in grids.items():
         scores = {}
-        for value in values:
-            runs = [study.branch(label, methods[label], (flag, value), seed) for seed in tune_seeds]
+        for setting in settings:
+            runs = [study.branch(label, methods[label], setting, seed) for seed in tune_seeds]
             runs = [r for r in runs if r is not None]
             if runs:
-                scores[value] = float(np.mean([r["results"]["score"] for r in runs]))
-                tuning.append({"method": label, "setting": f"{flag} {value}", "seeds": len(runs),
-                               "tune_dice": round(scores[value], 4)})
+                scores[setting] = float(np.mean([r["results"]["score"] for r in runs]))
+                tuning.append({"method": label, "setting": setting_text(setting), "seeds": len(runs),
+                               "tune_dice": round(scores[setting], 4)})
         if scores:
-            chosen[label] = (flag, max(scores, key=scores.get))
+            chosen[label] = max(scores, key=scores.get)
     runs = []
     for seed in args.seeds:  # seed by seed: a study cut short leaves whole seeds, every method of them paired
         for label, method_args in methods.items():
             if label in grids and label not in chosen:
                 continue
-            run = study.branch(label, method_args, chosen.get(label), seed)
+            run = study.branch(label, method_args, chosen.get(label, ()), seed)
             if run is not None:
-                runs.append(run_row(label, seed, chosen.get(label), run, args.warmup_steps))
+                runs.append(run_row(label, seed, chosen.get(label, ()), run, args.warmup_steps))
     runs.sort(key=lambda r: list(methods).index(r["method"]))  # the tables list a method's seeds together
     if not runs:
         raise SystemExit("no finished runs")
@@ -166,12 +177,17 @@ def run_row(label, seed, setting, run, warmup_steps):
     test = results.get("test", {"score": results["score"], "scores": results["scores"]})  # none held out: val
     dice = test["scores"].get("dice", test["scores"].get("iou"))
     seconds = _branch_seconds(run["out"], warmup_steps)
-    return {"method": label, "seed": seed, "setting": " ".join(setting) if setting else "",
+    return {"method": label, "seed": seed, "setting": setting_text(setting),
             "steps": results["steps"], "tune_dice": round(results["score"], 4), "test_dice": round(test["score"], 4),
             "rv": round(dice[0], 4), "myo": round(dice[1], 4), "lv": round(dice[2], 4) if len(dice) > 2 else "",
             "train_seconds": round(results["train_seconds"]), "seconds_per_step": seconds,
             "volumes": {name: float(np.nanmean(v)) for name, v in test["scores"].get("volumes", {}).items()},
             "history": results["history"], "out": run["out"], "command": run["command"], "held_out": "test" in results}
+
+
+def setting_text(setting):
+    """(('--lr', '0.03'), ('--eta', '0.1')) -> '--lr 0.03 --eta 0.1'."""
+    return " ".join(f"{flag} {value}" for flag, value in setting)
 
 
 def _branch_seconds(out, warmup_steps):

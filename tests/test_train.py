@@ -358,6 +358,18 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
 
 
+def test_compare_tunes_the_product_of_a_methods_grids():
+    """Two --grid of one label (learning rate x weight) give one run per pair of values, in a fixed order."""
+    from experiments import train_compare
+    grids = train_compare.product_grids(["soft=lr:0.01,0.03", "pce=lr:0.1", "soft=eta:0.1,0.3"])
+    assert grids == {"soft": [(("--lr", "0.01"), ("--eta", "0.1")), (("--lr", "0.01"), ("--eta", "0.3")),
+                              (("--lr", "0.03"), ("--eta", "0.1")), (("--lr", "0.03"), ("--eta", "0.3"))],
+                     "pce": [(("--lr", "0.1"),)]}
+    assert train_compare.setting_text(grids["soft"][1]) == "--lr 0.01 --eta 0.3"
+    with pytest.raises(SystemExit, match="LABEL=FLAG"):
+        train_compare.product_grids(["soft-eta-0.1"])
+
+
 def test_a_branch_continues_the_warmup_exactly(tmp_path):
     """A pce branch from the warm-up's checkpoint ends with the weights of one uninterrupted pce run."""
     common = dict(method="pce", batch_size=2, crop=(32, 32), steps=4, synthetic_size=(4, 2), progress=False,
