@@ -3,7 +3,8 @@
     python -m benchmarks.run --suite cpu --out benchmarks/results/cpu
     python -m benchmarks.run --suite gpu-potts --out $OUT/bench   (also gpu-unary, gpu-window, gpu-dense, gpu)
     python -m benchmarks.run --suite cpu-dense --out benchmarks/results/cpu-dense   (also cpu-solver, cpu-anchors)
-    POTTSOPS_RLOSS=DIR ... --suite cpu-dense   (DIR: a build of rloss's bilateralfilter, measured beside ours)
+    POTTSOPS_RLOSS=DIR ... --suite cpu-dense   (DIR: a build of rloss's bilateralfilter, measured beside ours;
+        OMP_NUM_THREADS=1 ... --out benchmarks/results/cpu-dense-1thread for one thread)
     python -m benchmarks.run --suite gpu --quick --device cpu --out /tmp/b   (the GPU suite's code, tiny, on CPU)
 
 Rows are appended to OUT/results.csv after every case (a run cut short keeps what it measured); at the
@@ -95,9 +96,11 @@ def gpu_dense_suite(quick, device, compile_baseline):
 
 def cpu_dense_suite(quick, device, compile_baseline):
     """Dense CRF losses on CamVid images, B = 2, K = 21, sigma_rgb 15, sigma_xy 100: DenseCRFLoss against
-    rloss's (when benchmarks/rloss.py finds it) at 128^2, 256^2, 512^2 and at 256^2 with rloss's own
-    scale 0.5, and potts_energy(dense, bilinear) on the same lattice; forward + backward, time and memory."""
-    sizes = [(24, 1.0)] if quick else [(128, 1.0), (256, 1.0), (256, 0.5), (512, 1.0)]
+    rloss's (when benchmarks/rloss.py finds it) where rloss's users run it: 128^2 to 512^2 inputs at its
+    scale_factor 0.5 (lattices of 64^2 to 256^2) and 128^2, 256^2 at full scale; and potts_energy(dense,
+    bilinear) on the same lattice; forward + backward, time and memory.  Threads: torch's (OMP_NUM_THREADS
+    sets rloss's and torch's alike)."""
+    sizes = [(24, 1.0)] if quick else [(128, 0.5), (256, 0.5), (512, 0.5), (128, 1.0), (256, 1.0)]
     suite = [cases.dense_crf_case(size, scale) for size, scale in sizes]
     return suite + [cases.dense_lattice_potts_case(size) for size, scale in sizes if scale == 1.0]
 

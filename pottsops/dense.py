@@ -61,8 +61,8 @@ class DenseEnergy:
     """The dense energy of one batch of images: what depends on the images alone (their features, the
     lattice) made once, then energy(y) -> (B,) per call.  sigma_rgb a number or a (B,) tensor."""
 
-    def __init__(self, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32"):
-        self.features = lattice.bilateral_features(image, sigma_xy, sigma_rgb)
+    def __init__(self, image, mask, relaxation, sigma_xy, sigma_rgb, method, eps, backend, precision="fp32", least=None):
+        self.features = lattice.bilateral_features(image, sigma_xy, sigma_rgb, least)
         self.mask, self.relaxation, self.method, self.eps = mask, relaxation_name(relaxation), method, eps
         self.backend, self.precision = backend, precision
         self.filter = lattice.LatticeFilter(self.features, backend) if method == "lattice" else None

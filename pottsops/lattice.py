@@ -17,10 +17,11 @@ SPARSE = "too sparse for the lattice"  # the start of lattice_build's refusal of
 FILTER_BACKENDS = ("cuda", "cpu", "reference")
 
 
-def bilateral_features(image, sigma_xy, sigma_rgb):
+def bilateral_features(image, sigma_xy, sigma_rgb, least=None):
     """(B, 2 + C, H, W) features: row / sigma_xy, column / sigma_xy, image / sigma_rgb.
 
-    sigma_rgb is a number or a (B,) tensor (one bandwidth per image)."""
+    sigma_rgb is a number or a (B,) tensor (one bandwidth per image); least: the image's least value per
+    image and channel (B, C), if known (image_bounds)."""
     B, C, H, W = image.shape
     dtype = reference.accumulation_dtype(image.dtype)
     rows = torch.arange(H, device=image.device, dtype=dtype).view(1, 1, H, 1).expand(B, 1, H, W)
@@ -29,7 +30,8 @@ def bilateral_features(image, sigma_xy, sigma_rgb):
         sigma_rgb = sigma_rgb.to(device=image.device, dtype=dtype).view(B, 1, 1, 1)
     image = image.to(dtype)
     if image.numel():  # the filter depends on differences only: from 0 up, the lattice's coordinates stay small
-        image = image - image.amin((2, 3), keepdim=True)
+        least = image.amin((2, 3)) if least is None else least
+        image = image - least.to(dtype)[:, :, None, None]
     return torch.cat([rows / sigma_xy, cols / sigma_xy, image / sigma_rgb], 1)
 
 
@@ -44,28 +46,36 @@ def check_lattice_channels(image):
     """At most MAX_LATTICE_DIM - 2 image channels: beyond them the lattice cannot be accurate in bounded memory
     (docs/design.md, "Lattice accuracy")."""
     if 2 + image.shape[1] > MAX_LATTICE_DIM:
-        raise ValueError(f"image: the lattice is accurate up to {MAX_LATTICE_DIM - 2} channels (it keeps 0.78 of the "
-                         f"exact sum at 4 and 0.59 at 5 on a smooth image), got {image.shape[1]}: use fewer channels "
+        raise ValueError(f"image: the lattice is accurate up to {MAX_LATTICE_DIM - 2} channels (on a smooth image it "
+                         f"keeps 0.80 of the exact sum at 4; the blur it can afford kept 0.59 at 5), got {image.shape[1]}: use fewer channels "
                          "(a projection such as PCA), or the exact filter on small images (backend='reference', "
                          "method='exact')")
 
 
-def check_lattice_range(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb"):
-    """The lattice's coordinates (positions / sigma_xy, colours from their least * inv_sigma_rgb, a number
-    or (B,)) stay within its range, or the error names the bandwidth that is too small."""
+def checked_bounds(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb", where=None, lattice=True):
+    """The image's least value per image and channel (B, C), from one pass over it that also checks it: its
+    values finite (where the (B, H, W) mask `where` is True: the caller has filled the rest), and, for a
+    lattice, its coordinates (positions / sigma_xy, colours from their least * inv_sigma_rgb, a number or
+    (B,)) within its range, or the error names the bandwidth that is too small.  None under torch.compile's
+    tracing (nothing is checked; bilateral_features then finds the least itself) and for an empty image."""
     H, W = image.shape[2:]
-    if (max(H, W) - 1) / sigma_xy > MAX_FEATURE:
+    if lattice and (max(H, W) - 1) / sigma_xy > MAX_FEATURE:
         raise ValueError(f"sigma_xy: expected at least {(max(H, W) - 1) / MAX_FEATURE:.3g} for a {H} x {W} image "
                          f"(positions / sigma_xy beyond 2^24 leave the lattice's range), got {sigma_xy!r}")
     if torch.compiler.is_compiling() or not image.numel():
-        return
-    scale = inv_sigma_rgb.to(image.device).view(-1, 1, 1, 1) if isinstance(inv_sigma_rgb, torch.Tensor) \
-        else inv_sigma_rgb
-    spread = image.amax((2, 3), keepdim=True).double() - image.amin((2, 3), keepdim=True).double()
-    largest = float((spread * scale).amax())
-    if largest > MAX_FEATURE:
+        return None
+    least, most = image.flatten(2).aminmax(dim=2)  # NaN or Inf anywhere reaches one of them
+    scale = inv_sigma_rgb.to(image.device).view(-1, 1) if isinstance(inv_sigma_rgb, torch.Tensor) else inv_sigma_rgb
+    finite = torch.isfinite(least).all() & torch.isfinite(most).all()
+    largest = ((most.double() - least.double()) * scale).amax()
+    finite, largest = torch.stack([finite.double(), largest]).tolist()  # one copy to the host
+    if not finite:
+        raise ValueError(f"image: expected finite values{'' if where is None else ' where mask is True'}, "
+                         "got NaN or Inf")
+    if lattice and largest > MAX_FEATURE:
         raise ValueError(f"{rgb_name}: colour differences / sigma_rgb reach {largest:.3g}, beyond the lattice's "
                          "range 2^24: a sigma_rgb too small for the image's values")
+    return least
 
 
 class LatticeFilter:
@@ -135,9 +145,8 @@ def prepare_filter(image, sigma_xy, sigma_rgb, *, backend="auto"):
     check_bandwidth("sigma_xy", sigma_xy, dtype)
     check_bandwidth("sigma_rgb", sigma_rgb, dtype)
     image = image.detach()
-    if not torch.compiler.is_compiling():
-        _checks.check_finite("image", image)
-    if _backend.resolve(backend, image.device, FILTER_BACKENDS, "bilateral_filter") != "reference":
+    on_lattice = _backend.resolve(backend, image.device, FILTER_BACKENDS, "bilateral_filter") != "reference"
+    if on_lattice:
         check_lattice_channels(image)
-        check_lattice_range(image, sigma_xy, 1.0 / sigma_rgb)
-    return LatticeFilter(bilateral_features(image, sigma_xy, sigma_rgb), backend)
+    least = checked_bounds(image, sigma_xy, 1.0 / sigma_rgb, lattice=on_lattice)
+    return LatticeFilter(bilateral_features(image, sigma_xy, sigma_rgb, least), backend)

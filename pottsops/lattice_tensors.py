@@ -1,16 +1,16 @@
 """The permutohedral lattice as tensor operations, for any device (the CUDA lattice_build and lattice_filter
 ops are these functions).
 
-Same operator as the C++ filter (csrc/cpu/lattice.cpp): alpha S^T C^T C S with two rings of blur
-vertices around the splatted ones, built here with sorting instead of a hash table:
+Same operator as the C++ filter (csrc/cpu/lattice.cpp): alpha S^T C^T C S on the splatted vertices and
+their blur vertices (csrc/pottsops/lattice_args.h kLatticeReach), built here with sorting instead of a hash
+table:
 
 1. lattice_simplex (a kernel): each pixel's d+1 simplex vertices (keys) and barycentric weights;
-2. vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a first
-   coordinate, so one lattice holds the whole batch), grown by two rings of neighbours, each ring a
-   torch.unique of vertices and their 2 (d+1) neighbours (the entries' vertex indices are remapped after
-   each); an image whose lattice a ring would take past vertex_budget keeps the vertices before it, and
-   grows no further, as in the C++ lattice;
-3. the neighbour table: vertices and their neighbours through one more torch.unique;
+2. the splatted vertices = the unique keys (rows packed into int64 and sorted) (with the image index as a
+   first coordinate, so one lattice holds the whole batch); every vertex = the unique rows of each splatted
+   vertex plus the key offsets of the sets of at most REACH directions; an image whose vertices would pass
+   vertex_budget is refused, as the C++ lattice refuses it;
+3. the neighbour table: the links between each splatted vertex's sets T and T + {j}, as in the C++ lattice;
 4. filtering: splat as a segment sum over the entries sorted by vertex (deterministic), the 2 (d+1) blur
    passes as gathers, the slice as a gather and a weighted sum.
 
@@ -23,12 +23,12 @@ import torch
 
 from pottsops import reference
 
-RINGS = 2  # csrc/pottsops/lattice_args.h kLatticeRings
+REACH = 4  # csrc/pottsops/lattice_args.h kLatticeReach
 
 
 def vertex_budget(n, d):
     """csrc/pottsops/lattice_args.h lattice_vertex_budget: the most vertices of one image's lattice
-    before its blur rings are left out."""
+    before it is refused."""
     return min(max(16 * n * (d + 1), 1 << 18), 1 << 30)
 
 
@@ -48,19 +48,20 @@ class Lattice:
     neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
 
 
-def _directions(d, device):
-    """(2 (d+1), d+1) key steps: for direction j, minus = -u_j, plus = +u_j (image coordinate 0)."""
-    steps = torch.zeros(d + 1, 2, d + 1, dtype=torch.int32, device=device)
-    for j in range(d + 1):
-        for plus, sign in ((0, -1), (1, 1)):
-            steps[j, plus, 1:] = sign
-            if j < d:
-                steps[j, plus, 1 + j] = -sign * d
-    return steps.view(2 * (d + 1), d + 1)
-
-
-def _with_neighbors(vertices, steps):
-    return torch.cat([vertices, (vertices[:, None, :] + steps[None]).view(-1, vertices.shape[1])])
+def _subsets(d, device):
+    """The sets T of at most REACH of the d+1 directions: their key offsets sum_{j in T} minus_j (S, d+1)
+    (image coordinate 0; minus_j adds d to coordinate j, -1 to the others) and the links (L, 3): rows
+    (index of T, j, index of T + {j}) for each j not in T where T + {j} is a set too."""
+    masks = [m for size in range(min(REACH, d + 1) + 1) for m in range(1 << (d + 1)) if bin(m).count("1") == size]
+    index = {m: i for i, m in enumerate(masks)}
+    minus = torch.full((d + 1, d + 1), -1, dtype=torch.int32)
+    minus[:, 0] = 0
+    for j in range(d):
+        minus[j, 1 + j] = d
+    offsets = torch.stack([minus[[j for j in range(d + 1) if m >> j & 1]].sum(0, dtype=torch.int32) for m in masks])
+    links = [(index[m], j, index[m | 1 << j]) for m in masks for j in range(d + 1)
+             if not m >> j & 1 and (m | 1 << j) in index]
+    return offsets.to(device), torch.tensor(links, dtype=torch.int64, device=device).view(-1, 3)
 
 
 def _unique_rows(rows):
@@ -78,7 +79,7 @@ def _unique_rows(rows):
     return (((unique[:, None] >> shifts) & masks) + lo).to(torch.int32), inverse
 
 
-def build(features, rings=RINGS):
+def build(features):
     """The lattice of features (B, d, H, W) (already divided by their sigmas)."""
     B, d = features.shape[:2]
     N = features.shape[2] * features.shape[3]
@@ -89,26 +90,26 @@ def build(features, rings=RINGS):
     keys, weights = torch.ops.pottsops.lattice_simplex(features)
     image = torch.arange(B, device=features.device, dtype=torch.int32).view(B, 1, 1, 1).expand(B, N, d + 1, 1)
     rows = torch.cat([image, keys], 3).view(-1, d + 1)
-    vertices, entry_vertex = _unique_rows(rows)
-    steps = _directions(d, features.device)
-    for _ in range(rings):
-        grown, inverse = _unique_rows(_with_neighbors(vertices, steps))
-        counts = torch.bincount(grown[:, 0].long(), minlength=B)
-        over = (counts > vertex_budget(N, d)).nonzero()
-        if over.numel():
-            b = int(over[0])
-            raise RuntimeError(
-                f"features: image {b}'s points are too sparse for the lattice: its blur rings would take more than "
-                f"{vertex_budget(N, d)} vertices ({N} pixels, {d} features), and without them it returns a fraction "
-                "of the exact sum (sigma_xy or sigma_rgb too small for the image, or noisy colours: use larger "
-                "sigmas, fewer channels, or the exact method on small images)")
-        entry_vertex = inverse[entry_vertex]
-        vertices = grown
+    splatted, entry_vertex = _unique_rows(rows)
+    offsets, links = _subsets(d, features.device)
+    vertices, inverse = _unique_rows((splatted[:, None, :] + offsets[None]).view(-1, d + 1))
+    counts = torch.bincount(vertices[:, 0].long(), minlength=B)
+    over = (counts > vertex_budget(N, d)).nonzero()
+    if over.numel():
+        b = int(over[0])
+        raise RuntimeError(
+            f"features: image {b}'s points are too sparse for the lattice: its blur vertices would take more "
+            f"than {vertex_budget(N, d)} ({N} pixels, {d} features), and without them it returns a fraction "
+            "of the exact sum (sigma_xy or sigma_rgb too small for the image, or noisy colours: use larger "
+            "sigmas, fewer channels, or the exact method on small images)")
+    index = inverse.view(splatted.shape[0], offsets.shape[0])  # (splatted vertex, set) -> vertex
+    entry_vertex = index[:, 0][entry_vertex]
     M = vertices.shape[0]
-    every, inverse = _unique_rows(_with_neighbors(vertices, steps))
-    vertex_of = torch.full((every.shape[0],), -1, dtype=torch.int64, device=features.device)
-    vertex_of[inverse[:M]] = torch.arange(M, device=features.device)
-    neighbors = vertex_of[inverse[M:]].view(M, d + 1, 2)
+    neighbors = torch.full((M, d + 1, 2), -1, dtype=torch.int64, device=features.device)
+    low, high = index[:, links[:, 0]], index[:, links[:, 2]]  # high = low + minus_j
+    direction = links[:, 1].expand_as(low)
+    neighbors[low, direction, 0] = high
+    neighbors[high, direction, 1] = low
     order = torch.argsort(entry_vertex, stable=True)
     counts = torch.bincount(entry_vertex, minlength=M)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])

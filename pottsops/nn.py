@@ -18,7 +18,7 @@ from pottsops import _checks
 from pottsops.lattice import prepare_filter
 from pottsops.dense import quadratic_form
 from pottsops.neighborhoods import window
-from pottsops.potts import REDUCTIONS, affinity, potts_energy
+from pottsops.potts import REDUCTIONS, affinity, named_energy
 from pottsops.solver import solve
 from pottsops.unary import NORMALIZATIONS, self_labeling_loss
 
@@ -43,12 +43,10 @@ class PottsLoss(torch.nn.Module):
     def forward(self, probs, image=None, mask=None):
         _checks.check_labels("probs", probs)
         _checks.check_probabilities("probs", probs)
-        if image is not None:  # named as this signature names them (potts_energy would say y)
-            _checks.check_image("image", image, "probs", probs)
-        _checks.check_mask(mask, "probs", probs)
-        return self.weight * potts_energy(probs, image, relaxation=self.relaxation, neighborhood=self.neighborhood,
-                                          sigma_rgb=self.sigma_rgb, sigma_xy=self.sigma_xy, mask=mask,
-                                          reduction=self.reduction, backend=self.backend)
+        return self.weight * named_energy("probs", probs, image, relaxation=self.relaxation,
+                                          neighborhood=self.neighborhood, sigma_rgb=self.sigma_rgb,
+                                          sigma_xy=self.sigma_xy, mask=mask, reduction=self.reduction,
+                                          backend=self.backend)
 
     def extra_repr(self):
         return (f"relaxation={self.relaxation!r}, neighborhood={self.neighborhood!r}, sigma_rgb={self.sigma_rgb}, "
@@ -146,9 +144,9 @@ class GatedCRFLoss(torch.nn.Module):
             raise ValueError("image: a kernel of kernels_desc has 'rgb', so forward needs the image")
         total = 0.0
         for desc in self.kernels_desc:
-            energy = potts_energy(y_hat_softmax, image if "rgb" in desc else None, relaxation="bilinear",
-                                  neighborhood=self.neighborhood, sigma_rgb=desc.get("rgb", 1.0),
-                                  sigma_xy=desc["xy"], mask=mask, reduction="sum")
+            energy = named_energy("y_hat_softmax", y_hat_softmax, image if "rgb" in desc else None,
+                                  relaxation="bilinear", neighborhood=self.neighborhood,
+                                  sigma_rgb=desc.get("rgb", 1.0), sigma_xy=desc["xy"], mask=mask, reduction="sum")
             if "rgb" in desc:
                 self._warn_if_no_weight(energy, image, desc, mask)
             total = total + desc.get("weight", 1.0) * energy

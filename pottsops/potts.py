@@ -11,11 +11,12 @@ REDUCTIONS = ("sum", "mean", "none")
 GRID_BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 
-def inv_two_sigma2(image, sigma_rgb, mask=None):
+def inv_two_sigma2(image, sigma_rgb, mask=None, filled=False):
     """1 / (2 sigma_rgb^2) per image (B,), in float32 (float64 for a float64 image).
 
     sigma_rgb="auto" sets sigma_rgb^2 of each image to the mean of |I_i - I_j|^2 over its 4-neighbour
     pairs (pairs with a masked-out end excluded); an image without differences gets 0 (weights 1).
+    filled: the caller has replaced the masked-out pixels (_checks.fill_masked) already.
     """
     dtype = reference.accumulation_dtype(image.dtype)
     B = image.shape[0]
@@ -29,7 +30,8 @@ def inv_two_sigma2(image, sigma_rgb, mask=None):
                              f"(sigma_rgb >= {(0.5 / torch.finfo(dtype).max) ** 0.5:.2g}), got {sigma_rgb!r}")
         return torch.full((B,), inv, dtype=dtype, device=image.device)
     image = image.to(dtype)
-    image = _checks.fill_masked(image, mask)  # what a masked-out pixel holds (even NaN) must not reach the mean
+    if not filled:  # what a masked-out pixel holds (even NaN) must not reach the mean
+        image = _checks.fill_masked(image, mask)
     H, W = image.shape[2:]
     total = image.new_zeros(B)
     count = image.new_zeros(B)
@@ -132,14 +134,24 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
     >>> image = torch.rand(2, 3, 64, 64) * 255
     >>> pottsops.potts_energy(y, image, relaxation="cd", neighborhood="nn8").backward()
     """
-    _checks.check_labels("y", y)
+    return named_energy("y", y, image, relaxation=relaxation, neighborhood=neighborhood, sigma_rgb=sigma_rgb,
+                        sigma_xy=sigma_xy, weights=weights, mask=mask, eps=eps, reduction=reduction, backend=backend,
+                        validate=validate, method=method, precision=precision)
+
+
+def named_energy(y_name, y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rgb=9.0, sigma_xy=None,
+                 weights=None, mask=None, eps=1e-8, reduction="sum", backend="auto", validate=False,
+                 method="lattice", precision="fp32"):
+    """potts_energy with its labels named y_name in the errors (the loss modules' own argument names), so that
+    a module checks nothing potts_energy checks again."""
+    _checks.check_labels(y_name, y)
     relaxation_name(relaxation)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     neighborhood = as_neighborhood(neighborhood)
     if neighborhood.dense:
-        return _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend,
-                            validate, method, precision)
-    _check_common("y", y, image, weights, mask, neighborhood)
+        return _dense_potts(y_name, y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction,
+                            backend, validate, method, precision)
+    _check_common(y_name, y, image, weights, mask, neighborhood)
     if sigma_xy is not None:
         _checks.check_positive("sigma_xy", sigma_xy)
     if sigma_rgb != "auto":
@@ -160,24 +172,27 @@ def potts_energy(y, image=None, *, relaxation="cd", neighborhood="nn4", sigma_rg
 DENSE_SIGMA_XY = 100.0
 
 
-def _dense_potts(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend, validate,
+def _dense_potts(y_name, y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, reduction, backend, validate,
                  method, precision):
-    energy = prepare_dense(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision)
+    energy = prepare_dense(y, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision,
+                           y_name=y_name)
     if validate:
         _validate_values(y, image.detach(), None, mask)
     return _reduce(energy(y), reduction, mask, y)
 
 
-def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision):
+def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision,
+                  filled=False, y_name="y"):
     """The arguments of a dense potts_energy checked, and y -> per-image energies (B,) for labels shaped like
     `like`, with what depends on the image alone (bandwidths, lattice) made once: pottsops.solve calls it at
-    every step."""
+    every step.  filled: the caller (solve) has checked image and mask and filled the masked-out pixels."""
     if image is None:
         raise ValueError("image: the dense neighbourhood needs an image (its weights are bilateral)")
     if weights is not None:
         raise ValueError("weights: not supported with neighborhood='dense' (N^2 edge weights); pass image")
-    _checks.check_image("image", image, "y", like)
-    _checks.check_mask(mask, "y", like)
+    if not filled:
+        _checks.check_image("image", image, y_name, like)
+        _checks.check_mask(mask, y_name, like)
     sigma_xy = DENSE_SIGMA_XY if sigma_xy is None else sigma_xy
     lattice.check_bandwidth("sigma_xy", sigma_xy, reference.accumulation_dtype(image.dtype))
     _checks.check_number("eps", eps)
@@ -186,15 +201,15 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
     image = image.detach()
     # a masked-out pixel takes part in no pair: whatever it holds (even NaN) is replaced, inside the image's
     # range (a 0 beside colours offset by 1e9 would fail the lattice's range check only when masked)
-    image = _checks.fill_masked(image, mask)
-    if not torch.compiler.is_compiling():
-        _checks.check_finite("image", image, mask)
-    inv = inv_two_sigma2(image, sigma_rgb, mask)
+    if not filled:
+        image = _checks.fill_masked(image, mask)
+    inv = inv_two_sigma2(image, sigma_rgb, mask, filled=True)
     if method == "lattice":
         lattice.check_lattice_channels(image)
-        lattice.check_lattice_range(image, sigma_xy, (2 * inv).sqrt())
+    # one pass over the image: finite where mask is True (the rest is filled), within the lattice's range
+    least = lattice.checked_bounds(image, sigma_xy, (2 * inv).sqrt(), where=mask, lattice=method == "lattice")
     energy = dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
-                               precision)
+                               precision, least)
     if mask is None:
         return energy
     return lambda y: energy(torch.where(mask.unsqueeze(1), y, 1.0 / y.shape[1]))

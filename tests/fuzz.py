@@ -36,7 +36,7 @@ MEMORY_LIMIT = 1 << 30
 ADDRESS_LIMIT = 8 << 30
 ALLOWED = (ValueError, TypeError, RuntimeError, NotImplementedError)
 LATTICE_RANGE = "beyond the lattice's range"
-LATTICE_LEAST = {1: 0.8, 2: 0.75, 3: 0.6, 4: 0.45}  # lattice / exact filtered mean, by image channels
+LATTICE_LEAST = {1: 0.8, 2: 0.72, 3: 0.65, 4: 0.55}  # lattice / exact filtered mean, by image channels
 NAN = float("nan")
 INF = float("inf")
 HAS_C = pottsops.backends()["cpu"].available
@@ -671,8 +671,9 @@ def lattice_accuracy_case(rng):
         got = pottsops.bilateral_filter(ones, image, sigma_xy, sigma_rgb)
         exact = pottsops.bilateral_filter(ones, image, sigma_xy, sigma_rgb, backend="reference")
         ratio = float(got.mean() / exact.mean())
-        # below the least measured over 150 such images (0.85 / 0.79 / 0.67 / 0.49 at 1-4 channels, at most 1.31)
-        if not LATTICE_LEAST[channels] < ratio < 1.4:  # an AssertionError is judged a failure
+        # below the least measured over 150 such images (0.86 / 0.77 / 0.70 / 0.61 at 1-4 channels), or above the
+        # most (1.21 / 1.30 / 1.40 / 1.45: a lone pixel, whose own weight the lattice's blur overstates)
+        if not LATTICE_LEAST[channels] < ratio < 1.55:  # an AssertionError is judged a failure
             raise AssertionError(f"lattice / exact filtered mean {ratio:.3f}")
         return [got]
     return Case("lattice accuracy", call, expect, describe(image=image, sigma_xy=sigma_xy, sigma_rgb=sigma_rgb)
@@ -680,7 +681,7 @@ def lattice_accuracy_case(rng):
 
 
 def lattice_memory_case(rng):
-    """Noise at small bandwidths, whose points are too sparse for the lattice's blur rings: filtered, or
+    """Noise at small bandwidths, whose points are too sparse for the lattice's blur vertices: filtered, or
     refused by name, within the case's memory limit (issue 30 item 2: 4.4 GB, then bad_alloc)."""
     size, channels = rng.choice([32, 64, 128]), rng.choice([1, 3, 4])
     g = torch.Generator().manual_seed(rng.randrange(1 << 30))

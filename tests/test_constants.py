@@ -20,7 +20,7 @@ def test_limits_match_the_compiled_kernels():
     assert neighborhoods.MAX_OFFSETS == c["max_offsets"]
     assert lattice.MAX_FEATURE == c["max_lattice_feature"]
     assert lattice.MAX_LATTICE_DIM == c["max_lattice_dim"]
-    assert lattice_tensors.RINGS == c["lattice_rings"]
+    assert lattice_tensors.REACH == c["lattice_reach"]
     assert len(names.RELAXATIONS) == c["num_relaxations"] and len(names.UNARIES) == c["num_unaries"]
 
 

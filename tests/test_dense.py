@@ -123,9 +123,9 @@ def test_lattice_is_accurate_at_every_channel_count_it_accepts(backend, channels
 
 
 @pytest.mark.parametrize("backend", LATTICE_BACKENDS + ["tensors"])
-def test_a_lattice_too_sparse_for_its_rings_is_refused(backend):
-    """RGB noise at sigma 1, 1: the blur rings would take about 300 vertices per pixel, past the budget of
-    96; without them the lattice returned 0.28 of the exact sum (issue 30 items 1-2: rings were left out
+def test_a_lattice_too_sparse_for_its_blur_vertices_is_refused(backend):
+    """RGB noise at sigma 1, 1: the blur vertices would take about 190 per pixel, past the budget of 96;
+    without them the lattice returned 0.28 of the exact sum (issue 30 items 1-2: blur vertices were left out
     silently, after being built and rolled back at the cost of the budget's memory)."""
     if backend == "tensors" and "cpu" not in LATTICE_BACKENDS:
         pytest.skip("the tensor lattice needs the C++ simplex op (pottsops._C not built)")
@@ -136,8 +136,8 @@ def test_a_lattice_too_sparse_for_its_rings_is_refused(backend):
         with pytest.raises(RuntimeError, match="features: image 0's points are too sparse for the lattice"):
             lattice_tensors.build(lattice.bilateral_features(image, 1.0, 1.0))
         return
-    with pytest.raises(ValueError, match="image: image 0's points are too sparse for the lattice: its blur rings "
-                                         "would take more than 393216 vertices \\(4096 pixels, 5 features\\)"):
+    with pytest.raises(ValueError, match="image: image 0's points are too sparse for the lattice: its blur "
+                                         "vertices would take more than 393216 \\(4096 pixels, 5 features\\)"):
         pottsops.bilateral_filter(ones.to(LATTICE_DEVICE[backend]), image.to(LATTICE_DEVICE[backend]), 1.0, 1.0,
                                   backend=backend)
     # the same image at usual bandwidths is filtered

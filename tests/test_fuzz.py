@@ -123,7 +123,9 @@ def test_many_feature_channels_do_not_hang_the_lattice():
                             "    print(float(one), str(e).split(' (')[0])", timeout=300)
     assert rc == 0, err[-1500:]
     single, refusal = out.split(" ", 1)
-    assert 0.7 < float(single) < 1.3  # a lone pixel's filter is its own value (weight 1), within the lattice's error
+    # a lone pixel's filter is its own value (weight 1), within the lattice's error: its blur overstates a lone
+    # point's own weight (1.45 at 4 channels; docs/design.md, "Lattice accuracy")
+    assert 0.7 < float(single) < 1.55
     assert refusal.strip() == "image: the lattice is accurate up to 4 channels"
 
 

@@ -107,7 +107,7 @@ pybind11::dict constants() {
   d["max_lattice_feature"] = pottsops::kMaxLatticeFeature;
   d["max_lattice_pixels"] = pottsops::kMaxLatticePixels;
   d["max_lattice_dim"] = pottsops::kMaxLatticeDim;
-  d["lattice_rings"] = pottsops::kLatticeRings;
+  d["lattice_reach"] = pottsops::kLatticeReach;
   d["num_relaxations"] = static_cast<int>(pottsops::kNumRelaxations);
   d["num_unaries"] = static_cast<int>(pottsops::kNumUnaries);
   return d;

@@ -51,7 +51,7 @@ class Problem:
                           weights=weights, mask=mask, reduction="none", backend=backend)
         if as_neighborhood(neighborhood).dense:  # the lattice built once, for every step
             self.potts_energy = prepare_dense(logits, image, relaxation, sigma_rgb, sigma_xy, weights, mask, EPS,
-                                              backend, dense_method, "fp32")
+                                              backend, dense_method, "fp32", filled=True)  # by solve()
         else:
             self.potts_energy = functools.partial(potts_energy, image=image, **self.potts)
 
@@ -122,7 +122,7 @@ def grid_op_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, m
         _checks.check_like("weights", weights, (logits.shape[0], neighborhood.num_offsets, *logits.shape[2:]),
                            f"one channel per offset of {neighborhood}")
     elif image is not None:  # the edge weights once per solve, not at every step
-        inv = inv_two_sigma2(image, sigma_rgb, mask)
+        inv = inv_two_sigma2(image, sigma_rgb, mask, filled=True)  # by solve()
         weights = torch.ops.pottsops.grid_affinity(image, mask, inv, offsets, spatial)
     weights = None if weights is None else weights.detach().to(logits.dtype).contiguous()
     return GridOpArgs(None, weights, mask, None, offsets, spatial, relaxation_index(relaxation), EPS)

@@ -10,8 +10,9 @@
 // Where the time goes: for a few dozen channels, building the lattice (a hash table filled pixel by pixel)
 // costs about as much as filtering.  Neighbouring pixels mostly fall into the same simplex (CamVid at
 // 512^2, sigma_xy 100, sigma_rgb 15: 262k pixels, 6.8k vertices; 61 % of a pixel's vertices are its
-// predecessor's, at the same index r), so those are taken without hashing; the blur's neighbour table is
-// recorded while the rings of blur vertices are inserted, each lookup filling both ends of a link.  Splat
+// predecessor's, at the same index r), so those are taken without hashing; the blur vertices are made from
+// each splatted vertex by fixed key offsets (lattice_args.h kLatticeReach), and their links are known from
+// how the offsets relate, so the neighbour table needs no lookups of its own.  Splat
 // and slice go through tiles of pixel-major rows padded to whole vectors, so that the channel loops
 // vectorise.
 #include <ATen/OpMathType.h>
@@ -31,16 +32,51 @@
 namespace pottsops {
 namespace {
 
+// The sets T of at most kLatticeReach of the d+1 directions, by size (the empty set first): each set's key
+// offset sum_{j in T} minus_j and, for each direction j not in T, the index of T + {j} (-1 where that set
+// is larger than kLatticeReach or j is in T).
+struct LatticeSubsets {
+  int count = 0;
+  int32_t offset[kMaxLatticeSubsets][kMaxLatticeDim];
+  int8_t extend[kMaxLatticeSubsets][kMaxLatticeDim + 1];
+
+  explicit LatticeSubsets(int d) {
+    int32_t masks[kMaxLatticeSubsets];
+    for (int size = 0; size <= std::min(kLatticeReach, d + 1); ++size) {
+      for (int32_t mask = 0; mask < (1 << (d + 1)); ++mask) {
+        if (__builtin_popcount(mask) == size) masks[count++] = mask;
+      }
+    }
+    for (int s = 0; s < count; ++s) {
+      for (int i = 0; i < d; ++i) offset[s][i] = 0;
+      for (int j = 0; j <= d; ++j) {
+        extend[s][j] = -1;
+        if (!(masks[s] >> j & 1)) continue;
+        for (int i = 0; i < d; ++i) offset[s][i] += i == j ? d : -1;  // the minus step along j
+      }
+      for (int t = 0; t < count; ++t) {
+        const int32_t added = masks[t] & ~masks[s];
+        if ((masks[t] & masks[s]) == masks[s] && __builtin_popcount(added) == 1) extend[s][__builtin_ctz(added)] = t;
+      }
+    }
+  }
+};
+
 // The lattice of one image: each pixel's d+1 (vertex, weight) entries, written where the caller says, and
-// each vertex's neighbours along the d+1 directions.  Rings of blur vertices are added around the splatted
-// ones; where they would pass lattice_vertex_budget (sparse points: small sigmas, noisy colours) the build
-// stops there, so that memory stays bounded, and the op refuses the features.  The hash table grows as needed.
+// each vertex's neighbours along the d+1 directions.  The splatted vertices come first, then each one's blur
+// vertices (lattice_args.h kLatticeReach) with their links; where they would pass lattice_vertex_budget
+// (sparse points: small sigmas, noisy colours) the build stops there, so that memory stays bounded, and the
+// op refuses the features.  The hash table grows as needed.
 class LatticeBuilder {
  public:
   template <typename feature_t, typename weight_t>
   LatticeBuilder(const feature_t* features, int64_t n, int d, int32_t* entry_vertex, weight_t* entry_weight)
       : d_(d) {
-    rehash(1024);
+    // A power of two: room for half as many vertices as pixels, about what a small image needs (CamVid at
+    // 64^2, sigma_xy 100, sigma_rgb 15: 2.3 vertices per pixel; at 512^2 0.1), a few rehashes where more come.
+    size_t capacity = 1024;
+    while (capacity < static_cast<size_t>(n)) capacity *= 2;
+    rehash(capacity);
     const int stride = d + 1;
     int32_t rem0[kMaxLatticeDim + 1], rank[kMaxLatticeDim + 1], key[kMaxLatticeDim];
     int32_t last_keys[(kMaxLatticeDim + 1) * kMaxLatticeDim];  // the previous pixel's, vertex r at r * d
@@ -59,34 +95,46 @@ class LatticeBuilder {
         if (i > 0 && same_key(key, last)) {
           vertices[r] = vertices[r - stride];  // shared with the previous pixel's simplex, at the same r
         } else {
-          vertices[r] = find(key, true);
+          vertices[r] = find(key);
           std::copy(key, key + d, last);
         }
         entry_weight[i * stride + r] = static_cast<weight_t>(weights[r]);
       }
     }
-    // Each ring inserts the neighbours of the vertices before it, which are then those vertices' neighbours.
-    // A ring that would pass the budget stops the build (the lattice is then refused: see
-    // lattice_vertex_budget), so that memory never grows past it.
-    const int64_t budget = lattice_vertex_budget(n, d);
-    int64_t linked = 0;  // vertices whose neighbours are known
-    for (int ring = 0; ring < kLatticeRings; ++ring) {
-      const int64_t occupied = num_vertices();
-      for (int64_t v = linked; v < occupied && num_vertices() <= budget; ++v) link(v, true);
+    // Each splatted vertex's blur vertices, and the links between them.  Where they would pass the budget
+    // the build stops (the lattice is then refused: see lattice_vertex_budget), so that memory never grows
+    // past it.
+    const int64_t budget = lattice_vertex_budget(n, d), splatted = num_vertices();
+    const LatticeSubsets subsets(d);
+    int32_t index[kMaxLatticeSubsets];
+    for (int64_t v = 0; v < splatted; ++v) {
+      int32_t base[kMaxLatticeDim];
+      std::copy(&keys_[v * d], &keys_[v * d] + d, base);  // keys_ may move as vertices are added
+      index[0] = static_cast<int32_t>(v);
+      for (int s = 1; s < subsets.count; ++s) {
+        for (int f = 0; f < d; ++f) key[f] = base[f] + subsets.offset[s][f];
+        index[s] = find(key);
+      }
       if (num_vertices() > budget) {
         within_budget_ = false;
         return;
       }
-      linked = occupied;
+      for (int s = 0; s < subsets.count; ++s) {
+        for (int j = 0; j <= d; ++j) {
+          const int t = subsets.extend[s][j];
+          if (t < 0) continue;
+          neighbors_[(static_cast<int64_t>(index[s]) * stride + j) * 2] = index[t];       // its minus neighbour
+          neighbors_[(static_cast<int64_t>(index[t]) * stride + j) * 2 + 1] = index[s];   // and back: plus
+        }
+      }
     }
-    for (int64_t v = linked; v < num_vertices(); ++v) link(v, false);  // the outer ring's: absent or inside
   }
 
   int64_t num_vertices() const { return static_cast<int64_t>(keys_.size()) / d_; }
   std::vector<int32_t> take_neighbors() { return std::move(neighbors_); }  // (vertices, d+1, 2), once
   // False if a feature was not finite or beyond kMaxLatticeFeature (the lattice is then left unfinished).
   bool valid() const { return valid_; }
-  // False if the blur rings would pass lattice_vertex_budget (the lattice is then left unfinished).
+  // False if the blur vertices would pass lattice_vertex_budget (the lattice is then left unfinished).
   bool within_budget() const { return within_budget_; }
 
  private:
@@ -95,35 +143,17 @@ class LatticeBuilder {
     uint32_t tag;    // high bits of the key's hash: most mismatches are rejected without reading the key
   };
 
-  // Records the neighbours of vertex v, inserting the absent ones if insert is true, else -1 for them.  The
-  // relation is symmetric (u = v + u_j exactly when v = u - u_j), so each found neighbour learns v too, and
-  // half of the lookups are never made.
-  void link(int64_t v, bool insert) {
-    int32_t key[kMaxLatticeDim];
-    const int stride = d_ + 1;
-    for (int j = 0; j <= d_; ++j) {
-      for (int plus = 0; plus < 2; ++plus) {
-        if (neighbors_[(v * stride + j) * 2 + plus] != kUnknown) continue;
-        lattice_neighbor(&keys_[v * d_], d_, j, plus, key);
-        const int32_t u = find(key, insert);
-        neighbors_[(v * stride + j) * 2 + plus] = u;
-        if (u >= 0) neighbors_[(static_cast<int64_t>(u) * stride + j) * 2 + 1 - plus] = static_cast<int32_t>(v);
-      }
-    }
-  }
-
-  // Index of the vertex with this key; inserted if absent and insert is true, else -1.  The table is kept
-  // at most half full, so a probe always ends at an empty slot.
-  int32_t find(const int32_t* key, bool insert) {
+  // Index of the vertex with this key, inserted (without neighbours) if absent.  The table is kept at most
+  // half full, so a probe always ends at an empty slot.
+  int32_t find(const int32_t* key) {
     const uint64_t hash = lattice_hash(key, d_), mask = table_.size() - 1;
     const uint32_t tag = static_cast<uint32_t>(hash >> 32);
     for (uint64_t slot = hash & mask;; slot = (slot + 1) & mask) {
       const Slot entry = table_[slot];
       if (entry.vertex < 0) {
-        if (!insert) return -1;
         const int32_t index = static_cast<int32_t>(num_vertices());
         keys_.insert(keys_.end(), key, key + d_);
-        neighbors_.resize(neighbors_.size() + 2 * (d_ + 1), kUnknown);
+        neighbors_.resize(neighbors_.size() + 2 * (d_ + 1), -1);
         table_[slot] = {index, tag};
         if (2 * num_vertices() > static_cast<int64_t>(table_.size())) rehash(2 * table_.size());
         return index;
@@ -150,14 +180,12 @@ class LatticeBuilder {
     }
   }
 
-  static constexpr int32_t kUnknown = -2;  // a neighbour not looked up yet
-
   int d_;
   bool valid_ = true;
   bool within_budget_ = true;
   std::vector<Slot> table_;
   std::vector<int32_t> keys_;       // (vertices, d)
-  std::vector<int32_t> neighbors_;  // (vertices, d+1, 2)
+  std::vector<int32_t> neighbors_;  // (vertices, d+1, 2), -1 where absent
 };
 
 // One image's lattice as lattice_filter reads it.
@@ -276,8 +304,8 @@ std::vector<at::Tensor> lattice_build_cpu(const at::Tensor& features) {
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(valid[b], "features: expected finite values of magnitude at most 2^24 (positions / sigma_xy, colours "
                 "/ sigma_rgb: a sigma too small for the image), got others in image ", b);
-    TORCH_CHECK(within_budget[b], "features: image ", b, "'s points are too sparse for the lattice: its blur rings "
-                "would take more than ", lattice_vertex_budget(n, d), " vertices (", n, " pixels, ", d, " features), "
+    TORCH_CHECK(within_budget[b], "features: image ", b, "'s points are too sparse for the lattice: its blur "
+                "vertices would take more than ", lattice_vertex_budget(n, d), " (", n, " pixels, ", d, " features), "
                 "and without them it returns a fraction of the exact sum (sigma_xy or sigma_rgb too small for the "
                 "image, or noisy colours: use larger sigmas, fewer channels, or the exact method on small images)");
   }

@@ -18,10 +18,9 @@
 namespace pottsops {
 
 // d = 2 positions + up to 4 image channels.  Beyond that the lattice cannot be accurate in bounded memory:
-// with both blur rings, on a 24 x 24 image of colours bilinear from a 6 x 6 random one (sigma_xy 10,
-// sigma_rgb 15), it keeps 0.97 / 0.94 / 0.89 / 0.78 of the exact filtered mean at 1 / 2 / 3 / 4 channels
-// but 0.59 at 5 and 0.38 at 6, and the rings it would need grow from 204 vertices per pixel at 4 channels
-// to 800 at 6 (docs/design.md, "Lattice accuracy").
+// on a 24 x 24 image of colours bilinear from a 6 x 6 random one (sigma_xy 10, sigma_rgb 15) it keeps
+// 0.97 / 0.94 / 0.89 / 0.80 of the exact filtered mean at 1 / 2 / 3 / 4 channels; the earlier lattice of two
+// rings kept 0.59 at 5 and 0.38 at 6 with 450 and 800 vertices per pixel (docs/design.md, "Lattice accuracy").
 constexpr int kMaxLatticeDim = 6;
 
 // Scale of feature i before lifting: the lift is an isometry times inv_std, and inv_std = sqrt(2/3)(d+1)
