@@ -120,8 +120,15 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join("experiments", "results", "train"))
     parser.add_argument("--runs", default="runs", help="where the runs' checkpoints and logs go")
     parser.add_argument("--table-only", action="store_true", help="rebuild the tables from finished runs")
+    parser.add_argument("--pack", action="store_true", help="first pack the finished runs under RUNS/NAME for "
+                                                            "committing (pack_run), then rebuild the tables")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.pack:
+        for folder, _, files in os.walk(os.path.join(args.runs, args.name)):
+            if "results.json" in files:
+                pack_run(folder)
+        args.table_only = True
     study = Study(args, [a for a in args.train_args if a != "--"])
     methods = dict(map(parse_method, args.methods))
     grids = product_grids(args.grid)
@@ -167,7 +174,7 @@ def main(argv=None):
         first = next((r for r in runs if r["method"] == label), None)
         if first and os.path.isfile(os.path.join(first["out"], "panels.png")):
             shutil.copyfile(os.path.join(first["out"], "panels.png"), os.path.join(out, f"panels_{label}.png"))
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]  # the study's command
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--table-only", "--pack")]
     command = shlex.join(["python", "-m", "experiments.train_compare", *given])
     write_report(out, args, command, runs, tuning, differences, [w for w in warmups.values() if w])
 
@@ -197,6 +204,31 @@ def _branch_seconds(out, warmup_steps):
         return ""
     seconds = [float(row["seconds"]) for row in rows if int(row["step"]) > warmup_steps]
     return round(float(np.mean(seconds)), 4) if seconds else ""
+
+
+PACKED_LOG_EVERY = 10  # a packed run keeps every 10th step of its training log
+
+
+def pack_run(folder):
+    """A finished run made small for committing: results.json gzipped, the training log gzipped with every
+    PACKED_LOG_EVERY-th step and the last (enough for the seconds per step the tables read), the panels and
+    the evaluation log removed; the checkpoints stay (git-ignored: a branch of a packed warm-up repeats it
+    where last.pt is gone, to the same weights).  The study reads packed runs as finished ones."""
+    log = os.path.join(folder, "train_log.csv")
+    if os.path.isfile(log):
+        with open(log, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for i, r in enumerate(rows[1:], 1) if i % PACKED_LOG_EVERY == 0 or i == len(rows) - 1]
+        with gzip.open(log + ".gz", "wt", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.remove(log)
+    results = os.path.join(folder, "results.json")
+    with open(results, "rb") as f, gzip.open(results + ".gz", "wb") as out:
+        out.write(f.read())
+    os.remove(results)
+    for name in ("panels.png", "eval_log.csv"):
+        if os.path.isfile(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
 
 
 def committed(path):

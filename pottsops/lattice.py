@@ -47,9 +47,9 @@ def check_lattice_channels(image):
     (docs/design.md, "Lattice accuracy")."""
     if 2 + image.shape[1] > MAX_LATTICE_DIM:
         raise ValueError(f"image: the lattice is accurate up to {MAX_LATTICE_DIM - 2} channels (on a smooth image it "
-                         f"keeps 0.80 of the exact sum at 4; the blur it can afford kept 0.59 at 5), got {image.shape[1]}: use fewer channels "
-                         "(a projection such as PCA), or the exact filter on small images (backend='reference', "
-                         "method='exact')")
+                         f"keeps 0.80 of the exact sum at 4; the blur it can afford kept 0.59 at 5), got "
+                         f"{image.shape[1]}: use fewer channels (a projection such as PCA), or the exact filter on "
+                         "small images (backend='reference', method='exact')")
 
 
 def checked_bounds(image, sigma_xy, inv_sigma_rgb, rgb_name="sigma_rgb", where=None, lattice=True):

@@ -250,7 +250,7 @@ def test_tensor_lattice_is_the_cpu_lattice(channels):
     cpu = torch.ops.pottsops.lattice_build(features)
     torch.testing.assert_close(lattice_tensors.filter_tensors(values, lattice_tensors.build_tensors(features)),
                                torch.ops.pottsops.lattice_filter(values, cpu), rtol=1e-12, atol=1e-12)
-    assert lattice_tensors.build(features).neighbors.shape[0] == cpu[2].shape[0]  # the same vertices, rings included
+    assert lattice_tensors.build(features).neighbors.shape[0] == cpu[2].shape[0]  # the same vertices, blur ones too
 
 
 @pytest.mark.parametrize("shape", [(0, 1, 5, 6), (2, 1, 0, 6), (2, 1, 5, 0)])

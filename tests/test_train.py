@@ -350,12 +350,20 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     warm = runs / "tiny" / "warmup" / "seed0" / "last.pt"
     weights = torch.load(warm, weights_only=False)["model"]
     warm.unlink()
-    train_compare.main(argv[:argv.index("soft-q=eta:0.3,1")] + ["soft-q=eta:0.1,0.3,1"] +
-                       argv[argv.index("soft-q=eta:0.3,1") + 1:])
+    grown = argv[:argv.index("soft-q=eta:0.3,1")] + ["soft-q=eta:0.1,0.3,1"] + argv[argv.index("soft-q=eta:0.3,1") + 1:]
+    train_compare.main(grown)
     again = torch.load(warm, weights_only=False)["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert (runs / "tiny" / "soft-q" / "eta0.1" / "seed0" / "results.json").exists()
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
+    # packed for committing (results and a thinned log gzipped, panels gone), the runs are still finished ones
+    table = lambda: [{k: v for k, v in r.items() if k != "seconds_per_step"}  # noqa: E731
+                     for r in csv.DictReader(open(out / "tiny" / "runs.csv"))]
+    before = table()
+    train_compare.main(["--pack"] + grown)
+    packed = runs / "tiny" / "pce" / "default" / "seed0"
+    assert sorted(os.listdir(packed)) == ["config.json", "last.pt", "results.json.gz", "train_log.csv.gz"]
+    assert table() == before
 
 
 def test_compare_tunes_the_product_of_a_methods_grids():

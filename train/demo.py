@@ -16,7 +16,7 @@ from train.loop import train
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join("runs", "demo"))
-    parser.add_argument("--epochs", type=int, default=45)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--warmup", type=float, default=0.2, help="fraction of the run on pCE alone (soft)")
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)
