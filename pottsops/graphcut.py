@@ -178,7 +178,9 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     costs = torch.where(unlabeled[:, None], costs, 0.0)
     pair_w = lam * pair_weights(None if image is None else image.detach().cpu(), neighborhood, sigma_rgb, sigma_xy,
                                 mask_cpu, None if weights is None else weights.detach().cpu(), (B, K, H, W))
-    start = (logits if init is None else init.detach().cpu()).argmax(1)
+    # max(1).indices, not argmax(1): the same labels (the first largest), and on the CPU argmax over the class
+    # dimension took 14 ms for 12 x 4 x 96^2 (max: 0.2 ms), a tenth of the whole alpha-expansion
+    start = (logits if init is None else init.detach().cpu()).max(1).indices
     start = torch.where(seeded, seeds.long(), start).reshape(B, H * W).to(torch.int32)
     costs, pair_w, seeded_np, unlabeled_np = costs.numpy(), pair_w.numpy(), seeded.numpy(), unlabeled.numpy()
     seeds_np = seeds.long().numpy()
@@ -191,7 +193,7 @@ def labels(gco, logits, image, seeds, unary, neighborhood, eta, lam, sigma_rgb, 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, B)) as pool:
         found = list(pool.map(run, range(B)))
     found = torch.stack(found).long().view(B, H, W)
-    found = torch.where(present, found, logits.argmax(1))
+    found = torch.where(present, found, logits.max(1).indices)
     return F.one_hot(found, K).permute(0, 3, 1, 2).to(dtype=dtype, device=device).contiguous()
 
 

@@ -69,7 +69,7 @@ def batch_loss(method, logits, batch, reg, warmup=False):
         y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation="bilinear", unary="ce",
                            neighborhood="nn4", eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb, mask=mask,
                            iters=reg.solver_iters, method=reg.hard_method)
-        y = F.one_hot(y.argmax(1), y.shape[1]).permute(0, 3, 1, 2).to(y.dtype)
+        y = F.one_hot(y.max(1).indices, y.shape[1]).permute(0, 3, 1, 2).to(y.dtype)  # argmax(1), faster
         return _self_labeling(logits, y, seeds, reg.eta, "ce", mask, reg), y
     y = pottsops.solve(logits.detach(), batch["image"], seeds, relaxation=reg.relaxation, unary=reg.unary,
                        neighborhood=reg.neighborhood, eta=reg.eta, lam=reg.lam, sigma_rgb=reg.sigma_rgb,

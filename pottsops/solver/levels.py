@@ -38,7 +38,8 @@ def coarse_inputs(logits, image, seeds, mask, weights, ignore_index, f):
     seeded = (seeds != ignore_index) & (present[:, 0] > 0)
     votes = block_sum(F.one_hot(torch.where(seeded, seeds, 0).long(), K).permute(0, 3, 1, 2).to(logits.dtype)
                        * seeded[:, None], f)
-    coarse_seeds = torch.where(votes.amax(1) > 0, votes.argmax(1), ignore_index)
+    most = votes.max(1)  # not amax and argmax: torch's CPU argmax over dim 1 is slow (pottsops.graphcut)
+    coarse_seeds = torch.where(most.values > 0, most.indices, ignore_index)
     return (torch.log(sigma.clamp(min=torch.finfo(sigma.dtype).tiny)),
             None if image is None else mean(image.to(logits.dtype)), coarse_seeds,
             None if mask is None else count[:, 0] > 0, None if weights is None else mean(weights))
