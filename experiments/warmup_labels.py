@@ -7,10 +7,11 @@ For each warm-up checkpoint (RUNS/warmup/seedS/last.pt) the network's logits on 
 of that seed (the crops, scribbles and masks the training sees, BatchNorm in training mode as in a training
 step) give the problems soft and hard solve:
 
-1. solver steps: solve(cd, cce) with the trainer's settings and `iters` from a list, each problem's gap
+1. solver steps: solve(cd, cce) with the trainer's settings, `iters` from a list and the solver's learning
+   rate `lr` from another (--lrs; solve()'s default 0.1 alone by default), each problem's gap
    (E - E*) / (E* - L) against the lowest energy any run reached (E*: a 3000-step run with tol 0 included;
-   L the unary's lower bound), and the seconds per batch; the smallest `iters` whose median gap is at most
-   1e-2 is what training should use;
+   L the unary's lower bound), and the seconds per batch; the cheapest (lr, iters) whose median gap is at
+   most 1e-2 is what training should use;
 2. label quality: Dice (RV, Myo, LV; pixels pooled over the crops) against the ground truth of the
    network's argmax, argmax of the soft labels, and hard's α-expansion labels.
 
@@ -69,28 +70,29 @@ def energy(logits, batch, y, reg):
     return reg.eta * unary + reg.lam * potts
 
 
-def solver_steps(cases, reg, iters_list):
-    """Rows (iters, median gap, 90th percentile gap, seconds per batch)."""
+def solver_steps(cases, reg, iters_list, lrs=(0.1,)):
+    """Rows (lr, iters, median gap, 90th percentile gap, seconds per batch)."""
     energies, seconds, lowers = {}, {}, []
-    for iters, tol in [(REFERENCE_ITERS, 0.0)] + [(i, 1e-3) for i in iters_list]:
-        energies[iters], seconds[iters] = [], []
+    runs = [(0.1, REFERENCE_ITERS, 0.0)] + [(lr, i, 1e-3) for lr in lrs for i in iters_list]
+    for lr, iters, tol in runs:
+        energies[lr, iters, tol], seconds[lr, iters, tol] = [], []
         for logits, batch in cases:
             tick = time.perf_counter()
             y, info = pottsops.solve(logits, batch["image"], batch["seeds"], relaxation=reg.relaxation,
                                      unary=reg.unary, neighborhood=reg.neighborhood, eta=reg.eta, lam=reg.lam,
-                                     sigma_rgb=reg.sigma_rgb, mask=batch["mask"], iters=iters, tol=tol,
+                                     sigma_rgb=reg.sigma_rgb, mask=batch["mask"], iters=iters, tol=tol, lr=lr,
                                      return_info=True)
-            seconds[iters].append(time.perf_counter() - tick)
-            energies[iters].append(energy(logits, batch, y, reg))
+            seconds[lr, iters, tol].append(time.perf_counter() - tick)
+            energies[lr, iters, tol].append(energy(logits, batch, y, reg))
             if iters == REFERENCE_ITERS:
                 lowers.append(info.lower.double())
     best = torch.stack([torch.cat(e) for e in energies.values()]).min(0).values
     lower = torch.cat(lowers)
     rows = []
-    for iters in iters_list:
-        gap = (torch.cat(energies[iters]) - best) / (best - lower).clamp(min=1e-12)
-        rows.append({"iters": iters, "median_gap": float(gap.median()), "p90_gap": float(gap.quantile(0.9)),
-                     "seconds_per_batch": float(np.mean(seconds[iters]))})
+    for lr, iters, tol in runs[1:]:
+        gap = (torch.cat(energies[lr, iters, tol]) - best) / (best - lower).clamp(min=1e-12)
+        rows.append({"lr": lr, "iters": iters, "median_gap": float(gap.median()), "p90_gap": float(gap.quantile(0.9)),
+                     "seconds_per_batch": float(np.mean(seconds[lr, iters, tol]))})
     return rows
 
 
@@ -131,6 +133,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--batches", type=int, default=4, help="training batches per seed")
     parser.add_argument("--iters", nargs="+", type=int, default=[25, 50, 100, 200, 300, 500])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.1], help="solve()'s learning rates to measure")
+    parser.add_argument("--no-labels", action="store_true", help="the solver steps only (no label quality)")
     parser.add_argument("--eta-soft", type=float, help="default: the trainer's eta")
     parser.add_argument("--eta-hard", type=float, help="default: the trainer's eta")
     parser.add_argument("--label-iters", type=int, help="the soft solve's iters for label quality (default: "
@@ -141,23 +145,30 @@ def main(argv=None):
     step_rows, label_rows = [], []
     for seed in args.seeds:
         cases, reg = problems(os.path.join(args.runs, "warmup", f"seed{seed}", "last.pt"), args.batches)
-        rows = solver_steps(cases, reg, args.iters)
+        rows = solver_steps(cases, reg, args.iters, args.lrs)
         step_rows += [{"seed": seed, **row} for row in rows]
+        if args.no_labels:
+            continue
         iters = args.label_iters or next((r["iters"] for r in rows if r["median_gap"] <= 1e-2), args.iters[-1])
         quality = label_quality(cases, reg, iters, args.eta_soft or reg.eta, args.eta_hard or reg.eta)
         label_rows += [{"seed": seed, "labels": name, "rv": round(d[0], 4), "myo": round(d[1], 4),
                         "lv": round(d[2], 4), "mean": round(float(np.nanmean(d)), 4)} for name, d in quality.items()]
     os.makedirs(args.out, exist_ok=True)
     for name, rows in (("solver_steps.csv", step_rows), ("label_quality.csv", label_rows)):
+        if not rows:
+            continue
         with open(os.path.join(args.out, name), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    print("iters | median gap | p90 gap | s / batch (over seeds)")
-    for iters in args.iters:
-        rs = [r for r in step_rows if r["iters"] == iters]
-        print(f"{iters} | {np.median([r['median_gap'] for r in rs]):.4g} | {np.median([r['p90_gap'] for r in rs]):.4g}"
-              f" | {np.mean([r['seconds_per_batch'] for r in rs]):.3f}")
+    print("lr | iters | median gap | p90 gap | s / batch (over seeds)")
+    for lr in args.lrs:
+        for iters in args.iters:
+            rs = [r for r in step_rows if r["iters"] == iters and r["lr"] == lr]
+            print(f"{lr:g} | {iters} | {np.median([r['median_gap'] for r in rs]):.4g} | "
+                  f"{np.median([r['p90_gap'] for r in rs]):.4g} | {np.mean([r['seconds_per_batch'] for r in rs]):.3f}")
+    if args.no_labels:
+        return
     print("labels | RV | Myo | LV | mean (over seeds)")
     for name in ("network", "soft", "hard"):
         rs = [r for r in label_rows if r["labels"] == name]
