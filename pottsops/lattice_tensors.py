@@ -16,6 +16,7 @@ table:
 
 Everything is sorted, never atomically accumulated, so results are bitwise reproducible.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ class Lattice:
     neighbors: torch.Tensor  # (M, d+1, 2): minus and plus neighbour along each direction, -1 if absent
 
 
+@functools.lru_cache(maxsize=None)
 def _subsets(d, device):
     """The sets T of at most REACH of the d+1 directions: their key offsets sum_{j in T} minus_j (S, d+1)
     (image coordinate 0; minus_j adds d to coordinate j, -1 to the others) and the links (L, 3): rows
