@@ -211,16 +211,15 @@ PACKED_LOG_EVERY = 10  # a packed run keeps every 10th step of its training log
 
 def pack_run(folder):
     """A finished run made small for committing: results.json gzipped, the training log gzipped with every
-    PACKED_LOG_EVERY-th step and the last (enough for the seconds per step the tables read), the panels and
-    the evaluation log removed; the checkpoints stay (git-ignored: a branch of a packed warm-up repeats it
+    PACKED_LOG_EVERY-th step and the last (enough for the seconds per step the tables read) and its numbers
+    to 5 significant digits (write_log), the panels and the evaluation log removed; the checkpoints stay (git-ignored: a branch of a packed warm-up repeats it
     where last.pt is gone, to the same weights).  The study reads packed runs as finished ones."""
     log = os.path.join(folder, "train_log.csv")
     if os.path.isfile(log):
         with open(log, newline="") as f:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for i, r in enumerate(rows[1:], 1) if i % PACKED_LOG_EVERY == 0 or i == len(rows) - 1]
-        with gzip.open(log + ".gz", "wt", newline="") as f:
-            csv.writer(f).writerows(kept)
+        write_log(log + ".gz", kept)
         os.remove(log)
     results = os.path.join(folder, "results.json")
     with open(results, "rb") as f, gzip.open(results + ".gz", "wb") as out:
@@ -229,6 +228,20 @@ def pack_run(folder):
     for name in ("panels.png", "eval_log.csv"):
         if os.path.isfile(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
+
+
+def write_log(path, rows):
+    """A CSV log (header first) gzipped, each number to 5 significant digits (the 17 digits of a float cost
+    most of a log's size and say nothing a table or a curve reads); integers and text stay as they are."""
+    def short(value):
+        try:
+            return value if value.lstrip("-").isdigit() else f"{float(value):.5g}"
+        except ValueError:
+            return value
+    with gzip.open(path, "wt", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0])
+        writer.writerows([short(v) for v in row] for row in rows[1:])
 
 
 def committed(path):
