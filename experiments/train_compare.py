@@ -147,9 +147,13 @@ def main(argv=None):
             if runs:
                 scores[setting] = float(np.mean([r["results"]["score"] for r in runs]))
                 tuning.append({"method": label, "setting": setting_text(setting), "seeds": len(runs),
-                               "tune_dice": round(scores[setting], 4)})
+                               "tune_dice": round(scores[setting], 4), "chosen": "", "edges": ""})
         if scores:
             chosen[label] = max(scores, key=scores.get)
+            for row in tuning:
+                if row["method"] == label and row["setting"] == setting_text(chosen[label]):
+                    row["chosen"] = "yes"
+                    row["edges"] = grid_edges(chosen[label], list(scores))  # the values that ran
     runs = []
     for seed in args.seeds:  # seed by seed: a study cut short leaves whole seeds, every method of them paired
         for label, method_args in methods.items():
@@ -190,6 +194,24 @@ def run_row(label, seed, setting, run, warmup_steps):
             "train_seconds": round(results["train_seconds"]), "seconds_per_step": seconds,
             "volumes": {name: float(np.nanmean(v)) for name, v in test["scores"].get("volumes", {}).items()},
             "history": results["history"], "out": run["out"], "command": run["command"], "held_out": "test" in results}
+
+
+def grid_edges(setting, settings):
+    """Which values of a chosen setting lie at an end of their flag's grid ('--lr top'), for the report: a
+    choice at an end may lie past the grid, which a further value would show."""
+    edges = []
+    for i, (flag, value) in enumerate(setting):
+        values = list(dict.fromkeys(s[i][1] for s in settings))
+        if len(values) > 1 and value in (values[0], values[-1]):
+            edges.append(f"{flag} {'lowest' if value == values[0] else 'highest'}")
+    return ", ".join(edges)
+
+
+def chosen_text(row):
+    """The tuning table's 'chosen' cell: yes, with the values at an end of their grid."""
+    if not row.get("chosen"):
+        return ""
+    return f"yes (at the end: {row['edges']})" if row.get("edges") else "yes"
 
 
 def setting_text(setting):
@@ -375,9 +397,10 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
     for label in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == label]
         mean = lambda key: float(np.mean([float(r[key]) for r in rs]))  # noqa: E731
-        sd = float(np.std([r["test_dice"] for r in rs], ddof=1)) if len(rs) > 1 else float("nan")
+        test = (f"{mean('test_dice'):.4f} ± {np.std([r['test_dice'] for r in rs], ddof=1):.4f}" if len(rs) > 1
+                else f"{mean('test_dice'):.4f} (one seed)")
         per_step = [r["seconds_per_step"] for r in rs if r["seconds_per_step"] != ""]
-        lines.append(f"| {label} | {rs[0]['setting'] or '-'} | {len(rs)} | {mean('test_dice'):.4f} ± {sd:.4f} | "
+        lines.append(f"| {label} | {rs[0]['setting'] or '-'} | {len(rs)} | {test} | "
                      f"{mean('rv'):.3f} | {mean('myo'):.3f} | {mean('lv'):.3f} | {mean('tune_dice'):.4f} | "
                      f"{np.mean(per_step) if per_step else float('nan'):.3f} |")
     if warmups:
@@ -386,9 +409,11 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
             lines += ["", f"The warm-up checkpoints themselves (step {args.warmup_steps}): test Dice "
                           f"{np.mean(scores):.4f} (mean of {len(scores)})."]
     if tuning:
-        lines += ["", "Tuning (validation split, tuning seeds only):", "", "| method | setting | seeds | tune Dice |",
-                  "|---|---|---|---|"] + [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} |"
-                                          for t in tuning]
+        lines += ["", "Tuning (validation split, tuning seeds only; chosen: the best of its method's grid, and which "
+                      "of its values lie at an end of their grid):", "",
+                  "| method | setting | seeds | tune Dice | chosen |", "|---|---|---|---|---|"]
+        lines += [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} | {chosen_text(t)} |"
+                  for t in tuning]
     if differences:
         lines += ["", "Paired differences of test Dice (A - B, same seeds; 95 % intervals: t over seeds, and a "
                       "bootstrap over seeds and test volumes; resolvable: the true difference a paired t test "
@@ -431,12 +456,12 @@ def measured_at_warmup(out):
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         lines += ["", "Solver steps on the same problems (soft's cd + cce; gap (E - E*) / (E* - L); median over the "
-                      "seeds of each seed's median):", "", "| steps | median gap | 90th percentile | s / batch |",
-                  "|---|---|---|---|"]
-        for iters in dict.fromkeys(r["iters"] for r in rows):
-            rs = [r for r in rows if r["iters"] == iters]
+                      "seeds of each seed's median):", "", "| solver lr | steps | median gap | 90th percentile | "
+                      "s / batch |", "|---|---|---|---|---|"]
+        for lr, iters in dict.fromkeys((r.get("lr", "default"), r["iters"]) for r in rows):
+            rs = [r for r in rows if r.get("lr", "default") == lr and r["iters"] == iters]
             median = lambda k: np.median([float(r[k]) for r in rs])  # noqa: E731
-            lines.append(f"| {iters} | {median('median_gap'):.4g} | {median('p90_gap'):.4g} | "
+            lines.append(f"| {lr} | {iters} | {median('median_gap'):.4g} | {median('p90_gap'):.4g} | "
                          f"{np.mean([float(r['seconds_per_batch']) for r in rs]):.3f} |")
     return lines
 

@@ -378,6 +378,27 @@ def test_compare_tunes_the_product_of_a_methods_grids():
         train_compare.product_grids(["soft-eta-0.1"])
 
 
+def test_the_report_names_a_choice_at_an_end_of_its_grid():
+    """A chosen value is flagged when it is the lowest or highest of its flag's values among the runs that
+    ran (an unrun value does not make a choice interior)."""
+    from experiments import train_compare
+    grid = train_compare.product_grids(["soft=lr:0.01,0.03,0.1", "soft=eta:0.01,0.03"])["soft"]
+    assert train_compare.grid_edges((("--lr", "0.03"), ("--eta", "0.01")), grid) == "--eta lowest"
+    assert train_compare.grid_edges((("--lr", "0.03"), ("--eta", "0.03")), grid[:4]) == "--lr highest, --eta highest"
+    assert train_compare.grid_edges((("--lr", "0.1"),), [(("--lr", "0.1"),)]) == ""  # a grid of one value
+    assert train_compare.chosen_text({"chosen": "yes", "edges": ""}) == "yes"
+    assert train_compare.chosen_text({"chosen": "", "edges": "--lr lowest"}) == ""
+
+
+def test_the_solver_steps_table_keeps_each_solver_learning_rate_apart(tmp_path):
+    from experiments import train_compare
+    rows = [{"seed": seed, "lr": lr, "iters": 100, "median_gap": gap, "p90_gap": gap, "seconds_per_batch": 0.1}
+            for seed in (0, 1) for lr, gap in (("0.1", 0.04), ("0.3", 0.01))]
+    train_compare.write_csv(str(tmp_path / "solver_steps.csv"), rows)
+    table = [line for line in train_compare.measured_at_warmup(str(tmp_path)) if line.startswith("| 0.")]
+    assert table == ["| 0.1 | 100 | 0.04 | 0.04 | 0.100 |", "| 0.3 | 100 | 0.01 | 0.01 | 0.100 |"]
+
+
 def test_a_branch_continues_the_warmup_exactly(tmp_path):
     """A pce branch from the warm-up's checkpoint ends with the weights of one uninterrupted pce run."""
     common = dict(method="pce", batch_size=2, crop=(32, 32), steps=4, synthetic_size=(4, 2), progress=False,

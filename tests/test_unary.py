@@ -169,6 +169,6 @@ def test_the_weighted_loss_with_nothing_to_weigh_is_zero():
     no_seeds = torch.full((1, 4, 4), 255)
     for kwargs in (dict(eta=0.0), dict(eta=0.3, mask=torch.zeros(1, 4, 4, dtype=torch.bool))):
         loss = pottsops.self_labeling_loss(logits, y, no_seeds, **kwargs)
-        assert float(loss) == 0.0
+        assert loss.item() == 0.0
         loss.backward()
         assert torch.isfinite(logits.grad).all()
