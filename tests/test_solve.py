@@ -329,6 +329,27 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
+@pytest.mark.skipif("cpu" not in FUSED, reason="the compiled CPU backend is not built")
+def test_the_dense_neighbourhood_steps_in_the_compiled_op_as_in_pytorch():
+    """A dense problem's energy comes through autograd, its step from the compiled op (Problem.step); the
+    PyTorch rule (reference.adaptive_step) gives the same loop: labels, energies and steps, float64."""
+    logits, image, seeds = problem(B=2, seed=5)
+    rule = [0.1, *loop.BETAS, loop.ADAM_EPS, solver_problem.LOG_FLOOR]
+    runs = []
+    for compiled in (True, False):
+        dense = make_problem(logits=logits.double(), image=image.double(), seeds=seeds, relaxation="q",
+                             neighborhood="dense", sigma_xy=3.0)
+        assert type(dense) is solver_problem.Problem and dense.compiled_step
+        dense.compiled_step = compiled
+        theta = dense.clamp_theta(torch.log_softmax(dense.logits, 1))
+        y = dense.clamp(torch.softmax(theta, 1)).contiguous()
+        runs.append(loop.adaptive_loop(dense, y, theta, 60, 1e-3, rule, dense.lower_bound(), []))
+    (y, energy, steps), (y_ref, energy_ref, steps_ref) = runs
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(energy, energy_ref, rtol=1e-12, atol=0)
+    assert torch.equal(steps, steps_ref)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA-graph loop runs in gpu_suite.sh")
 def test_cuda_graph_loop_gives_the_eager_loop():
     """On CUDA the loop replays windows of steps from a CUDA graph: the same result as the CPU loop."""

@@ -54,6 +54,9 @@ class Problem:
                                               backend, dense_method, "fp32", filled=True)  # by solve()
         else:
             self.potts_energy = functools.partial(potts_energy, image=image, **self.potts)
+        # the step rule in the compiled op where the backend is a compiled one (cpu, cuda), for any
+        # neighbourhood; in PyTorch (reference.adaptive_step, the same rule) elsewhere
+        self.compiled_step = _backend.resolve(backend, logits.device, GRID_BACKENDS, "solve") in ("cpu", "cuda")
 
     def clamp(self, y):
         """y with the scribbled pixels set to their one-hot labels."""
@@ -77,7 +80,8 @@ class Problem:
         return energy.detach(), torch.where(self.seeded[:, None], 0, grad).contiguous()
 
     def step(self, theta, m, v, y, grad, steps, scale, rule):
-        reference.adaptive_step(theta, m, v, y, grad, steps, scale, self.seed_ids, self.seeded, rule)
+        step = torch.ops.pottsops.adaptive_step if self.compiled_step else reference.adaptive_step
+        step(theta, m, v, y, grad, steps, scale, self.seed_ids, self.seeded, rule)
 
     def lower_bound(self):
         """Per image, eta times the sum over the unlabeled pixels of min_y H(y, sigma): the energy's constant
@@ -107,8 +111,6 @@ class FusedProblem(Problem):
         return torch.ops.pottsops.grid_solver_gradient(y, *self.grid_args, self.operand, self.unlabeled, self.seeded,
                                                        self.unary_index, self.eta, self.lam, EPS)
 
-    def step(self, theta, m, v, y, grad, steps, scale, rule):
-        torch.ops.pottsops.adaptive_step(theta, m, v, y, grad, steps, scale, self.seed_ids, self.seeded, rule)
 
 
 def grid_op_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, mask, weights, backend):
