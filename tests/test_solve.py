@@ -329,16 +329,19 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
-@pytest.mark.skipif("cpu" not in FUSED, reason="the compiled CPU backend is not built")
-def test_the_dense_neighbourhood_steps_in_the_compiled_op_as_in_pytorch():
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_the_dense_neighbourhood_steps_in_the_compiled_op_as_in_pytorch(backend):
     """A dense problem's energy comes through autograd, its step from the compiled op (Problem.step); the
     PyTorch rule (reference.adaptive_step) gives the same loop: labels, energies and steps, float64."""
-    logits, image, seeds = problem(B=2, seed=5)
+    if backend not in FUSED or (backend == "cuda" and not torch.cuda.is_available()):
+        pytest.skip(f"the compiled {backend} backend is not built or has no device here")
+    device = "cuda" if backend == "cuda" else "cpu"
+    logits, image, seeds = (t.to(device) for t in problem(B=2, seed=5))
     rule = [0.1, *loop.BETAS, loop.ADAM_EPS, solver_problem.LOG_FLOOR]
     runs = []
     for compiled in (True, False):
         dense = make_problem(logits=logits.double(), image=image.double(), seeds=seeds, relaxation="q",
-                             neighborhood="dense", sigma_xy=3.0)
+                             neighborhood="dense", sigma_xy=3.0, backend=backend)
         assert type(dense) is solver_problem.Problem and dense.compiled_step
         dense.compiled_step = compiled
         theta = dense.clamp_theta(torch.log_softmax(dense.logits, 1))
