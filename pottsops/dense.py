@@ -43,6 +43,25 @@ def lattice_energy(y, lattice_filter, mask, relaxation):
     return 0.5 * (forms[:, -1] - m.sum((1, 2, 3)) - cross + (m * y * y).sum((1, 2, 3)))
 
 
+def lattice_energy_and_gradient(y, lattice_filter, mask, relaxation, mask_terms):
+    """lattice_energy(y) (B,) for bl and q with its gradient with respect to y in closed form, from one
+    filtering of the K channels m y (A symmetric: d/dy of y.(A m y) over m is 2 m A m y); mask_terms =
+    (A m, sum_i m_i (A m)_i), which depend on the image alone (DenseEnergy makes them once).  What the solver
+    calls at every step, without autograd's graph."""
+    acc = reference.accumulation_dtype(y.dtype)
+    y = reference.widen(y)
+    m = mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1])
+    Am, mAm = mask_terms
+    my = m * y
+    filtered = lattice_filter(my)
+    cross = (my * filtered).sum((1, 2, 3))
+    if relaxation == "quadratic":
+        energy = 0.5 * ((m * (y * y).sum(1, keepdim=True) * Am).sum((1, 2, 3)) - cross)
+        return energy, m * (y * Am - filtered)
+    energy = 0.5 * (mAm - m.sum((1, 2, 3)) - cross + (m * y * y).sum((1, 2, 3)))
+    return energy, m * (y - filtered)
+
+
 def quadratic_form(values, lattice_filter):
     """Per image (B,) sum_i values_i . (A values)_i, with its gradient 2 A values (one filtering)."""
     return lattice_filter.quadratic(values)[1].sum(1)
@@ -66,8 +85,11 @@ class DenseEnergy:
         self.mask, self.relaxation, self.method, self.eps = mask, relaxation_name(relaxation), method, eps
         self.backend, self.precision = backend, precision
         self.filter = lattice.LatticeFilter(self.features, backend) if method == "lattice" else None
+        self.mask_terms = None
 
     def __call__(self, y):
+        if self.mask is not None:  # a masked-out pixel takes part in no pair; 1/K keeps nq's y/|y| finite
+            y = torch.where(self.mask.unsqueeze(1), y, 1.0 / y.shape[1])
         if self.method == "lattice":
             return lattice_energy(y, self.filter, self.mask, self.relaxation)
         impl = _backend.resolve(self.backend, y.device, EXACT_BACKENDS,
@@ -79,3 +101,15 @@ class DenseEnergy:
             return dense_potts.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps,
                                                   "ieee" if self.precision == "fp32" else self.precision)
         return reference.dense_potts_energy(y, self.features, self.mask, self.relaxation, self.eps)
+
+    def energy_and_gradient(self, y):
+        """(energy (B,), its gradient with respect to y) in closed form where the lattice computes a bl or q
+        energy (lattice_energy_and_gradient), else None: autograd's, through __call__, is the caller's."""
+        if self.method != "lattice" or self.relaxation not in ("bilinear", "quadratic"):
+            return None
+        if self.mask_terms is None:
+            acc = reference.accumulation_dtype(y.dtype)
+            m = self.mask.unsqueeze(1).to(acc) if self.mask is not None else torch.ones_like(y[:, :1], dtype=acc)
+            Am = self.filter(m)
+            self.mask_terms = (Am, (m * Am).sum((1, 2, 3)))
+        return lattice_energy_and_gradient(y, self.filter, self.mask, self.relaxation, self.mask_terms)

@@ -183,9 +183,9 @@ def _dense_potts(y_name, y, image, relaxation, sigma_rgb, sigma_xy, weights, mas
 
 def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, eps, backend, method, precision,
                   filled=False, y_name="y"):
-    """The arguments of a dense potts_energy checked, and y -> per-image energies (B,) for labels shaped like
-    `like`, with what depends on the image alone (bandwidths, lattice) made once: pottsops.solve calls it at
-    every step.  filled: the caller (solve) has checked image and mask and filled the masked-out pixels."""
+    """The arguments of a dense potts_energy checked, and the dense.DenseEnergy of labels shaped like `like`
+    (y -> per-image energies (B,)), with what depends on the image alone (bandwidths, lattice) made once:
+    pottsops.solve calls it at every step.  filled: the caller (solve) has checked image and mask and filled the masked-out pixels."""
     if image is None:
         raise ValueError("image: the dense neighbourhood needs an image (its weights are bilateral)")
     if weights is not None:
@@ -208,11 +208,8 @@ def prepare_dense(like, image, relaxation, sigma_rgb, sigma_xy, weights, mask, e
         lattice.check_lattice_channels(image)
     # one pass over the image: finite where mask is True (the rest is filled), within the lattice's range
     least = lattice.checked_bounds(image, sigma_xy, (2 * inv).sqrt(), where=mask, lattice=method == "lattice")
-    energy = dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
-                               precision, least)
-    if mask is None:
-        return energy
-    return lambda y: energy(torch.where(mask.unsqueeze(1), y, 1.0 / y.shape[1]))
+    return dense.DenseEnergy(image, mask, relaxation, sigma_xy, (0.5 / inv).sqrt(), method, float(eps), backend,
+                             precision, least)
 
 
 def affinity(image, neighborhood="nn4", *, sigma_rgb=9.0, sigma_xy=None, mask=None, backend="auto"):

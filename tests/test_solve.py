@@ -329,6 +329,25 @@ def test_compiled_cpu_loop_gives_the_python_loop(dtype, relaxation):
     assert torch.equal(alone[3][:, 0], python[3][:len(alone[3]), 1])
 
 
+@pytest.mark.parametrize("relaxation", ["q", "bl", "nq"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_dense_gradient_in_closed_form_is_autograds(relaxation, masked):
+    """The solver's dense bl and q gradients come in closed form (DenseEnergy.energy_and_gradient, one
+    filtering of m y): energy and gradient equal autograd's through the energy, float64; nq has none."""
+    logits, image, seeds = problem(B=2, seed=9)
+    mask = random_mask(logits.shape, keep=0.8, generator=torch.Generator().manual_seed(9)) if masked else None
+    dense = make_problem(logits=logits.double(), image=image.double(), seeds=seeds, relaxation=relaxation,
+                         neighborhood="dense", sigma_xy=4.0, lam=0.05, mask=mask)
+    y = torch.softmax(torch.randn(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), 1)
+    closed = dense.gradient(y)
+    has_closed_form = dense.potts_energy.energy_and_gradient(y) is not None
+    assert has_closed_form == (relaxation != "nq")
+    dense.potts_energy.energy_and_gradient = lambda y: None  # the instance's: autograd through __call__
+    autograd = dense.gradient(y)
+    torch.testing.assert_close(closed[0], autograd[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(closed[1], autograd[1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
 def test_the_dense_neighbourhood_steps_in_the_compiled_op_as_in_pytorch(backend):
     """A dense problem's energy comes through autograd, its step from the compiled op (Problem.step); the

@@ -72,11 +72,20 @@ class Problem:
         return self.eta * unary.sum((1, 2)) + self.lam * self.potts_energy(y)
 
     def gradient(self, y):
-        """(energy (B,), its gradient with respect to y, zero on the seeds)."""
+        """(energy (B,), its gradient with respect to y, zero on the seeds): the dense bl and q Potts terms in
+        closed form (dense.DenseEnergy.energy_and_gradient), the rest through autograd."""
+        closed = getattr(self.potts_energy, "energy_and_gradient", None)
+        potts = closed(y.detach()) if closed else None
         y = y.detach().requires_grad_()
         with torch.enable_grad():
-            energy = self.energy(y)
+            if potts is None:
+                energy = self.energy(y)
+            else:
+                energy = self.eta * unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none",
+                                               backend=self.backend).sum((1, 2))
             (grad,) = torch.autograd.grad(energy.sum(), y)
+        if potts is not None:
+            energy, grad = energy.detach() + self.lam * potts[0], grad + self.lam * potts[1]
         return energy.detach(), torch.where(self.seeded[:, None], 0, grad).contiguous()
 
     def step(self, theta, m, v, y, grad, steps, scale, rule):
