@@ -524,15 +524,23 @@ def test_without_the_data_folder_the_trainer_says_where_to_get_it_without_a_trac
 
 def test_the_time_budget_covers_the_evaluations_during_the_run(tmp_path, monkeypatch):
     """Issue 39: --time-budget 60 trained 2 steps and then evaluated for 12 minutes.  The evaluations during
-    the run now count against the budget (the final one runs after it): here each takes 3 s, the budget is
-    5 s and training alone would finish its 10 steps well within it."""
-    import time
+    the run now count against the budget (the final one runs after it).  On the loop's own clock (a fake one,
+    so that a busy machine changes nothing) a step costs 1 ms, each evaluation 3 s, the budget is 5 s: the
+    evaluations after epochs 1 and 2 (2 steps each) spend it, so the run stops in epoch 3, where training
+    alone would have finished its 10 steps."""
+    import types
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += 1e-3
+        return clock[0]
     real_evaluate = train.loop.evaluate
 
     def slow_evaluate(*args, **kwargs):
-        time.sleep(3.0)
+        clock[0] += 3.0
         return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(train.loop, "time", types.SimpleNamespace(perf_counter=perf_counter))
     monkeypatch.setattr(train.loop, "evaluate", slow_evaluate)
     config = _tiny(tmp_path, method="pce", epochs=5, time_budget=5.0, panels=0)
     results = train.loop.train(config)
-    assert results["steps"] < 10 and results["evaluation_seconds"] >= 3.0, results["steps"]
+    assert results["steps"] == 5 and 6.0 <= results["evaluation_seconds"] < 6.1, results
