@@ -138,7 +138,7 @@ def main(argv=None):
     tune_seeds = args.tune_seeds or args.seeds[:1]
 
     warmups = {seed: study.warmup(seed) for seed in dict.fromkeys(tune_seeds + args.seeds)}
-    tuning, chosen = [], {}
+    tuning, chosen, tuned = [], {}, []
     for label, settings in grids.items():
         scores = {}
         for setting in settings:
@@ -146,8 +146,12 @@ def main(argv=None):
             runs = [r for r in runs if r is not None]
             if runs:
                 scores[setting] = float(np.mean([r["results"]["score"] for r in runs]))
+                gains = [late_gain(r["results"], args.steps // LATE_FRACTION) for r in runs]
                 tuning.append({"method": label, "setting": setting_text(setting), "seeds": len(runs),
-                               "tune_dice": round(scores[setting], 4), "chosen": "", "edges": ""})
+                               "tune_dice": round(scores[setting], 4),
+                               "late_gain": round(float(np.mean(gains)), 4) if None not in gains else "",
+                               "chosen": "", "edges": ""})
+                tuned += [(label, setting_text(setting), r["results"]) for r in runs]
         if scores:
             chosen[label] = max(scores, key=scores.get)
             for row in tuning:
@@ -174,6 +178,8 @@ def main(argv=None):
     if differences:
         write_csv(os.path.join(out, "differences.csv"), differences)
     plot_curves(os.path.join(out, "curves.png"), args.name, runs, [w for w in warmups.values() if w])
+    if tuned:
+        plot_tuning_curves(os.path.join(out, "tuning_curves.png"), args.name, tuned)
     for label in methods:
         first = next((r for r in runs if r["method"] == label), None)
         if first and os.path.isfile(os.path.join(first["out"], "panels.png")):
@@ -194,6 +200,41 @@ def run_row(label, seed, setting, run, warmup_steps):
             "train_seconds": round(results["train_seconds"]), "seconds_per_step": seconds,
             "volumes": {name: float(np.nanmean(v)) for name, v in test["scores"].get("volumes", {}).items()},
             "history": results["history"], "out": run["out"], "command": run["command"], "held_out": "test" in results}
+
+
+LATE_FRACTION = 5  # the tuning table's late gain: the score's rise over the last fifth of a run's steps
+
+
+def late_gain(results, window):
+    """The tuning score's rise over a run's last `window` steps (final score less the last evaluation at or
+    before steps - window): near 0 where the curve has flattened.  None without such an evaluation."""
+    earlier = [h for h in results["history"] if h["step"] <= results["steps"] - window]
+    return results["score"] - earlier[-1]["score"] if earlier else None
+
+
+def plot_tuning_curves(path, name, tuned):
+    """Every grid run's validation score against steps, a panel per method: whether the tuning runs were
+    long enough (their curves flat at the end)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dict.fromkeys(label for label, _, _ in tuned))
+    columns = min(4, len(labels))
+    rows = -(-len(labels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False, sharey=True)
+    for ax, label in zip(axes.flat, labels):
+        for setting, results in [(s, r) for lab, s, r in tuned if lab == label]:
+            history = results["history"] + [{"step": results["steps"], "score": results["score"]}]
+            ax.plot([h["step"] for h in history], [h["score"] for h in history], "-", lw=1, label=setting or "-")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("validation score (tuning split)")
+    fig.suptitle(f"{name}: the tuning runs")
+    fig.tight_layout()
+    harness.save_figure(fig, path, dpi=90)
 
 
 def grid_edges(setting, settings):
@@ -409,10 +450,13 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
             lines += ["", f"The warm-up checkpoints themselves (step {args.warmup_steps}): test Dice "
                           f"{np.mean(scores):.4f} (mean of {len(scores)})."]
     if tuning:
+        window = args.steps // LATE_FRACTION
         lines += ["", "Tuning (validation split, tuning seeds only; chosen: the best of its method's grid, and which "
-                      "of its values lie at an end of their grid):", "",
-                  "| method | setting | seeds | tune Dice | chosen |", "|---|---|---|---|---|"]
-        lines += [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} | {chosen_text(t)} |"
+                      f"of its values lie at an end of their grid; late gain: the score's rise over the last {window} "
+                      "steps, near 0 where the curve is flat; every curve in tuning_curves.png):", "",
+                  "| method | setting | seeds | tune Dice | late gain | chosen |", "|---|---|---|---|---|---|"]
+        lines += [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} | "
+                  f"{t['late_gain'] if t['late_gain'] == '' else format(t['late_gain'], '+.4f')} | {chosen_text(t)} |"
                   for t in tuning]
     if differences:
         lines += ["", "Paired differences of test Dice (A - B, same seeds; 95 % intervals: t over seeds, and a "
@@ -425,8 +469,10 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
                   f"{d['per_seed']} |" for d in differences]
         lines += ["", "What the intervals support:", ""] + verdicts(differences, {r["method"] for r in runs})
     lines += measured_at_warmup(out)
-    lines += ["", "![validation score against steps](curves.png)", "",
-              "Commands (the study's command reruns nothing that finished and resumes what was cut short):", "",
+    lines += ["", "![validation score against steps](curves.png)", ""]
+    if tuning:
+        lines += ["![the tuning runs' validation scores against steps](tuning_curves.png)", ""]
+    lines += ["Commands (the study's command reruns nothing that finished and resumes what was cut short):", "",
               "```", command,
               *dict.fromkeys([w["command"] for w in warmups] + [r["command"] for r in runs]), "```", ""]
     with open(os.path.join(out, "report.md"), "w") as f:

@@ -343,6 +343,7 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     assert [d["pair"] for d in differences] == ["soft-q-pce"] and differences[0]["n_seeds"] == "2"
     report = (out / "tiny" / "report.md").read_text()
     assert "| soft-q |" in report and "| soft | 0.400 | 0.500 | 0.600 | 0.500 | 0.400–0.600 |" in report
+    assert "tuning_curves.png" in report and (out / "tiny" / "tuning_curves.png").stat().st_size > 0
     stamp = os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json")
     train_compare.main(argv)  # everything finished: nothing reruns
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
@@ -388,6 +389,14 @@ def test_the_report_names_a_choice_at_an_end_of_its_grid():
     assert train_compare.grid_edges((("--lr", "0.1"),), [(("--lr", "0.1"),)]) == ""  # a grid of one value
     assert train_compare.chosen_text({"chosen": "yes", "edges": ""}) == "yes"
     assert train_compare.chosen_text({"chosen": "", "edges": "--lr lowest"}) == ""
+
+
+def test_the_late_gain_is_the_rise_over_a_runs_last_steps():
+    from experiments import train_compare
+    results = {"steps": 1500, "score": 0.80, "history": [{"step": s, "score": v} for s, v in
+                                                          ((400, 0.60), (1100, 0.70), (1200, 0.75), (1400, 0.79))]}
+    assert train_compare.late_gain(results, 300) == pytest.approx(0.05)  # against step 1200's evaluation
+    assert train_compare.late_gain(results, 1200) is None  # no evaluation at or before step 300
 
 
 def test_the_solver_steps_table_keeps_each_solver_learning_rate_apart(tmp_path):
