@@ -202,14 +202,19 @@ def run_row(label, seed, setting, run, warmup_steps):
             "history": results["history"], "out": run["out"], "command": run["command"], "held_out": "test" in results}
 
 
-LATE_FRACTION = 5  # the tuning table's late gain: the score's rise over the last fifth of a run's steps
+LATE_FRACTION = 5  # the tuning table's late gain: over the last fifth of a run's steps
 
 
 def late_gain(results, window):
-    """The tuning score's rise over a run's last `window` steps (final score less the last evaluation at or
-    before steps - window): near 0 where the curve has flattened.  None without such an evaluation."""
-    earlier = [h for h in results["history"] if h["step"] <= results["steps"] - window]
-    return results["score"] - earlier[-1]["score"] if earlier else None
+    """How much the tuning score still rose at the end of a run: the mean of its evaluations (the final one
+    included) in the last `window` steps less the mean of those in the `window` steps before (means, not two
+    single evaluations, which move by about 0.02 from one epoch to the next here).  Near 0 where the curve
+    is flat; None where a window holds no evaluation."""
+    points = results["history"] + [{"step": results["steps"], "score": results["score"]}]
+    end = results["steps"]
+    last = [h["score"] for h in points if end - window < h["step"] <= end]
+    before = [h["score"] for h in points if end - 2 * window < h["step"] <= end - window]
+    return float(np.mean(last) - np.mean(before)) if last and before else None
 
 
 def plot_tuning_curves(path, name, tuned):
@@ -379,6 +384,9 @@ def verdicts(differences, labels):
     lines = []
     for pair, row in by.items():
         a, b = split_pair(pair, labels)
+        if row["n_seeds"] < 2:
+            lines.append(f"- {a} against {b}: {row['mean']:+.4f} on one seed, which supports no claim")
+            continue
         word = {1: "better than", -1: "worse than", 0: "not distinguishable from"}[sign(row)]
         lines.append(f"- {a} is {word} {b}: {row['mean']:+.4f} (t {row['ci_low']:+.4f} .. {row['ci_high']:+.4f}; "
                      f"bootstrap {row['boot_low']:+.4f} .. {row['boot_high']:+.4f}; {row['n_seeds']} seeds)")
@@ -452,8 +460,9 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
     if tuning:
         window = args.steps // LATE_FRACTION
         lines += ["", "Tuning (validation split, tuning seeds only; chosen: the best of its method's grid, and which "
-                      f"of its values lie at an end of their grid; late gain: the score's rise over the last {window} "
-                      "steps, near 0 where the curve is flat; every curve in tuning_curves.png):", "",
+                      f"of its values lie at an end of their grid; late gain: the mean score over the last {window} "
+                      f"steps less that over the {window} before, near 0 where the curve is flat; every curve in "
+                      "tuning_curves.png):", "",
                   "| method | setting | seeds | tune Dice | late gain | chosen |", "|---|---|---|---|---|---|"]
         lines += [f"| {t['method']} | {t['setting']} | {t['seeds']} | {t['tune_dice']:.4f} | "
                   f"{t['late_gain'] if t['late_gain'] == '' else format(t['late_gain'], '+.4f')} | {chosen_text(t)} |"
@@ -464,9 +473,10 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
                       "detects with 80 % power given the measured spread):", "",
                   "| pair | mean | t interval | bootstrap interval | seeds | resolvable | per seed |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {d['pair']} | {d['mean']:+.4f} | {d['ci_low']:+.4f} .. {d['ci_high']:+.4f} | "
-                  f"{d['boot_low']:+.4f} .. {d['boot_high']:+.4f} | {d['n_seeds']} | {d['resolvable']:.4f} | "
-                  f"{d['per_seed']} |" for d in differences]
+        lines += [f"| {d['pair']} | {d['mean']:+.4f} | " + (
+                  f"{d['ci_low']:+.4f} .. {d['ci_high']:+.4f} | {d['boot_low']:+.4f} .. {d['boot_high']:+.4f} | "
+                  f"{d['n_seeds']} | {d['resolvable']:.4f} |" if d["n_seeds"] > 1 else
+                  f"- | - | {d['n_seeds']} | - (one seed) |") + f" {d['per_seed']} |" for d in differences]
         lines += ["", "What the intervals support:", ""] + verdicts(differences, {r["method"] for r in runs})
     lines += measured_at_warmup(out)
     lines += ["", "![validation score against steps](curves.png)", ""]

@@ -394,9 +394,10 @@ def test_the_report_names_a_choice_at_an_end_of_its_grid():
 def test_the_late_gain_is_the_rise_over_a_runs_last_steps():
     from experiments import train_compare
     results = {"steps": 1500, "score": 0.80, "history": [{"step": s, "score": v} for s, v in
-                                                          ((400, 0.60), (1100, 0.70), (1200, 0.75), (1400, 0.79))]}
-    assert train_compare.late_gain(results, 300) == pytest.approx(0.05)  # against step 1200's evaluation
-    assert train_compare.late_gain(results, 1200) is None  # no evaluation at or before step 300
+                                                          ((400, 0.60), (1000, 0.70), (1100, 0.72), (1300, 0.76))]}
+    # the last 300 steps (1201-1500): 0.76 and 0.80; the 300 before (901-1200): 0.70 and 0.72
+    assert train_compare.late_gain(results, 300) == pytest.approx(0.78 - 0.71)
+    assert train_compare.late_gain(results, 100) is None  # no evaluation in steps 1301-1400
 
 
 def test_the_solver_steps_table_keeps_each_solver_learning_rate_apart(tmp_path):
