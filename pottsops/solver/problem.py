@@ -66,10 +66,14 @@ class Problem:
         """Pseudo-logits with the scribbled pixels' set to their labels' (0 and LOG_FLOOR), as the step expects."""
         return torch.where(self.seeded[:, None], (1 - self.one_hot) * LOG_FLOOR, theta).contiguous()
 
+    def unary_energy(self, y):
+        """Per-image eta times the unary summed over the unlabeled pixels (B,)."""
+        unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
+        return self.eta * unary.sum((1, 2))
+
     def energy(self, y):
         """Per-image energy (B,) of the clamped labels y."""
-        unary = unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none", backend=self.backend)
-        return self.eta * unary.sum((1, 2)) + self.lam * self.potts_energy(y)
+        return self.unary_energy(y) + self.lam * self.potts_energy(y)
 
     def gradient(self, y):
         """(energy (B,), its gradient with respect to y, zero on the seeds): the dense bl and q Potts terms in
@@ -78,11 +82,7 @@ class Problem:
         potts = closed(y.detach()) if closed else None
         y = y.detach().requires_grad_()
         with torch.enable_grad():
-            if potts is None:
-                energy = self.energy(y)
-            else:
-                energy = self.eta * unary_loss(self.logits, y, self.unary, mask=self.unlabeled, reduction="none",
-                                               backend=self.backend).sum((1, 2))
+            energy = self.energy(y) if potts is None else self.unary_energy(y)
             (grad,) = torch.autograd.grad(energy.sum(), y)
         if potts is not None:
             energy, grad = energy.detach() + self.lam * potts[0], grad + self.lam * potts[1]
@@ -119,7 +119,6 @@ class FusedProblem(Problem):
     def gradient(self, y):
         return torch.ops.pottsops.grid_solver_gradient(y, *self.grid_args, self.operand, self.unlabeled, self.seeded,
                                                        self.unary_index, self.eta, self.lam, EPS)
-
 
 
 def grid_op_args(logits, image, neighborhood, relaxation, sigma_rgb, sigma_xy, mask, weights, backend):
