@@ -27,11 +27,16 @@ EXACT_BACKENDS = ("triton", "reference")
 PRECISIONS = ("fp32", "tf32", "bf16")  # of the exact method's label products on the triton backend
 
 
+def pixel_weights(y, mask):
+    """m (B, 1, H, W) in y's accumulation type: the mask as 0/1, or ones."""
+    acc = reference.accumulation_dtype(y.dtype)
+    return mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1], dtype=acc)
+
+
 def lattice_energy(y, lattice_filter, mask, relaxation):
     """Per-image dense energy (B,) through one filtering of K + 1 channels (see the module's docstring)."""
-    acc = reference.accumulation_dtype(y.dtype)
     y = reference.widen(y)
-    m = mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1])
+    m = pixel_weights(y, mask)
     if relaxation == "normalized_quadratic":  # masked pixels hold 1/K (potts_energy), never 0
         y = y / y.norm(dim=1, keepdim=True)
     filtered, forms = lattice_filter.quadratic(torch.cat([m * y, m], 1))
@@ -48,9 +53,8 @@ def lattice_energy_and_gradient(y, lattice_filter, mask, relaxation, mask_terms)
     filtering of the K channels m y (A symmetric: d/dy of y.(A m y) over m is 2 m A m y); mask_terms =
     (A m, sum_i m_i (A m)_i), which depend on the image alone (DenseEnergy makes them once).  What the solver
     calls at every step, without autograd's graph."""
-    acc = reference.accumulation_dtype(y.dtype)
     y = reference.widen(y)
-    m = mask.unsqueeze(1).to(acc) if mask is not None else torch.ones_like(y[:, :1])
+    m = pixel_weights(y, mask)
     Am, mAm = mask_terms
     my = m * y
     filtered = lattice_filter(my)
@@ -108,8 +112,7 @@ class DenseEnergy:
         if self.method != "lattice" or self.relaxation not in ("bilinear", "quadratic"):
             return None
         if self.mask_terms is None:
-            acc = reference.accumulation_dtype(y.dtype)
-            m = self.mask.unsqueeze(1).to(acc) if self.mask is not None else torch.ones_like(y[:, :1], dtype=acc)
+            m = pixel_weights(y, self.mask)
             Am = self.filter(m)
             self.mask_terms = (Am, (m * Am).sum((1, 2, 3)))
         return lattice_energy_and_gradient(y, self.filter, self.mask, self.relaxation, self.mask_terms)
