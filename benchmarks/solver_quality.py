@@ -61,7 +61,7 @@ TIME_GRID = [round(10 ** (e / 10), 4) for e in range(-30, 11)]  # 1 ms .. 10 s
 RUN_FIELDS = ["dataset", "image", "start", "relaxation", "unary", "neighborhood", "method", "label", "seconds",
               "iterations", "energy", "lower", "start_energy", "best", "gap", "seconds_to_1e-2", "seconds_to_1e-3",
               "steps_to_1e-2",
-              "steps_to_1e-3", "check", "confusion"]
+              "steps_to_1e-3", "check", "class_counts"]
 
 
 DEVICE = torch.device("cpu")  # where solve() and the plain loop run (--device); energies are checked on the CPU
@@ -161,10 +161,16 @@ def random_walker(problem):
     return y.permute(2, 0, 1)[None].float(), time.perf_counter() - start
 
 
-def confusion(y, labels, classes):
+def class_counts(y, labels, classes):
+    """The labels' true positives, false positives and false negatives per class against the ground truth, as
+    one line of 3 x classes integers (what mIoU and Dice pooled over images need; the whole confusion matrix
+    took most of runs.csv.gz)."""
     valid = labels != 255
-    pred = y[0].argmax(0)
-    return torch.bincount(labels[valid] * classes + pred[valid], minlength=classes * classes)
+    pred, truth = y[0].argmax(0)[valid], labels[valid]
+    tp = torch.bincount(truth[pred == truth], minlength=classes)
+    fp = torch.bincount(pred, minlength=classes) - tp
+    fn = torch.bincount(truth, minlength=classes) - tp
+    return " ".join(map(str, torch.cat([tp, fp, fn]).tolist()))
 
 
 def gaps(problem, curve, final_energy, best):
@@ -227,12 +233,12 @@ def run_config(images, dataset, start, relaxation, unary, neighborhood, args, be
                                               f"{problem.gap(energy, lowest):.3e}",
                                               *(f"{r[0]:.4f}" if r else "" for r in reached),
                                               *(str(r[1]) if r else "" for r in reached), problem.check(y),
-                                              " ".join(map(str, confusion(y, labels, classes).tolist()))))))
+                                              class_counts(y, labels, classes)))))
         walker = args.baseline_images > 0 and neighborhood == args.neighborhoods[0]
         if walker and start == "zero" and (relaxation, unary) == CONFIGS[0]:
             y, seconds = random_walker(problem)
             rows.append(dict(zip(RUN_FIELDS, (*problem.key, WALKER, args.label, f"{seconds:.4f}", 0, *[""] * 10,
-                                              " ".join(map(str, confusion(y, labels, classes).tolist()))))))
+                                              class_counts(y, labels, classes)))))
     return rows, curves
 
 

@@ -23,6 +23,7 @@ present, then the tables, the verdicts, the curves and the commands), curves.png
 import argparse
 import csv
 import gzip
+import io
 import json
 import os
 import platform
@@ -96,7 +97,7 @@ class Study:
         folder = "-".join(f"{flag.lstrip('-')}{value}" for flag, value in setting) or "default"
         out = os.path.join(self.root, label, folder, f"seed{seed}")
         start = os.path.join(self.root, "warmup", f"seed{seed}", "last.pt")
-        finished = committed(os.path.join(out, "results.json")) is not None
+        finished = read_results(out) is not None
         if not finished and not self.args.table_only and not os.path.isfile(start):
             # the finished runs are committed without their checkpoints: a new branch of an old seed repeats
             # its warm-up, which gives the same weights (runs on the CPU are reproducible bit for bit)
@@ -267,76 +268,81 @@ def setting_text(setting):
 
 def _branch_seconds(out, warmup_steps):
     """Mean seconds per training step after the warm-up (forward, loss with its solve, backward, update)."""
-    rows = read_log(os.path.join(out, "train_log.csv"))
+    rows = read_log(out)
     if rows is None:
         return ""
     seconds = [float(row["seconds"]) for row in rows if int(row["step"]) > warmup_steps]
     return round(float(np.mean(seconds)), 4) if seconds else ""
 
 
-PACKED_LOG_EVERY = 10  # a packed run keeps every 10th step of its training log
+PACKED_LOG_EVERY = 20  # a packed run keeps every 20th step of its training log (10th in runs packed before 2026-12-07)
+PACKED = "run.json.gz"  # a packed run's one file
 
 
 def pack_run(folder):
-    """A finished run made small for committing: results.json gzipped, the training log gzipped with every
-    PACKED_LOG_EVERY-th step and the last (enough for the seconds per step the tables read) and its numbers
-    to 5 significant digits (write_log), the panels and the evaluation log removed; the checkpoints stay (git-ignored: a branch of a packed warm-up repeats it
-    where last.pt is gone, to the same weights).  The study reads packed runs as finished ones."""
+    """A finished run made small for committing: one file, PACKED, a gzipped JSON object of the run's files by
+    name: config.json and results.json (parsed), the training log (text) with every PACKED_LOG_EVERY-th step and
+    the last (enough for the seconds per step and the curves the tables read), its numbers to 5 significant
+    digits (short_log).  The panels and the evaluation log (results.json's history has its rows) go.  One file,
+    not three, because a small file takes a whole disk block.  The checkpoints stay (git-ignored: a branch of a
+    packed warm-up repeats it where last.pt is gone, to the same weights).  The study reads packed runs as finished ones (read_results, read_log)."""
+    packed = {}
+    for name in ("config.json", "results.json"):
+        with open(os.path.join(folder, name)) as f:
+            packed[name] = json.load(f)
     log = os.path.join(folder, "train_log.csv")
     if os.path.isfile(log):
         with open(log, newline="") as f:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for i, r in enumerate(rows[1:], 1) if i % PACKED_LOG_EVERY == 0 or i == len(rows) - 1]
-        write_log(log + ".gz", kept)
-        os.remove(log)
-    results = os.path.join(folder, "results.json")
-    with open(results, "rb") as f, gzip.open(results + ".gz", "wb") as out:
-        out.write(f.read())
-    os.remove(results)
-    for name in ("panels.png", "eval_log.csv"):
+        packed["train_log.csv"] = short_log(kept)
+    temporary = os.path.join(folder, PACKED + ".tmp")
+    with gzip.open(temporary, "wt") as f:
+        json.dump(packed, f, separators=(",", ":"))
+    os.replace(temporary, os.path.join(folder, PACKED))
+    for name in ("config.json", "results.json", "train_log.csv", "eval_log.csv", "panels.png"):
         if os.path.isfile(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
 
 
-def write_log(path, rows):
-    """A CSV log (header first) gzipped, each number to 5 significant digits (the 17 digits of a float cost
-    most of a log's size and say nothing a table or a curve reads); integers and text stay as they are."""
+def short_log(rows):
+    """A CSV log (header first) as text, each number to 5 significant digits (the 17 digits of a float cost most
+    of a log's size and say nothing a table or a curve reads); integers and text stay as they are."""
     def short(value):
         try:
             return value if value.lstrip("-").isdigit() else f"{float(value):.5g}"
         except ValueError:
             return value
-    with gzip.open(path, "wt", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(rows[0])
-        writer.writerows([short(v) for v in row] for row in rows[1:])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(rows[0])
+    writer.writerows([short(v) for v in row] for row in rows[1:])
+    return text.getvalue()
 
 
-def committed(path):
-    """path, or its gzipped copy PATH.gz (committed results keep a run's logs and results so), or None."""
-    return next((name for name in (path, path + ".gz") if os.path.isfile(name)), None)
-
-
-def _read_text(path):
-    return (gzip.open if path.endswith(".gz") else open)(path, "rt", newline="")
-
-
-def read_log(path):
-    """The rows of a run's CSV log (or of its gzipped copy), or None."""
-    found = committed(path)
-    if found is None:
+def read_run_file(folder, name):
+    """The text of a run's file `name`: the file itself while the run is unpacked, else its entry in PACKED (a
+    parsed JSON value for the .json files), or None where the run has neither."""
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            return json.load(f) if name.endswith(".json") else f.read()
+    packed = os.path.join(folder, PACKED)
+    if not os.path.isfile(packed):
         return None
-    with _read_text(found) as f:
-        return list(csv.DictReader(f))
+    with gzip.open(packed, "rt") as f:
+        return json.load(f).get(name)
+
+
+def read_log(folder, name="train_log.csv"):
+    """The rows of a run's CSV log (read_run_file), or None."""
+    text = read_run_file(folder, name)
+    return None if text is None else list(csv.DictReader(io.StringIO(text, newline="")))
 
 
 def read_results(folder):
-    """A finished run's results.json (or its gzipped copy), or None."""
-    found = committed(os.path.join(folder, "results.json"))
-    if found is None:
-        return None
-    with _read_text(found) as f:
-        return json.load(f)
+    """A finished run's results.json (read_run_file), or None."""
+    return read_run_file(folder, "results.json")
 
 
 def paired_differences(runs, pairs):

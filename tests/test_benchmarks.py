@@ -117,3 +117,19 @@ def test_first_light_without_a_gpu_writes_env_and_stops(tmp_path):
     assert "torch " in env and "commit " in env and "python " in env, env
     assert sorted(p.name for p in tmp_path.iterdir()) == ["env.txt"]
     assert seconds < 60, seconds
+
+
+def test_solver_quality_counts_give_the_pooled_miou_and_dice_of_the_labels():
+    """class_counts (tp, fp, fn per class; 255 ignored) pooled over images by solver_report.quality give the
+    mIoU over present classes and the foreground Dice, worked out by hand here."""
+    from benchmarks import solver_quality, solver_report
+    labels = torch.tensor([[0, 0, 1], [1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1], [1, 1, 0]])
+    y = torch.nn.functional.one_hot(pred, 4).permute(2, 0, 1)[None].float()
+    counts = solver_quality.class_counts(y, labels, 4)
+    assert counts == "1 2 0 0 0 2 0 0 1 0 1 0"  # tp 1 2 0 0 | fp 0 2 0 0 | fn 1 0 1 0
+    rows = [{"class_counts": counts}, {"class_counts": counts}]
+    # IoU over the present classes 0, 1, 2: 1/2, 2/4, 0 (class 3 absent from the truth)
+    assert solver_report.quality(rows, "camvid") == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    # Dice of classes 1-3: 8/12, 0, 0 (no class 3 anywhere: 0 / max(0, 1))
+    assert solver_report.quality(rows, "acdc") == pytest.approx((2 / 3 + 0 + 0) / 3)

@@ -361,9 +361,15 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     table = lambda: [{k: v for k, v in r.items() if k != "seconds_per_step"}  # noqa: E731
                      for r in csv.DictReader(open(out / "tiny" / "runs.csv"))]
     before = table()
+    packed = str(runs / "tiny" / "pce" / "default" / "seed0")
+    files = {name: train_compare.read_run_file(packed, name) for name in ("config.json", "results.json")}
+    log = train_compare.read_log(packed)
     train_compare.main(["--pack"] + grown)
-    packed = runs / "tiny" / "pce" / "default" / "seed0"
-    assert sorted(os.listdir(packed)) == ["config.json", "last.pt", "results.json.gz", "train_log.csv.gz"]
+    assert sorted(os.listdir(packed)) == ["last.pt", "run.json.gz"]  # one file: a small file costs a disk block
+    assert {name: train_compare.read_run_file(packed, name) for name in files} == files
+    (last,) = train_compare.read_log(packed)  # of 2 steps, the thinned log keeps the last
+    assert last.keys() == log[-1].keys() and last["step"] == log[-1]["step"]
+    assert float(last["loss"]) == pytest.approx(float(log[-1]["loss"]), rel=1e-4)  # to 5 significant digits
     assert table() == before
 
 
