@@ -115,6 +115,9 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--tune-seeds", nargs="+", type=int, help="seeds the grids run on (default: the first)")
     parser.add_argument("--grid", action="append", default=[], help="LABEL=FLAG:V1,V2 (tuned on the val split)")
+    parser.add_argument("--grid-point", action="append", default=[],
+                        help="LABEL=FLAG:V,FLAG:V: one more setting of a method's grid, beside the product of its "
+                             "--grid values (to take a choice at an end past it without a whole row of runs)")
     parser.add_argument("--warmup-steps", type=int, required=True, help="pCE steps shared by every method")
     parser.add_argument("--steps", type=int, required=True, help="steps of each method after the warm-up")
     parser.add_argument("--pairs", nargs="*", default=list(PAIRS), help="A-B: differences to report")
@@ -132,7 +135,7 @@ def main(argv=None):
         args.table_only = True
     study = Study(args, [a for a in args.train_args if a != "--"])
     methods = dict(map(parse_method, args.methods))
-    grids = product_grids(args.grid)
+    grids = add_grid_points(product_grids(args.grid), args.grid_point)
     unknown = set(grids) - set(methods)
     if unknown:
         raise SystemExit(f"--grid: {sorted(unknown)} not among --methods")
@@ -243,12 +246,28 @@ def plot_tuning_curves(path, name, tuned):
     harness.save_figure(fig, path, dpi=90)
 
 
+def add_grid_points(grids, specs):
+    """grids with each 'soft=lr:0.3,eta:0.01' appended to its label's settings (flags as in its --grid, in their
+    order), unless it is there already."""
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        try:
+            point = tuple(("--" + flag.lstrip("-"), value) for flag, value in (p.split(":", 1) for p in rest.split(",")))
+        except ValueError:
+            raise SystemExit(f"--grid-point: expected LABEL=FLAG:V,FLAG:V, got {spec!r}") from None
+        if label not in grids or [f for f, _ in point] != [f for f, _ in grids[label][0]]:
+            raise SystemExit(f"--grid-point {spec!r}: give one value of each flag of {label}'s --grid, in its order")
+        if point not in grids[label]:
+            grids[label].append(point)
+    return grids
+
+
 def grid_edges(setting, settings):
     """Which values of a chosen setting lie at an end of their flag's grid ('--lr top'), for the report: a
     choice at an end may lie past the grid, which a further value would show."""
     edges = []
     for i, (flag, value) in enumerate(setting):
-        values = list(dict.fromkeys(s[i][1] for s in settings))
+        values = sorted(dict.fromkeys(s[i][1] for s in settings), key=float)
         if len(values) > 1 and value in (values[0], values[-1]):
             edges.append(f"{flag} {'lowest' if value == values[0] else 'highest'}")
     return ", ".join(edges)

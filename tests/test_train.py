@@ -383,6 +383,13 @@ def test_compare_tunes_the_product_of_a_methods_grids():
     assert train_compare.setting_text(grids["soft"][1]) == "--lr 0.01 --eta 0.3"
     with pytest.raises(SystemExit, match="LABEL=FLAG"):
         train_compare.product_grids(["soft-eta-0.1"])
+    # a point past an end of the product, once; a repeated one adds nothing
+    grown = train_compare.add_grid_points(grids, ["soft=lr:0.1,eta:0.1", "soft=lr:0.01,eta:0.1"])
+    assert grown["soft"][4:] == [(("--lr", "0.1"), ("--eta", "0.1"))] and len(grown["soft"]) == 5
+    assert train_compare.grid_edges((("--lr", "0.03"), ("--eta", "0.1")), grown["soft"]) == "--eta lowest"
+    for bad in ("soft=eta:0.1,lr:0.1", "soft=lr:0.1", "gd=lr:0.1", "soft=lr0.1,eta:0.1"):
+        with pytest.raises(SystemExit, match="--grid-point"):
+            train_compare.add_grid_points(grids, [bad])
 
 
 def test_the_report_names_a_choice_at_an_end_of_its_grid():
