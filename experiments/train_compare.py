@@ -384,6 +384,12 @@ def paired_differences(runs, pairs):
                      "boot_low": round(boot[0], 4), "boot_high": round(boot[1], 4), "n_seeds": len(seeds),
                      "resolvable": round(paired_stats.smallest_resolvable(per_seed), 4),
                      "per_seed": " ".join(f"{d:+.4f}" for d in per_seed)})
+        for part in ("rv", "myo", "lv"):  # the classes' differences, each with its t interval over seeds
+            if all(by[m, s][part] != "" for s in seeds for m in (a, b)):
+                part_mean, part_low, part_high = paired_stats.t_interval([by[a, s][part] - by[b, s][part]
+                                                                          for s in seeds])
+                rows[-1].update({f"{part}_mean": round(part_mean, 4), f"{part}_low": round(part_low, 4),
+                                 f"{part}_high": round(part_high, 4)})
     return rows
 
 
@@ -502,6 +508,14 @@ def write_report(out, args, command, runs, tuning, differences, warmups):
                   f"{d['ci_low']:+.4f} .. {d['ci_high']:+.4f} | {d['boot_low']:+.4f} .. {d['boot_high']:+.4f} | "
                   f"{d['n_seeds']} | {d['resolvable']:.4f} |" if d["n_seeds"] > 1 else
                   f"- | - | {d['n_seeds']} | - (one seed) |") + f" {d['per_seed']} |" for d in differences]
+        by_class = [d for d in differences if d["n_seeds"] > 1 and "rv_mean" in d]
+        if by_class:
+            cell = lambda d, k: f"{d[k + '_mean']:+.3f} ({d[k + '_low']:+.3f} .. {d[k + '_high']:+.3f})"  # noqa: E731
+            lines += ["", "Per class (paired differences of each class's test Dice, A - B; 95 % t interval over "
+                          "seeds; pairs with more than one seed):", "", "| pair | seeds | RV | Myo | LV |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {d['pair']} | {d['n_seeds']} | {cell(d, 'rv')} | {cell(d, 'myo')} | {cell(d, 'lv')} |"
+                      for d in by_class]
         lines += ["", "What the intervals support:", ""] + verdicts(differences, {r["method"] for r in runs})
     lines += measured_at_warmup(out)
     lines += ["", "![validation score against steps](curves.png)", ""]
@@ -549,7 +563,7 @@ def measured_at_warmup(out):
 
 def write_csv(path, rows):
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
 

@@ -344,6 +344,7 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     report = (out / "tiny" / "report.md").read_text()
     assert "| soft-q |" in report and "| soft | 0.400 | 0.500 | 0.600 | 0.500 | 0.400–0.600 |" in report
     assert "tuning_curves.png" in report and (out / "tiny" / "tuning_curves.png").stat().st_size > 0
+    assert "| pair | seeds | RV | Myo | LV |" in report and "| soft-q-pce | 2 |" in report
     stamp = os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json")
     train_compare.main(argv)  # everything finished: nothing reruns
     assert os.path.getmtime(runs / "tiny" / "pce" / "default" / "seed0" / "results.json") == stamp
@@ -371,6 +372,24 @@ def test_compare_branches_every_method_from_one_warmup_and_tunes_on_val(tmp_path
     assert last.keys() == log[-1].keys() and last["step"] == log[-1]["step"]
     assert float(last["loss"]) == pytest.approx(float(log[-1]["loss"]), rel=1e-4)  # to 5 significant digits
     assert table() == before
+
+
+def test_paired_differences_per_class():
+    """Each class's paired difference A - B over the common seeds, with its t interval (worked by hand); a
+    class some run lacks (lv of a two-class run: '') gets no columns."""
+    from experiments import train_compare
+    def run(method, seed, rv, myo, lv):
+        return {"method": method, "seed": seed, "test_dice": (rv + myo + (lv or 0)) / 3, "volumes": {"a": 0.5},
+                "rv": rv, "myo": myo, "lv": lv}
+    runs = [run("soft", 0, 0.7, 0.6, 0.8), run("soft", 1, 0.8, 0.6, 0.8), run("pce", 0, 0.5, 0.6, 0.7),
+            run("pce", 1, 0.4, 0.7, 0.7), run("pce", 2, 0.1, 0.1, 0.1)]
+    (row,) = train_compare.paired_differences(runs, ["soft-pce"])
+    assert row["n_seeds"] == 2 and row["rv_mean"] == pytest.approx(0.3) and row["myo_mean"] == pytest.approx(-0.05)
+    # differences 0.2 and 0.4: sd 0.1414, t(0.975, 1 dof) 12.706, half width 12.706 * 0.1414 / sqrt 2 = 1.2706
+    assert row["rv_low"] == pytest.approx(0.3 - 1.2706, abs=1e-4) and row["rv_high"] == pytest.approx(1.5706, abs=1e-4)
+    assert row["lv_mean"] == pytest.approx(0.1) and row["lv_low"] == row["lv_high"] == pytest.approx(0.1)
+    runs[0]["lv"] = ""
+    assert "lv_mean" not in train_compare.paired_differences(runs, ["soft-pce"])[0]
 
 
 def test_compare_tunes_the_product_of_a_methods_grids():
