@@ -517,6 +517,28 @@ def test_the_evaluation_log_agrees_with_the_checkpoint_after_a_kill_before_it(tm
         torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
 
 
+def test_a_kill_while_the_results_are_written_leaves_no_results(tmp_path, monkeypatch):
+    """A study takes a run with results.json as finished: a kill during its write must not leave half of one
+    (it left a truncated file, which the study then failed to read instead of resuming the run).  Resumed
+    from its last checkpoint, the run takes no further step (it took one: step 1801 of 1800 in the table-4
+    study)."""
+    config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
+    real_dump = train.loop.json.dump
+
+    def killed_midway(value, f, **kwargs):
+        if "results.json" not in f.name:  # config.json at the start
+            return real_dump(value, f, **kwargs)
+        f.write(json.dumps(value)[:20])
+        raise KeyboardInterrupt("killed while results.json was written")
+    monkeypatch.setattr(train.loop.json, "dump", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train.loop.train(config)
+    monkeypatch.setattr(train.loop.json, "dump", real_dump)
+    assert not os.path.exists(os.path.join(config.out, "results.json"))
+    config.resume = True
+    assert train.loop.train(config)["steps"] == 1 and json.load(open(os.path.join(config.out, "results.json")))
+
+
 def test_a_file_that_is_not_a_checkpoint_of_this_run_is_named(tmp_path):
     config = _tiny(tmp_path, method="pce", max_steps=1, panels=0)
     train.loop.train(config)

@@ -179,7 +179,15 @@ def train(config):
                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                              "config": dataclasses.asdict(config)}, checkpoint_path)
 
-    stop, spent = False, trained + evaluated
+    spent = trained + evaluated
+
+    def finished():
+        over_budget = config.time_budget is not None and spent > config.time_budget
+        return config.max_steps is not None and step >= config.max_steps or over_budget or step >= total_steps
+
+    # a run resumed after its last checkpoint (a kill during the final evaluation) takes no further step: it
+    # took one (step 1801 of 1800, or 301 of a 300-step warm-up its branches start from)
+    stop = finished()
     while epoch < epochs and not stop:
         progress = _Progress(len(batches), config.progress and rank == 0)
         last = time.perf_counter()
@@ -213,8 +221,7 @@ def train(config):
                 shared = torch.tensor(spent, device=device, dtype=torch.float64)
                 dist.all_reduce(shared, op=dist.ReduceOp.MAX)  # (only rank 0 evaluates; the others wait in
                 spent = float(shared)                          # their next step, inside their training time)
-            over_budget = config.time_budget is not None and spent > config.time_budget
-            if config.max_steps is not None and step >= config.max_steps or over_budget or step >= total_steps:
+            if finished():
                 stop = True
                 checkpoint(index + 1)
                 break
@@ -248,8 +255,10 @@ def train(config):
         test_scores = evaluate(model, test_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                                input_scale=config.input_scale)
         results["test"] = {**_headline(test_scores), "scores": test_scores}
-    with open(os.path.join(config.out, "results.json"), "w") as f:
+    tmp = os.path.join(config.out, f"results.json.tmp{os.getpid()}")  # a study takes a results.json as finished
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
+    os.replace(tmp, os.path.join(config.out, "results.json"))
     if config.panels:
         draw_panels(model, val_set, normalise, device, config, os.path.join(config.out, "panels.png"), amp)
     return results
@@ -337,7 +346,7 @@ def load_checkpoint(path, argument, model, optimizer, device, config):
 
 
 def _remove_stale_temporaries(folder):
-    """A kill while a file is written atomically (save_atomically, _keep_rows) leaves NAME.tmpPID in the run's
+    """A kill while a file is written atomically (save_atomically, _keep_rows, results.json) leaves NAME.tmpPID in the run's
     folder: remove those of processes that are gone."""
     for name in os.listdir(folder):
         pid = name.rpartition(".tmp")[2]
