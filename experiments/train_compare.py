@@ -294,7 +294,7 @@ def _branch_seconds(out, warmup_steps):
     return round(float(np.mean(seconds)), 4) if seconds else ""
 
 
-PACKED_LOG_EVERY = 20  # a packed run keeps every 20th step of its training log (10th in runs packed before 2026-12-07)
+PACKED_LOG_EVERY = 20  # a packed run keeps every 20th step of its training log (acdc_rv_diagnosis: every 10th)
 PACKED = "run.json.gz"  # a packed run's one file
 
 
