@@ -38,3 +38,24 @@ def test_a_broken_link_is_reported(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("see [the solver](docs/solver.md#top), [a site](https://example.org) and [nothing](missing.md)\n")
     assert broken_links([str(page)]) == ["page.md: missing.md"]
+
+
+RESULTS_LIMIT = 3_000_000  # bytes of committed results (issue 37: keep all results under 3 MB)
+BLOCK = 4096  # a file takes whole blocks on disk: a study's many small files count so
+
+
+def test_committed_results_stay_under_their_limit():
+    """benchmarks/results and experiments/results, as git tracks them, each file counted in whole 4-KiB blocks."""
+    import math
+    import subprocess
+    import pytest
+    listed = subprocess.run(["git", "ls-files", "-z", "benchmarks/results", "experiments/results"], cwd=ROOT,
+                            capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout (git ls-files: {listed.stderr.decode().strip()})")
+    files = [name for name in listed.stdout.decode().split("\0") if name]
+    sizes = {name: os.path.getsize(os.path.join(ROOT, name)) for name in files
+             if os.path.isfile(os.path.join(ROOT, name))}
+    total = sum(math.ceil(size / BLOCK) * BLOCK for size in sizes.values())
+    largest = sorted(sizes, key=sizes.get)[-3:]
+    assert total < RESULTS_LIMIT, f"committed results take {total / 1e6:.2f} MB; largest: {largest}"
