@@ -252,7 +252,8 @@ def add_grid_points(grids, specs):
     for spec in specs:
         label, _, rest = spec.partition("=")
         try:
-            point = tuple(("--" + flag.lstrip("-"), value) for flag, value in (p.split(":", 1) for p in rest.split(",")))
+            pairs = [part.split(":", 1) for part in rest.split(",")]
+            point = tuple(("--" + flag.lstrip("-"), value) for flag, value in pairs)
         except ValueError:
             raise SystemExit(f"--grid-point: expected LABEL=FLAG:V,FLAG:V, got {spec!r}") from None
         if label not in grids or [f for f, _ in point] != [f for f, _ in grids[label][0]]:
@@ -302,9 +303,10 @@ def pack_run(folder):
     """A finished run made small for committing: one file, PACKED, a gzipped JSON object of the run's files by
     name: config.json and results.json (parsed), the training log (text) with every PACKED_LOG_EVERY-th step and
     the last (enough for the seconds per step and the curves the tables read), its numbers to 5 significant
-    digits (short_log).  The panels and the evaluation log (results.json's history has its rows) go.  One file,
-    not three, because a small file takes a whole disk block.  The checkpoints stay (git-ignored: a branch of a
-    packed warm-up repeats it where last.pt is gone, to the same weights).  The study reads packed runs as finished ones (read_results, read_log)."""
+    digits (short_log).  The panels and the evaluation log (results.json's history has its rows; acdc_paired's
+    runs keep theirs) go.  One file, not three, because a small file takes a whole disk block.  The checkpoints
+    stay (git-ignored: a branch of a packed warm-up repeats it where last.pt is gone, to the same weights).
+    The study reads packed runs as finished ones (read_results, read_log)."""
     packed = {}
     for name in ("config.json", "results.json"):
         with open(os.path.join(folder, name)) as f:

@@ -346,8 +346,8 @@ def load_checkpoint(path, argument, model, optimizer, device, config):
 
 
 def _remove_stale_temporaries(folder):
-    """A kill while a file is written atomically (save_atomically, _keep_rows, results.json) leaves NAME.tmpPID in the run's
-    folder: remove those of processes that are gone."""
+    """A kill while a file is written atomically (save_atomically, _keep_rows, results.json) leaves NAME.tmpPID
+    in the run's folder: remove those of processes that are gone."""
     for name in os.listdir(folder):
         pid = name.rpartition(".tmp")[2]
         if ".tmp" not in name or not pid.isdigit():
