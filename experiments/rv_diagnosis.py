@@ -3,12 +3,12 @@ experiments.train_compare whose arms change one thing each from the same warm-up
 
     python -m experiments.rv_diagnosis --runs runs/acdc_rv_diagnosis --seeds 0 --out experiments/results/train/acdc_rv_diagnosis
 
-Reads each arm's train_log.csv (or its packed copy; per training batch, the 2D Dice of the network's argmax and of
-the pseudo-labels' argmax against the dense masks, which no method trains on) and results.json (or its packed copy; the end,
-and its history: per epoch, the 3D Dice per class on the tuning patients).  Writes OUT/per_class.csv,
-OUT/per_class.md (the table) and OUT/per_class.png (curves per class: network solid, pseudo-labels dashed,
-training batches smoothed over 50 steps; the tuning patients' Dice per epoch).  Only the tuning patients
-are scored: nothing here looks at the test patients.
+Reads each arm's train_log.csv (or its packed copy; per training batch, the 2D Dice of the network's argmax
+and of the pseudo-labels' argmax against the dense masks, which no method trains on) and results.json (or its
+packed copy; the end, and its history: per epoch, the 3D Dice per class on the tuning patients).  Writes
+OUT/per_class.csv, OUT/per_class.md (the table) and OUT/per_class.png (curves per class: network solid,
+pseudo-labels dashed, training batches smoothed over 50 steps; the tuning patients' Dice per epoch).  Only the
+tuning patients are scored: nothing here looks at the test patients.
 """
 import argparse
 import csv

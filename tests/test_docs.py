@@ -1,8 +1,12 @@
 """Every relative link in the README, docs/ and the committed reports points at a file that exists (a moved
 file or a link written relative to the wrong folder is caught here, not by a reader)."""
 import glob
+import math
 import os
 import re
+import subprocess
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,9 +50,6 @@ BLOCK = 4096  # a file takes whole blocks on disk: a study's many small files co
 
 def test_committed_results_stay_under_their_limit():
     """benchmarks/results and experiments/results, as git tracks them, each file counted in whole 4-KiB blocks."""
-    import math
-    import subprocess
-    import pytest
     listed = subprocess.run(["git", "ls-files", "-z", "benchmarks/results", "experiments/results"], cwd=ROOT,
                             capture_output=True)
     if listed.returncode != 0:

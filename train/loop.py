@@ -63,10 +63,17 @@ def _auto(flag, device):
     return flag == "on" or (flag == "auto" and device.type == "cuda")
 
 
-def save_atomically(state, path):
+def write_atomically(path, write):
+    """write(tmp) into PATH.tmpPID, then rename it to path: a kill leaves the old file or none, never half of
+    one (and a PATH.tmpPID, which _remove_stale_temporaries clears)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def _write_json(value, path):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
 
 
 class _Progress:
@@ -172,12 +179,12 @@ def train(config):
 
     def checkpoint(step_in_epoch):
         if rank == 0:
-            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                             "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "history": history,
-                             "trained_seconds": trained, "evaluated_seconds": evaluated,
-                             "rng": torch.get_rng_state(),
-                             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                             "config": dataclasses.asdict(config)}, checkpoint_path)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "history": history,
+                     "trained_seconds": trained, "evaluated_seconds": evaluated, "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                     "config": dataclasses.asdict(config)}
+            write_atomically(checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     spent = trained + evaluated
 
@@ -255,10 +262,8 @@ def train(config):
         test_scores = evaluate(model, test_set, normalise, device, volumes=config.data == "acdc", amp=amp,
                                input_scale=config.input_scale)
         results["test"] = {**_headline(test_scores), "scores": test_scores}
-    tmp = os.path.join(config.out, f"results.json.tmp{os.getpid()}")  # a study takes a results.json as finished
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, os.path.join(config.out, "results.json"))
+    # a study takes a run with results.json as finished
+    write_atomically(os.path.join(config.out, "results.json"), lambda tmp: _write_json(results, tmp))
     if config.panels:
         draw_panels(model, val_set, normalise, device, config, os.path.join(config.out, "panels.png"), amp)
     return results
@@ -346,8 +351,8 @@ def load_checkpoint(path, argument, model, optimizer, device, config):
 
 
 def _remove_stale_temporaries(folder):
-    """A kill while a file is written atomically (save_atomically, _keep_rows, results.json) leaves NAME.tmpPID
-    in the run's folder: remove those of processes that are gone."""
+    """A kill while a file is written atomically (write_atomically: checkpoints, results.json, _keep_rows)
+    leaves NAME.tmpPID in the run's folder: remove those of processes that are gone."""
     for name in os.listdir(folder):
         pid = name.rpartition(".tmp")[2]
         if ".tmp" not in name or not pid.isdigit():
@@ -387,12 +392,13 @@ def _keep_rows(path, keep):
     if not rows:
         os.remove(path)
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write_rows(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    write_atomically(path, write_rows)
 
 
 def _append_csv(path, row):
